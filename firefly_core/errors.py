@@ -1,0 +1,54 @@
+"""Errors a user can cause, each with a message that says what happened and how to fix it.
+
+The CLI and the app show `FireflyError`s as plain messages (no traceback); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class FireflyError(Exception):
+    """Base for user-facing errors: `message` says what went wrong, `hint` how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ModelNotFoundError(FireflyError):
+    """A model folder or hub id that is not on this machine."""
+
+
+class InvalidModelError(FireflyError):
+    """A folder that exists but is not a usable model (no config, no tokenizer, no weights)."""
+
+
+class OfflineError(FireflyError):
+    """The network (or the hub) is needed but not reachable, or offline mode is on."""
+
+
+class OutOfMemoryError(FireflyError):
+    """The device ran out of memory; the hint lists what to try."""
+
+
+class RemoteCodeError(FireflyError):
+    """The model needs `trust_remote_code` and the user has not opted in."""
+
+
+class PromptTooLongError(FireflyError):
+    """Even the newest message alone does not fit in the context window."""
+
+
+class DataError(FireflyError):
+    """Bad training or corpus data (the message names file:line where there is one)."""
+
+
+class ConfigError(FireflyError):
+    """A bad option or configuration value."""
+
+
+class UnsupportedModelError(FireflyError):
+    """A model this operation cannot handle (the message says what is missing)."""

@@ -1,0 +1,223 @@
+"""Loading a model and its tokenizer: where it comes from, which device and dtype, safely.
+
+A model is a local folder or a Hugging Face id already in the standard HF cache (we never
+download here; `firefly pull` does). Defaults are safe: safetensors preferred, `.bin` only through
+torch's weights-only loader (transformers' default), `trust_remote_code` off unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import FireflyError, InvalidModelError, ModelNotFoundError, OutOfMemoryError, RemoteCodeError
+from .formats import PromptFormat, resolve_format
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+OOM_HINT = (
+    "try a smaller model, --dtype bfloat16 or float16, --device cpu, "
+    "or close other programs using the device"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: the torch module, its tokenizer and how to prompt it."""
+
+    model: Any
+    tokenizer: Any
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    path: Path
+    name: str
+    prompt_format: PromptFormat
+    context_length: int
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        ids = set(self.prompt_format.stop_token_ids(self.tokenizer))
+        eos = self.generation_defaults.get("eos_token_id")
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(eos)
+        return sorted(ids)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for `name_or_path`: the folder itself, or the cached snapshot of a hub id."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if _looks_like_hub_id(name):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            raise ModelNotFoundError(
+                f"model {name!r} is not downloaded",
+                f"download it with: firefly pull {name}"
+                + (" (you are offline: HF_HUB_OFFLINE is set)" if _offline() else ""),
+            ) from None
+    raise ModelNotFoundError(
+        f"no model folder at {path}",
+        "give a folder with config.json and a tokenizer, or a hub id like YeungNLP/firefly-1b4 "
+        "(see: firefly list)",
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def check_model_folder(path: Path) -> dict[str, Any]:
+    """Validate a model folder and return its config.json as a dict (clear errors otherwise)."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise InvalidModelError(f"{path} has no config.json, so it is not a model folder")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InvalidModelError(
+            f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json)",
+            "copy the tokenizer files of the base model into the folder",
+        )
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise InvalidModelError(
+            f"{path} has no weights (*.safetensors or *.bin)",
+            "an interrupted download? run: firefly pull <id> to resume it",
+        )
+    try:
+        return json.loads(cfg_file.read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise InvalidModelError(f"{cfg_file} is not valid JSON: {e}") from None
+
+
+def pick_device(requested: str | None = None):
+    """`cuda:N` when available, else `mps`, else cpu; `requested` wins ("cuda", "cuda:1", "cpu")."""
+    import torch
+
+    if requested and requested != "auto":
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise FireflyError(f"device {requested!r} asked for, but CUDA is not available", "use --device cpu")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise FireflyError(f"device {requested!r} asked for, but MPS is not available", "use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}
+
+
+def pick_dtype(device, requested: str | None = None):
+    """bf16 where the device handles it well (CUDA with bf16 support, CPU), else fp16 on GPUs
+    without bf16, fp32 on MPS; `requested` wins."""
+    import torch
+
+    if requested and requested != "auto":
+        try:
+            return getattr(torch, _DTYPES[requested.lower()])
+        except KeyError:
+            raise FireflyError(f"unknown dtype {requested!r}", "use bf16, fp16 or fp32") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16
+    return torch.float32
+
+
+def _context_length(config, tokenizer) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    tml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tml, int) and 0 < tml < 1_000_000:
+        return tml
+    return 2048  # BLOOM (ALiBi) has no position limit; 2048 is its pre-training length
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise RemoteCodeError(f"the tokenizer of {path} needs remote code", "pass --trust-remote-code if you trust it") from None
+        raise InvalidModelError(f"cannot load the tokenizer in {path}: {e}") from None
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    prompt_format: str | None = None,
+    catalog_format: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model for generation, on the best device, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    config = check_model_folder(path)
+    if config.get("auto_map") and not trust_remote_code:
+        raise RemoteCodeError(
+            f"{name_or_path} needs remote code (its config has auto_map) and that is off by default",
+            "read the model's code first; then pass --trust-remote-code",
+        )
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    has_safetensors = any(path.glob("*.safetensors"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dt,
+            use_safetensors=has_safetensors,
+            trust_remote_code=trust_remote_code,
+        )
+        model.to(dev)
+    except torch.OutOfMemoryError:
+        raise OutOfMemoryError(f"not enough memory on {dev} to load {name_or_path}", OOM_HINT) from None
+    except MemoryError:
+        raise OutOfMemoryError(f"not enough RAM to load {name_or_path}", OOM_HINT) from None
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            raise OutOfMemoryError(f"not enough memory on {dev} to load {name_or_path}", OOM_HINT) from None
+        raise
+    model.eval()
+    gen_defaults = model.generation_config.to_diff_dict() if model.generation_config else {}
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=dt,
+        path=path,
+        name=str(name_or_path),
+        prompt_format=resolve_format(tokenizer, prompt_format, catalog_format),
+        context_length=_context_length(model.config, tokenizer),
+        generation_defaults=gen_defaults,
+    )

@@ -1,0 +1,61 @@
+"""Where firefly keeps its files: config, chat database, training runs (platformdirs locations).
+
+`FIREFLY_HOME` overrides all of them with one folder (tests and portable installs use it).
+Models live in the standard Hugging Face cache (`HF_HOME`), never in our own folders, so other
+tools reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import PlatformDirs
+
+_APP = "firefly-tui"
+
+
+def _dirs() -> PlatformDirs:
+    return PlatformDirs(_APP, appauthor=False)
+
+
+def _home_override() -> Path | None:
+    home = os.environ.get("FIREFLY_HOME")
+    return Path(home).expanduser() if home else None
+
+
+def config_dir() -> Path:
+    """User configuration (active model, per-model settings, UI language)."""
+    home = _home_override()
+    return home / "config" if home else Path(_dirs().user_config_dir)
+
+
+def data_dir() -> Path:
+    """User data: the chat database and the list of registered local model folders."""
+    home = _home_override()
+    return home / "data" if home else Path(_dirs().user_data_dir)
+
+
+def runs_dir() -> Path:
+    """Default parent folder of training runs started from the app."""
+    return data_dir() / "runs"
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+def chats_db() -> Path:
+    return data_dir() / "chats.sqlite3"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache that huggingface_hub uses (honours HF_HOME / HF_HUB_CACHE)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

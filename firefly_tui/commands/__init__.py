@@ -1,0 +1,1 @@
+"""One module per `firefly` subcommand; each exposes `register(subparsers)`."""
