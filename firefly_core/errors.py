@@ -52,3 +52,7 @@ class ConfigError(FireflyError):
 
 class UnsupportedModelError(FireflyError):
     """A model this operation cannot handle (the message says what is missing)."""
+
+
+class OutputExistsError(FireflyError):
+    """An output folder that already holds files and would be overwritten without --force."""
