@@ -56,3 +56,11 @@ class UnsupportedModelError(FireflyError):
 
 class OutputExistsError(FireflyError):
     """An output folder that already holds files and would be overwritten without --force."""
+
+
+class DownloadCancelled(FireflyError):
+    """A download stopped on request; the partial file stays in the cache and `pull` resumes it."""
+
+
+class HubAccessError(FireflyError):
+    """The hub refused access (gated or private model, bad token): the hint says how to get it."""
