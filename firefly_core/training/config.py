@@ -1,0 +1,167 @@
+"""The training configuration: one dataclass, loaded from defaults < train.toml < command line.
+
+Defaults follow the Firefly recipe (the seeds): batch 16, lr 3e-5, 3000 warmup steps, cosine
+schedule, max length 512. The resolved config is saved as RUN_DIR/train_config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json
+from ..errors import ConfigError
+
+CONFIG_FILE = "train_config.json"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+# Options that may differ when resuming (they do not change what was already computed).
+RESUME_OVERRIDABLE = {"max_steps", "epochs", "save_every", "eval_every", "keep_checkpoints", "log_every"}
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""
+    data: list[str] = field(default_factory=list)
+    out: str = ""
+    prompt_format: str | None = None  # None: the model's own (as chat resolves it)
+    # schedule of work
+    epochs: float = 1.0
+    max_steps: int | None = None  # wins over epochs
+    batch_size: int = 16  # samples per device per micro-batch
+    grad_accum: int = 1
+    max_length: int = 512
+    # optimizer
+    lr: float = 3e-5
+    warmup_steps: int | None = None  # None: 3000 (recipe), at most 3% of the run's steps
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    seed: int = 42
+    # evaluation and saving
+    eval_file: str | None = None
+    eval_fraction: float = 0.0
+    eval_every: int | None = None  # None: with every checkpoint
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    strict: bool = False
+    # device and memory
+    gpu: str = "0"  # "0", "0,1", "cpu"
+    num_processes: int | None = None  # several processes on `--gpu cpu` (tests the multi-device path)
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    deepspeed: int | None = None  # ZeRO stage 2 or 3; None: no DeepSpeed (DDP when several devices)
+    offload: bool = False  # ZeRO CPU offload of optimizer (and parameters with stage 3)
+    # several machines (accelerate's own options)
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+    # LoRA
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None  # None: all linear layers except lm_head
+    trust_remote_code: bool = False
+
+    def validate(self) -> "TrainConfig":
+        if not self.model:
+            raise ConfigError("no model given", "pass --model PATH_OR_ID")
+        if not self.data:
+            raise ConfigError("no data given", "pass --data FILE.jsonl")
+        if not self.out:
+            raise ConfigError("no run folder given", "pass --out RUN_DIR")
+        for name in ("batch_size", "grad_accum", "max_length", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("--max-steps must be at least 1")
+        if self.epochs <= 0:
+            raise ConfigError("--epochs must be positive")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        if self.deepspeed not in (None, 2, 3):
+            raise ConfigError(f"--deepspeed takes the ZeRO stage 2 or 3, not {self.deepspeed}")
+        if self.offload and self.deepspeed is None:
+            raise ConfigError("--offload needs DeepSpeed", "add --deepspeed 2 or --deepspeed 3")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError("--eval-fraction must be in [0, 1)")
+        if self.lora and self.deepspeed == 3:
+            raise ConfigError("LoRA with ZeRO-3 is not supported here", "use --deepspeed 2 with --lora")
+        self.devices()  # validates gpu
+        return self
+
+    def devices(self) -> list[str]:
+        """["cpu"] or the CUDA indices as strings."""
+        g = str(self.gpu).strip().lower()
+        if g == "cpu":
+            return ["cpu"]
+        parts = [p.strip() for p in g.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"--gpu {self.gpu!r} is not understood", "use 0, 0,1 or cpu")
+        return parts
+
+    @property
+    def world_size(self) -> int:
+        per_machine = self.num_processes or (1 if self.devices() == ["cpu"] else len(self.devices()))
+        return per_machine * self.num_machines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+
+
+def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{source}: unknown option {key!r}", "see: firefly train --help")
+        if name == "data" and isinstance(value, str):
+            value = [value]
+        if name == "gpu":
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def load_config(toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the TOML file (same keys as the options, `-` or `_`), then `overrides`
+    (options given on the command line; None values mean "not given")."""
+    values: dict[str, Any] = {}
+    if toml_path:
+        path = Path(toml_path)
+        try:
+            values.update(_coerce(tomllib.loads(path.read_text("utf-8")), str(path)))
+        except FileNotFoundError:
+            raise ConfigError(f"no config file at {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    values.update(_coerce({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise ConfigError(f"bad training configuration: {e}") from None
+
+
+def load_saved(run_dir: Path) -> TrainConfig:
+    """The resolved config a run saved (for --resume and for workers of a multi-process run)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}, so it is not a training run folder")
+    return TrainConfig(**json.loads(path.read_text("utf-8")))

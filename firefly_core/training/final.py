@@ -1,0 +1,45 @@
+"""The final model folder: safetensors in the base model's dtype, tokenizer, and a generation config
+whose stop tokens are the prompt format's, so transformers, vLLM and `firefly chat` load it as is."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def _base_dtype(base_cfg: dict[str, Any]):
+    import torch
+
+    name = base_cfg.get("dtype") or base_cfg.get("torch_dtype") or "float32"
+    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
+
+
+def save_final_model(model, state_dict, tokenizer, fmt, base_path: Path, out: Path, base_cfg: dict[str, Any]) -> Path:
+    """Write `model` (or `state_dict` gathered from ZeRO-3) to `out`, replacing it atomically."""
+    from transformers import GenerationConfig
+
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dtype = _base_dtype(base_cfg)
+    if state_dict is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    else:
+        model = model.to(dtype)
+    model.config.dtype = dtype
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    try:
+        gen = GenerationConfig.from_pretrained(base_path)
+    except OSError:
+        gen = GenerationConfig.from_model_config(model.config)
+    stops = fmt.stop_token_ids(tokenizer)
+    gen.eos_token_id = stops[0] if len(stops) == 1 else stops
+    if tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,453 @@
+"""The training loop: data -> micro-batches -> loss over supervised tokens -> optimizer steps, with
+events, checkpoints, exact resume, graceful stop on SIGINT/SIGTERM and a clear out-of-memory error.
+
+Runs in every process of a run (one in-process, or each worker of `accelerate launch`/torchrun);
+accelerate owns device placement, mixed precision, DDP/DeepSpeed wrapping and gradient
+accumulation. The batch plan is a pure function of (seed, epoch), known to every process, so
+the data position is just the step number and the loss normaliser (supervised tokens of the whole
+optimizer step, across micro-batches and processes) needs no communication.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import FireflyError, OutOfMemoryError
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .events import EventWriter, TrainEvent
+
+OOM_SUGGESTIONS = (
+    "lower --batch-size and raise --grad-accum to keep the same effective batch; "
+    "add --gradient-checkpointing; use --precision bf16; lower --max-length; "
+    "use --lora; or --deepspeed 2 --offload (ZeRO with CPU offload)"
+)
+
+Callback = Callable[[TrainEvent], None]
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" | "stopped"
+    step: int
+    total_steps: int
+    final_path: Path | None
+    checkpoint: Path | None
+    losses: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """How many micro-batches make a step, and the epoch plans (cached)."""
+
+    lengths: list[int]
+    batch_size: int
+    micro_per_step: int  # grad_accum * world_size
+    seed: int
+    _epochs: dict[int, list[list[int]]] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.micro_per_step))
+
+    def epoch(self, e: int) -> list[list[int]]:
+        if e not in self._epochs:
+            from ..data import plan_epoch
+
+            batches = plan_epoch(self.lengths, self.batch_size, self.seed, e)
+            need = self.steps_per_epoch * self.micro_per_step
+            # Fill the last step with the epoch's first batches so every process does the same
+            # number of micro-batches (DDP and ZeRO need that) and no sample is dropped.
+            batches = batches + batches[: need - len(batches)] if len(batches) < need else batches
+            self._epochs = {e: batches}
+        return self._epochs[e]
+
+    def step_batches(self, step: int) -> list[list[int]]:
+        """All micro-batches (every process) of optimizer step `step` (0-based)."""
+        e, k = divmod(step, self.steps_per_epoch)
+        return self.epoch(e)[k * self.micro_per_step : (k + 1) * self.micro_per_step]
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between optimizer steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: give up on the graceful stop
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+def resolve_precision(precision: str, cuda: bool) -> str:
+    """accelerate's mixed_precision for our --precision (auto: bf16/fp16 on GPUs, fp32 on CPU)."""
+    if precision == "auto":
+        if cuda:
+            import torch
+
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def _memory() -> dict[str, float]:
+    import resource
+
+    import torch
+
+    out = {"rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+def _catalog_format(model: str) -> str | None:
+    try:
+        from ..catalog import find_entry  # owned by the models helper; optional here
+    except ImportError:
+        return None
+    entry = find_entry(model)
+    return entry.prompt_format if entry else None
+
+
+def _build_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from .launch import deepspeed_plugin
+
+    cpu = config.devices() == ["cpu"]
+    import torch
+
+    mp = resolve_precision(config.precision, not cpu and torch.cuda.is_available())
+    plugin = deepspeed_plugin(config, mp) if config.deepspeed else None
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        gradient_accumulation_steps=config.grad_accum,
+        deepspeed_plugin=plugin,
+        dataloader_config=DataLoaderConfiguration(),
+    )
+
+
+def split_eval(n: int, config: TrainConfig) -> tuple[list[int], list[int]]:
+    """Indices of training and evaluation samples when the eval set is a fraction of the data."""
+    if config.eval_file or config.eval_fraction <= 0 or n < 2:
+        return list(range(n)), []
+    k = min(n - 1, max(1, round(n * config.eval_fraction)))
+    held = set(random.Random(config.seed).sample(range(n), k))
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
+def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = ()) -> RunResult:
+    """Train as configured; every process of a run calls this. Events go to RUN_DIR/events.jsonl
+    (main process) and to `callbacks`."""
+    import torch
+
+    config.validate()
+    run_dir = Path(config.out)
+    accelerator = _build_accelerator(config)
+    main = accelerator.is_main_process
+    writer = EventWriter(run_dir) if main else None
+    callbacks = list(callbacks)
+
+    def emit(type: str, **data) -> None:
+        if writer is None:
+            return
+        event = writer.emit(type, **data)
+        for cb in callbacks:
+            cb(event)
+
+    stop = _StopFlag()
+    stop.install()
+    progress = {"step": -1}  # -1: still loading
+    try:
+        return _train(config, accelerator, run_dir, resume, emit, stop, progress)
+    except FireflyError as e:
+        emit("error", message=e.message, hint=e.hint, traceback=[])
+        raise
+    except BaseException as e:
+        tb = traceback.format_exc().splitlines()[-15:]
+        if _is_oom(e):
+            where = f"at step {progress['step'] + 1}" if progress["step"] >= 0 else "while loading"
+            err = OutOfMemoryError(
+                f"out of memory {where} (batch size {config.batch_size}, max length {config.max_length})",
+                OOM_SUGGESTIONS,
+            )
+            emit("error", message=err.message, hint=err.hint, step=progress["step"] + 1, traceback=tb)
+            raise err from None
+        if isinstance(e, KeyboardInterrupt):
+            emit("error", message="interrupted twice: stopped without a checkpoint", traceback=tb)
+        else:
+            emit("error", message=f"{e.__class__.__name__}: {e}", traceback=tb)
+        raise
+    finally:
+        stop.restore()
+        if writer:
+            writer.close()
+
+
+def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFlag, progress: dict) -> RunResult:
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from ..data import collate, load_samples, tokenize_samples
+    from ..errors import DataError
+    from ..formats import resolve_format
+    from ..loading import check_model_folder, load_tokenizer, resolve_model_path
+    from .final import save_final_model
+    from .lora import ADAPTER_DIR, apply_lora
+
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    started = time.time()
+
+    # ---- data, rendered with the model's prompt format (the one chat uses)
+    model_path = resolve_model_path(config.model)
+    base_cfg = check_model_folder(model_path)
+    tokenizer = load_tokenizer(model_path, config.trust_remote_code)
+    fmt = resolve_format(tokenizer, config.prompt_format, _catalog_format(config.model))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    samples, bad = load_samples(config.data, strict=config.strict)
+    train_idx, eval_idx = split_eval(len(samples), config)
+    train_set, stats = tokenize_samples([samples[i] for i in train_idx], fmt, tokenizer, config.max_length)
+    if config.eval_file:
+        eval_samples, _ = load_samples([config.eval_file], strict=config.strict)
+        eval_set, _ = tokenize_samples(eval_samples, fmt, tokenizer, config.max_length)
+    else:
+        eval_set, _ = tokenize_samples([samples[i] for i in eval_idx], fmt, tokenizer, config.max_length)
+    if not train_set:
+        raise DataError(
+            "no training sample has a supervised token left within --max-length",
+            f"raise --max-length (now {config.max_length})",
+        )
+    plan = Plan([len(t.input_ids) for t in train_set], config.batch_size, config.grad_accum * world, config.seed)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(3000, math.ceil(0.03 * total_steps))
+
+    # ---- model, optimizer, schedule
+    set_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, trust_remote_code=config.trust_remote_code
+    )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.lora:
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay
+    )
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is ours to step once per optimizer step (accelerate's wrapper would step it
+    # once per process); registering it puts it in checkpoints.
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step = 0
+    resumed_from = None
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"nothing to resume: {run_dir} has no checkpoint", "start without --resume")
+        state = load_checkpoint(accelerator, ckpt)
+        start_step = int(state["step"])
+        resumed_from = str(ckpt)
+    accelerator.step = 0  # accumulation counter: each optimizer step is exactly grad_accum micro-batches
+
+    emit(
+        "start",
+        pid=os.getpid(),
+        run_dir=str(run_dir),
+        config=config.to_dict(),
+        prompt_format=fmt.name,
+        start_step=start_step,
+        resumed_from=resumed_from,
+        total_steps=total_steps,
+        steps_per_epoch=plan.steps_per_epoch,
+        warmup_steps=warmup,
+        world_size=world,
+        train_samples=len(train_set),
+        eval_samples=len(eval_set),
+        bad_lines=len(bad),
+        truncated=stats.truncated,
+        cut_away=stats.cut_away,
+        cut_away_where=stats.cut_away_where,
+        supervised_tokens=stats.supervised_tokens,
+        trainable_params=sum(p.numel() for p in params),
+        device=str(accelerator.device),
+        mixed_precision=str(accelerator.mixed_precision),
+        distributed=str(accelerator.distributed_type),
+    )
+
+    device = accelerator.device
+    losses: dict[int, float] = {}
+    session_start = time.time()
+    done_steps = 0
+    checkpoint = None
+    step = start_step
+    model.train()
+    while step < total_steps:
+        progress["step"] = step
+        t0 = time.time()
+        batches = plan.step_batches(step)
+        n_global = sum(train_set[i].supervised for b in batches for i in b)
+        mine = batches[rank::world]
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        computed = 0
+        grad_norm = None
+        for b in mine:
+            batch = {k: v.to(device) for k, v in collate([train_set[i] for i in b], pad_id).items()}
+            computed += int(batch["attention_mask"].sum())
+            with accelerator.accumulate(model):
+                token_loss_sum = _token_loss_sum(model, batch)
+                # Sum over tokens / all supervised tokens of the step; times grad_accum (undone by
+                # accelerate/DeepSpeed) and world size (undone by the DDP/ZeRO gradient mean).
+                accelerator.backward(token_loss_sum * (config.grad_accum * world / max(1, n_global)))
+                loss_sum += token_loss_sum.detach().float()
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(params if not config.deepspeed else model.parameters(), config.max_grad_norm)
+                    grad_norm = float(norm) if norm is not None else None
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        done_steps += 1
+        loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(1, n_global)
+        computed_t = accelerator.reduce(torch.tensor(computed, device=device), reduction="sum")
+        losses[step] = loss
+        if not math.isfinite(loss):
+            raise FireflyError(
+                f"the loss became {loss} at step {step}",
+                "lower --lr, use --precision bf16 instead of fp16, or check the data",
+            )
+        now = time.time()
+        if step % config.log_every == 0 or step == total_steps or step == start_step + 1:
+            elapsed = now - session_start
+            emit(
+                "step",
+                step=step,
+                total=total_steps,
+                epoch=round(step / plan.steps_per_epoch, 4),
+                loss=round(loss, 6),
+                lr=scheduler.get_last_lr()[0],
+                grad_norm=None if grad_norm is None else round(grad_norm, 6),
+                supervised_tokens=n_global,
+                computed_tokens=int(computed_t),
+                tokens_per_s=round(n_global / max(1e-9, now - t0), 2),
+                elapsed=round(now - started, 3),
+                eta=round(elapsed / done_steps * (total_steps - step), 1),
+                memory=_memory(),
+            )
+        eval_every = config.eval_every or config.save_every
+        if eval_set and (step % eval_every == 0 or step == total_steps):
+            ev = evaluate(model, accelerator, eval_set, config.batch_size, pad_id)
+            emit("eval", step=step, loss=round(ev, 6), perplexity=round(math.exp(min(ev, 50)), 4), samples=len(eval_set))
+            model.train()
+        stopping = _agreed_stop(accelerator, stop)
+        if step % config.save_every == 0 or stopping or step == total_steps:
+            checkpoint = save_checkpoint(
+                accelerator, run_dir, step,
+                {"epoch": step // plan.steps_per_epoch, "index_in_epoch": step % plan.steps_per_epoch,
+                 "total_steps": total_steps, "loss": loss, "time": time.time()},
+                config.keep_checkpoints,
+            )
+            emit("checkpoint", step=step, path=str(checkpoint))
+        if stopping:
+            name = signal.Signals(stop.signal).name if stop.signal else "signal"
+            emit("done", status="stopped", step=step, total=total_steps, signal=name, checkpoint=str(checkpoint),
+                 message=f"stopped by {name} at step {step}; continue with --resume")
+            return RunResult("stopped", step, total_steps, None, checkpoint, losses)
+
+    # ---- the final model folder
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model) if config.deepspeed == 3 else None
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.lora:
+            unwrapped.save_pretrained(run_dir / ADAPTER_DIR)
+            tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+            unwrapped = unwrapped.merge_and_unload()
+        save_final_model(unwrapped, state_dict, tokenizer, fmt, model_path, final, base_cfg)
+    accelerator.wait_for_everyone()
+    emit("done", status="completed", step=step, total=total_steps, final_path=str(final),
+         elapsed=round(time.time() - started, 3), last_loss=losses.get(step))
+    accelerator.end_training()
+    return RunResult("completed", step, total_steps, final, checkpoint, losses)
+
+
+def _agreed_stop(accelerator, stop: _StopFlag) -> bool:
+    """Whether any process was asked to stop (all must checkpoint together)."""
+    if accelerator.num_processes == 1:
+        return stop.signal is not None
+    import torch
+
+    flag = torch.tensor(1 if stop.signal is not None else 0, device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum") > 0)
+
+
+def _token_loss_sum(model, batch):
+    """Sum of next-token cross-entropy over supervised tokens (float32 logits)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1, :].float()
+    labels = batch["labels"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
+
+
+def evaluate(model, accelerator, eval_set, batch_size: int, pad_id: int) -> float:
+    """Mean loss per supervised token over the eval set (split across processes)."""
+    import torch
+
+    from ..data import collate, supervised_count
+
+    model.eval()
+    order = sorted(range(len(eval_set)), key=lambda i: len(eval_set[i].input_ids))
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    with torch.no_grad():
+        for b in batches[accelerator.process_index :: accelerator.num_processes]:
+            batch = {k: v.to(accelerator.device) for k, v in collate([eval_set[i] for i in b], pad_id).items()}
+            total[0] += float(_token_loss_sum(model, batch))
+            total[1] += supervised_count(batch["labels"])
+    total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / max(1.0, float(total[1])))
