@@ -42,7 +42,8 @@ def runs_dir() -> Path:
 
 
 def config_file() -> Path:
-    return config_dir() / "config.toml"
+    """The user settings (JSON: firefly_core.settings reads and writes it atomically)."""
+    return config_dir() / "config.json"
 
 
 def chats_db() -> Path:

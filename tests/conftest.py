@@ -40,3 +40,67 @@ def qwen_dir(tmp_path_factory) -> Path:
 def model_dir(request, bloom_dir, qwen_dir) -> Path:
     """Each tiny family in turn, so tests cover both."""
     return bloom_dir if request.param == "bloom" else qwen_dir
+
+
+# ---- models helper: a hub-compatible server on loopback and a private cache per test
+
+
+@pytest.fixture(scope="session")
+def hub_server(bloom_dir, tmp_path_factory):
+    """tests/hubserver.py serving tiny model repos (see there for the routes and fault modes)."""
+    import json
+
+    from hubserver import HubServer
+
+    from firefly_core.testkit import build_model_folder
+
+    server = HubServer()
+    files = {p.name: p.read_bytes() for p in bloom_dir.iterdir() if p.is_file()}
+    decoys = {  # copies a download must skip when safetensors exist
+        "pytorch_model.bin": bytes(range(256)) * 64,
+        "tf_model.h5": b"h5" * 1000,
+        "onnx/model.onnx": b"onnx" * 500,
+        "README.md": b"# tiny bloom\n",
+    }
+    server.add_repo("test-org/tiny-bloom", {**files, **decoys})
+    server.add_repo("test-org/gated-bloom", files, gated_token="hf_test_token")
+    sharded = build_model_folder(
+        tmp_path_factory.mktemp("models") / "tiny-sharded", "bloom", max_shard_size="40KB"
+    )
+    server.add_repo("test-org/tiny-sharded", sharded)
+    remote_cfg = json.loads(files["config.json"])
+    remote_cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"}
+    server.add_repo(
+        "test-org/remote-code",
+        {**files, "config.json": json.dumps(remote_cfg).encode(), "modeling_tiny.py": b"raise SystemExit('never run')\n"},
+    )
+    server.add_repo("test-org/gguf-only", {"model-q4.gguf": b"GGUF" * 100, "README.md": b"# gguf\n"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    """An empty HF cache and firefly home for this test only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "firefly"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def online(hub_server, fresh_home, monkeypatch):
+    """Offline mode off and HF_ENDPOINT on the loopback hub, for this test only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+    hub_server.requests.clear()
+    hub_server.slow_bps = None
+    hub_server._drops.clear()
+    return hub_server

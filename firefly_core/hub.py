@@ -1,0 +1,815 @@
+"""Getting models from the Hugging Face Hub into the standard cache, and managing what is on disk.
+
+Downloads land in the standard HF cache (`HF_HOME` / `HF_HUB_CACHE`, layout
+`models--org--name/{blobs,snapshots,refs}`), so models fetched by other tools are reused and ours
+work in theirs. `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured.
+
+What the library gives us and what we add:
+- huggingface_hub does the talking: `HfApi.model_info` (file list and sizes), `get_hf_file_metadata`
+  (the HEAD call: etag, commit, size, redirects), its shared HTTP session (proxies, offline hook,
+  user agent), its token handling and its error types, `scan_cache_dir` for the library listing.
+- We stream each blob ourselves into `blobs/<etag>.incomplete` and keep that file when a
+  download stops. huggingface_hub 2.x downloads into a per-process temporary name and deletes it
+  on any error, so a cancelled or crashed multi-GB download would restart from zero; ours resumes
+  with an HTTP Range request, in this process (dropped connection) or the next `pull`. It also
+  lets a `threading.Event` stop the download between received chunks, and gives progress events.
+- Only what a model needs is fetched: config, tokenizer files, generation config, chat template,
+  license, and one copy of the weights (safetensors when present; the duplicate .bin/.h5/.msgpack/
+  .onnx/.gguf/.ckpt copies and sub-folders are skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from . import atomic, paths
+from .errors import (
+    DownloadCancelled,
+    FireflyError,
+    HubAccessError,
+    InvalidModelError,
+    ModelNotFoundError,
+    OfflineError,
+    RemoteCodeError,
+    UnsupportedModelError,
+)
+
+CONNECT_TIMEOUT_S = 4.0  # an unreachable hub must be reported within a few seconds
+READ_TIMEOUT_S = 30.0  # a stalled connection: retried with Range after this long
+MAX_RETRIES = 5  # consecutive failed attempts (no new byte) before giving up on a file
+PROGRESS_INTERVAL_S = 0.1
+SPEED_WINDOW_S = 5.0
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt",
+)
+SMALL_FILES = ("config.json", "generation_config.json", "chat_template.json", "chat_template.jinja") + TOKENIZER_FILES
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
+_LICENSE = re.compile(r"^(LICEN[CS]E|NOTICE)(\.\w+)?$", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- events and records
+
+
+@dataclass
+class DownloadProgress:
+    """A snapshot of a running `pull`, sent to the progress callback (about 10 per second)."""
+
+    repo_id: str
+    bytes_done: int
+    bytes_total: int
+    speed_bps: float
+    eta_s: float | None
+    current_file: str | None
+    files_done: int
+    files_total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
+
+
+@dataclass
+class InstalledModel:
+    """A model on this machine: a hub-cache snapshot or a registered local folder."""
+
+    id: str
+    path: Path
+    size_bytes: int
+    complete: bool
+    source: str  # "hub-cache" | "local"
+    missing: list[str] = field(default_factory=list)  # why it is incomplete, for `show`
+
+
+@dataclass
+class DownloadPlan:
+    """The files `pull` fetches from one commit, and the ones it leaves on the hub."""
+
+    repo_id: str
+    commit: str
+    files: dict[str, int | None]  # name -> size in bytes (None if the hub did not say)
+    skipped: list[str]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s or 0 for s in self.files.values())
+
+
+# ---------------------------------------------------------------- environment
+
+
+def hub_endpoint() -> str:
+    """The hub to talk to: `HF_ENDPOINT` (read now, so it can change at runtime) or huggingface.co."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def is_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is on, now or when the library loaded."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes", "on")
+    return constants.is_offline_mode()
+
+
+def _timeout(read: float = READ_TIMEOUT_S):
+    import httpx2
+
+    return httpx2.Timeout(read, connect=CONNECT_TIMEOUT_S)
+
+
+def _storage(repo_id: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return paths.hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = str(name).split("/")
+    return len(parts) == 2 and all(parts) and not str(name).startswith((".", "/", "~"))
+
+
+# ---------------------------------------------------------------- choosing files
+
+
+def select_files(
+    names: Iterable[str], *, index_shards: Iterable[str] | None = None, allow_remote_code: bool = False
+) -> tuple[list[str], list[str]]:
+    """Split a repo's file names into (what a model needs, what is skipped).
+
+    Weights: the safetensors index and its shards, else `model.safetensors`, else all top-level
+    safetensors; only without safetensors the PyTorch .bin (index + shards, or the single file).
+    `index_shards` is the index's weight_map values, when the index has been read.
+    """
+    names = list(dict.fromkeys(names))
+    top = [n for n in names if "/" not in n]
+    wanted = [n for n in top if n in SMALL_FILES or n.endswith(".tiktoken") or _LICENSE.match(n)]
+    safetensors = [n for n in top if n.endswith(".safetensors")]
+    shards = sorted(set(index_shards)) if index_shards is not None else None
+    if safetensors:
+        if SAFETENSORS_INDEX in top:
+            weights = [SAFETENSORS_INDEX] + (shards if shards is not None else safetensors)
+        elif "model.safetensors" in top:
+            weights = ["model.safetensors"]
+        else:
+            weights = safetensors
+    elif PYTORCH_INDEX in top:
+        bins = [n for n in top if n.endswith(".bin")]
+        weights = [PYTORCH_INDEX] + (shards if shards is not None else bins)
+    elif "pytorch_model.bin" in top:
+        weights = ["pytorch_model.bin"]
+    else:
+        weights = []
+    wanted += [w for w in weights if w in names]
+    if allow_remote_code:
+        wanted += [n for n in top if n.endswith(".py")]
+    wanted = list(dict.fromkeys(wanted))
+    skipped = [n for n in names if n not in wanted]
+    return wanted, skipped
+
+
+def _index_shards(index_file: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index_file.read_text("utf-8"))["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InvalidModelError(f"the weights index {index_file.name} cannot be read: {e}") from None
+
+
+def needs_remote_code(folder: Path) -> bool:
+    """True when the model's config or tokenizer config maps classes to code shipped with it."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if json.loads((Path(folder) / name).read_text("utf-8")).get("auto_map"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+# ---------------------------------------------------------------- local state
+
+
+@dataclass
+class FolderStatus:
+    complete: bool
+    missing: list[str]
+
+
+def folder_status(folder: Path) -> FolderStatus:
+    """Whether a model folder (or snapshot) has a config, a tokenizer and all its weights."""
+    folder = Path(folder)
+    missing: list[str] = []
+    if not (folder / "config.json").exists():
+        missing.append("config.json")
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        missing.append("tokenizer")
+    for index in (SAFETENSORS_INDEX, PYTORCH_INDEX):
+        if (folder / index).exists():
+            try:
+                shards = _index_shards(folder / index)
+            except InvalidModelError:
+                missing.append(f"{index} (unreadable)")
+                break
+            missing += [s for s in shards if not (folder / s).exists()]
+            break
+    else:
+        # exists() follows the snapshot symlink: a link to a blob never finished is missing
+        weights = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*.bin")]
+        if not any(p.exists() for p in weights):
+            missing.append("weights")
+    return FolderStatus(not missing, missing)
+
+
+def _pending_blobs(storage: Path) -> list[Path]:
+    """Partial blobs (ours `<etag>.incomplete`, the library's `<etag>.<id>.incomplete`) not yet finished."""
+    blobs = storage / "blobs"
+    if not blobs.is_dir():
+        return []
+    return [p for p in blobs.glob("*.incomplete") if not (blobs / p.name.split(".")[0]).exists()]
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            try:
+                if not p.is_symlink():
+                    total += p.stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def _current_snapshot(storage: Path) -> Path | None:
+    snaps = storage / "snapshots"
+    ref = storage / "refs" / "main"
+    if ref.is_file():
+        snap = snaps / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    candidates = [p for p in snaps.iterdir() if p.is_dir()] if snaps.is_dir() else []
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def _repo_id_from_folder(name: str) -> str | None:
+    parts = name.split("--")
+    return "/".join(parts[1:]) if parts[0] == "models" and len(parts) >= 2 else None
+
+
+def _cache_entry(repo_id: str, storage: Path) -> InstalledModel:
+    snap = _current_snapshot(storage)
+    status = folder_status(snap) if snap else FolderStatus(False, ["snapshot"])
+    pending = _pending_blobs(storage)
+    missing = status.missing + (["unfinished download"] if pending else [])
+    return InstalledModel(repo_id, snap or storage, _tree_bytes(storage), not missing, "hub-cache", missing)
+
+
+def _registry_file() -> Path:
+    return paths.data_dir() / "local_models.json"
+
+
+def registered_local() -> list[Path]:
+    """The local model folders the user added (they may have been moved since)."""
+    try:
+        data = json.loads(_registry_file().read_text("utf-8"))
+        return [Path(p) for p in data.get("folders", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as e:
+        raise FireflyError(
+            f"the list of local models {_registry_file()} is damaged: {e}", "fix or delete that file"
+        ) from None
+
+
+def _save_registry(folders: list[Path]) -> None:
+    atomic.write_json(_registry_file(), {"folders": [str(p) for p in dict.fromkeys(folders)]})
+
+
+def register_local(path: str | os.PathLike) -> None:
+    """Add a local model folder to `firefly list` (checked first: config, tokenizer, weights)."""
+    from .loading import check_model_folder
+
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"no folder at {folder}")
+    check_model_folder(folder)
+    folders = registered_local()
+    if folder not in folders:
+        _save_registry(folders + [folder])
+
+
+def unregister_local(path: str | os.PathLike) -> bool:
+    folder = Path(path).expanduser().resolve()
+    folders = registered_local()
+    if folder not in folders:
+        return False
+    _save_registry([p for p in folders if p != folder])
+    return True
+
+
+def list_installed() -> list[InstalledModel]:
+    """Every model on this machine: the HF cache (with size and completeness), then local folders."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    out: dict[str, InstalledModel] = {}
+    cache = paths.hf_cache_dir()
+    if cache.is_dir():
+        try:
+            repos = [r for r in scan_cache_dir(cache).repos if r.repo_type == "model"]
+        except CacheNotFound:
+            repos = []
+        for repo in repos:
+            out[repo.repo_id] = _cache_entry(repo.repo_id, Path(repo.repo_path))
+        # folders scan_cache_dir reports as corrupted, e.g. stopped before the first file finished
+        for folder in sorted(cache.glob("models--*")):
+            repo_id = _repo_id_from_folder(folder.name)
+            if repo_id and repo_id not in out and folder.is_dir():
+                out[repo_id] = _cache_entry(repo_id, folder)
+    models = sorted(out.values(), key=lambda m: m.id.lower())
+    for folder in registered_local():
+        if folder.is_dir():
+            status = folder_status(folder)
+            models.append(InstalledModel(str(folder), folder, _tree_bytes(folder), status.complete, "local", status.missing))
+        else:
+            models.append(InstalledModel(str(folder), folder, 0, False, "local", ["folder is gone"]))
+    return models
+
+
+def find_installed(name: str) -> InstalledModel | None:
+    """The installed model called `name` (hub id, case-insensitive, or a registered folder)."""
+    key = str(name).strip()
+    as_path = Path(key).expanduser()
+    for m in list_installed():
+        if m.id.lower() == key.lower() or (m.source == "local" and as_path.exists() and m.path == as_path.resolve()):
+            return m
+    return None
+
+
+def local_summary() -> str:
+    """One line saying what can be used without the network."""
+    try:
+        models = list_installed()
+    except FireflyError:
+        models = []
+    if not models:
+        return "nothing is downloaded yet"
+    names = [m.id + ("" if m.complete else " (incomplete)") for m in models]
+    return "available here: " + ", ".join(names)
+
+
+def remove(repo_id_or_path: str | os.PathLike) -> int:
+    """Delete a downloaded model from the cache (blobs, partial files, snapshots); returns bytes freed.
+
+    A registered local folder is only forgotten (0 bytes): firefly never deletes the user's folders.
+    """
+    name = str(repo_id_or_path).strip()
+    path = Path(name).expanduser()
+    if path.exists() and unregister_local(path):
+        return 0
+    if path.exists() and not looks_like_hub_id(name):
+        raise ModelNotFoundError(f"{path.resolve()} is not a registered local model", "see: firefly list")
+    if not looks_like_hub_id(name):
+        if unregister_local(path):  # a registered folder that has been deleted since
+            return 0
+        raise ModelNotFoundError(f"{name!r} is neither a hub id (org/name) nor a registered folder", "see: firefly list")
+    storage = _storage(name)
+    if not storage.is_dir():
+        # the hub is case-insensitive; so is our lookup
+        match = next((m for m in list_installed() if m.source == "hub-cache" and m.id.lower() == name.lower()), None)
+        if match is None:
+            raise ModelNotFoundError(f"{name} is not downloaded", local_summary())
+        storage = _storage(match.id)
+        name = match.id
+    freed = _tree_bytes(storage)
+    shutil.rmtree(storage)
+    shutil.rmtree(paths.hf_cache_dir() / ".locks" / storage.name, ignore_errors=True)
+    return freed
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _Progress:
+    """Counts bytes across files and turns them into throttled DownloadProgress events."""
+
+    def __init__(self, repo_id: str, callback: Callable[[DownloadProgress], None] | None) -> None:
+        self.repo_id = repo_id
+        self.callback = callback
+        self.bytes_total = 0
+        self.bytes_done = 0
+        self.files_total = 0
+        self.files_done = 0
+        self.current: str | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._last_emit = 0.0
+
+    def start(self, total: int, files_total: int, done: int, files_done: int) -> None:
+        self.bytes_total, self.files_total = total, files_total
+        self.bytes_done, self.files_done = done, files_done
+        self._samples.clear()
+        self._samples.append((time.monotonic(), done))
+        self.emit(force=True)
+
+    def add(self, n: int) -> None:
+        self.bytes_done += n
+        now = time.monotonic()
+        self._samples.append((now, self.bytes_done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > SPEED_WINDOW_S:
+            self._samples.popleft()
+        self.emit()
+
+    def file(self, name: str | None, done: bool = False) -> None:
+        if done:
+            self.files_done += 1
+        self.current = name
+        self.emit(force=True)
+
+    def speed(self) -> float:
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 - t0 > 0.05 else 0.0
+
+    def event(self) -> DownloadProgress:
+        speed = self.speed()
+        left = max(self.bytes_total - self.bytes_done, 0)
+        eta = left / speed if speed > 0 else (0.0 if left == 0 else None)
+        return DownloadProgress(
+            self.repo_id, self.bytes_done, self.bytes_total, speed, eta,
+            self.current, self.files_done, self.files_total,
+        )
+
+    def emit(self, force: bool = False) -> None:
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_emit >= PROGRESS_INTERVAL_S:
+            self._last_emit = now
+            self.callback(self.event())
+
+
+# ---------------------------------------------------------------- downloading
+
+
+def _hub_error(e: BaseException, repo_id: str, have_local: bool = False) -> FireflyError:
+    """Our error for a huggingface_hub / HTTP failure, with what to do about it."""
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = hub_endpoint()
+    if isinstance(e, GatedRepoError):
+        return HubAccessError(
+            f"{repo_id} is gated: the hub wants you to accept its conditions first",
+            f"accept them at {endpoint}/{repo_id}, then set HF_TOKEN to a token of that account",
+        )
+    if isinstance(e, RevisionNotFoundError):
+        return ModelNotFoundError(f"{repo_id} has no such revision on {endpoint}", "leave --revision out to get main")
+    if isinstance(e, RepositoryNotFoundError):
+        status = e.response.status_code if e.response is not None else None
+        token_hint = "HF_TOKEN is set but has no access to it" if os.environ.get("HF_TOKEN") else "if it is private, set HF_TOKEN"
+        return ModelNotFoundError(
+            f"{repo_id} is not on {endpoint}" + (" (or it is private)" if status == 401 else ""),
+            f"check the spelling (see: firefly list --all); {token_hint}",
+        )
+    if isinstance(e, RemoteEntryNotFoundError):
+        return ModelNotFoundError(f"a file of {repo_id} disappeared from the hub during the download: {e}", "try again")
+    if isinstance(e, (OfflineModeIsEnabled,)):
+        return OfflineError(
+            "offline mode is on (HF_HUB_OFFLINE), so nothing can be downloaded",
+            f"unset HF_HUB_OFFLINE to download; {local_summary()}",
+        )
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else "?"
+        if status in (401, 403):
+            return HubAccessError(f"the hub refused access to {repo_id} (HTTP {status})", "check HF_TOKEN")
+        return OfflineError(f"the hub at {endpoint} answered HTTP {status} for {repo_id}", f"try again later; {local_summary()}")
+    if isinstance(e, (httpx2.TransportError, OSError)):
+        return OfflineError(
+            f"cannot reach the hub at {endpoint} ({type(e).__name__}: {e})",
+            "check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; " + local_summary(),
+        )
+    return FireflyError(f"download of {repo_id} failed: {e}")
+
+
+def _check_cancel(cancel: threading.Event | None, repo_id: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled(
+            f"download of {repo_id} cancelled", f"what was downloaded is kept; run `firefly pull {repo_id}` to resume"
+        )
+
+
+def _acquire_lock(lock_path: Path, cancel: threading.Event | None, repo_id: str):
+    """A file lock shared with huggingface_hub's own downloads, waited for in a cancellable way."""
+    from filelock import Timeout
+    from huggingface_hub.utils import WeakFileLock
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        _check_cancel(cancel, repo_id)
+        cm = WeakFileLock(lock_path, timeout=0.5)
+        try:
+            cm.__enter__()
+            return cm
+        except Timeout:
+            continue
+
+
+def _expected_hash(etag: str):
+    # LFS files (weights) are named by their sha256; git files by a sha1 we don't re-derive here.
+    return hashlib.sha256() if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+
+
+def _stream_blob(
+    url: str, headers: dict[str, str], partial: Path, size: int | None, etag: str,
+    progress: _Progress, cancel: threading.Event | None, repo_id: str,
+) -> None:
+    """Download into `partial`, resuming from its current length with a Range request."""
+    import httpx2
+    from huggingface_hub import get_session
+    from huggingface_hub.utils import hf_raise_for_status
+
+    hasher = _expected_hash(etag)
+    have = partial.stat().st_size if partial.exists() else 0
+    if size is not None and have > size:
+        partial.unlink()
+        progress.add(-have)
+        have = 0
+    if hasher is not None and have:
+        with open(partial, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                hasher.update(block)
+    failures = 0
+    while size is None or have < size:
+        _check_cancel(cancel, repo_id)
+        h = dict(headers, **{"Accept-Encoding": "identity"})
+        if have:
+            h["Range"] = f"bytes={have}-"
+        got_bytes = False
+        try:
+            with get_session().stream("GET", url, headers=h, timeout=_timeout(), follow_redirects=True) as r:
+                if r.status_code == 416 and have:  # our partial is longer than the file: start over
+                    partial.unlink()
+                    progress.add(-have)
+                    have, hasher = 0, _expected_hash(etag)
+                    continue
+                if r.status_code >= 400:
+                    r.read()
+                hf_raise_for_status(r)
+                if have and r.status_code != 206:  # the server ignored Range: take it from the start
+                    progress.add(-have)
+                    have, hasher = 0, _expected_hash(etag)
+                    partial.write_bytes(b"")
+                with open(partial, "ab") as f:
+                    for chunk in r.iter_bytes():
+                        if cancel is not None and cancel.is_set():
+                            break
+                        f.write(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        have += len(chunk)
+                        got_bytes = True
+                        progress.add(len(chunk))
+                    f.flush()
+                _check_cancel(cancel, repo_id)
+            if size is None:
+                break
+            if have < size:  # connection closed early without an error: resume
+                raise httpx2.RemoteProtocolError("connection closed before the end of the file")
+        except (httpx2.TransportError,) as e:
+            failures = 0 if got_bytes else failures + 1
+            if failures > MAX_RETRIES:
+                raise OfflineError(
+                    f"the download of {repo_id} keeps failing ({type(e).__name__}: {e})",
+                    f"{have / 1e6:.1f} MB of this file are kept; run `firefly pull {repo_id}` to resume",
+                ) from None
+            _sleep(min(0.5 * 2 ** max(failures - 1, 0), 4.0), cancel, repo_id)
+    if size is not None and have != size:
+        raise FireflyError(f"a file of {repo_id} is {have} bytes, the hub said {size}", "run `firefly pull` again")
+    if hasher is not None and hasher.hexdigest() != etag:
+        partial.unlink()
+        raise FireflyError(
+            f"a downloaded file of {repo_id} does not match its checksum (deleted)", "run `firefly pull` again"
+        )
+
+
+def _sleep(seconds: float, cancel: threading.Event | None, repo_id: str) -> None:
+    if cancel is not None:
+        cancel.wait(seconds)
+        _check_cancel(cancel, repo_id)
+    else:
+        time.sleep(seconds)
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    """The snapshot entry: a relative symlink to the blob, as huggingface_hub makes it (copy where
+    the file system has no symlinks)."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:
+        shutil.copyfile(blob, pointer)
+
+
+def _fetch_file(
+    repo_id: str, filename: str, commit: str, storage: Path,
+    progress: _Progress, cancel: threading.Event | None,
+) -> Path:
+    """One file of the snapshot `commit` into the cache (skipped when already there)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    pointer = storage / "snapshots" / commit / filename
+    if pointer.exists():
+        return pointer
+    endpoint = hub_endpoint()
+    url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, timeout=_timeout(10.0), endpoint=endpoint)
+    if not meta.etag:
+        raise OfflineError(f"{endpoint} does not look like a Hugging Face hub (no ETag for {filename})", "check HF_ENDPOINT")
+    headers = build_hf_headers()
+    location = meta.location or url
+    if _origin(location) != _origin(url):
+        headers.pop("authorization", None)  # a signed CDN url: the token stays on the hub
+    blob = storage / "blobs" / meta.etag
+    if not blob.exists():
+        lock = _acquire_lock(paths.hf_cache_dir() / ".locks" / storage.name / f"{meta.etag}.lock", cancel, repo_id)
+        try:
+            if not blob.exists():
+                partial = blob.with_name(blob.name + ".incomplete")
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                _stream_blob(location, headers, partial, meta.size, meta.etag, progress, cancel, repo_id)
+                os.replace(partial, blob)
+        finally:
+            lock.__exit__(None, None, None)
+    else:
+        progress.add(blob.stat().st_size)
+    _link(blob, pointer)
+    return pointer
+
+
+def _origin(url: str) -> tuple[str, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def _already_have(storage: Path, commit: str, files: dict[str, int | None]) -> tuple[int, int]:
+    """(bytes, files) of the plan already in the cache, partial blobs included, for a resumed pull."""
+    done_bytes = done_files = 0
+    for name, size in files.items():
+        if (storage / "snapshots" / commit / name).exists():
+            done_files += 1
+            done_bytes += size or 0
+    for partial in _pending_blobs(storage):
+        if partial.name.count(".") == 1:  # ours; the library's own temporary files are not resumable
+            done_bytes += partial.stat().st_size
+    return done_bytes, done_files
+
+
+def plan_download(repo_id: str, *, revision: str | None = None, allow_remote_code: bool = False) -> tuple[DownloadPlan, Any]:
+    """Ask the hub for the repo's files (one API call) and choose what to fetch."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=hub_endpoint()).model_info(
+        repo_id, revision=revision, files_metadata=True, timeout=_timeout(15.0)
+    )
+    sizes = {s.rfilename: (s.lfs.size if s.lfs else s.size) for s in (info.siblings or [])}
+    if not info.sha:
+        raise OfflineError(f"{hub_endpoint()} did not say which commit {repo_id} is at", "check HF_ENDPOINT")
+    wanted, skipped = select_files(sizes, allow_remote_code=allow_remote_code)
+    plan = DownloadPlan(info.id or repo_id, info.sha, {n: sizes[n] for n in wanted}, skipped)
+    return plan, sizes
+
+
+def pull(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    progress: Callable[[DownloadProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    allow_remote_code: bool = False,
+) -> Path:
+    """Download what model `repo_id` needs into the HF cache and return its snapshot folder.
+
+    Resumes whatever an earlier pull left (finished files are kept, a partial file continues with
+    a Range request). `cancel.set()` from another thread stops it with DownloadCancelled, keeping
+    the partial file. A model that needs remote code is refused unless `allow_remote_code`.
+    Offline, or with the hub unreachable, a model already complete here is returned as it is.
+    """
+    from .catalog import find_entry
+
+    repo_id = str(repo_id).strip()
+    if Path(repo_id).expanduser().is_dir():
+        register_local(repo_id)
+        return Path(repo_id).expanduser().resolve()
+    if not looks_like_hub_id(repo_id):
+        raise ModelNotFoundError(f"{repo_id!r} is not a hub id (org/name) or a folder", "example: firefly pull Qwen/Qwen2.5-0.5B-Instruct")
+    entry = find_entry(repo_id)
+    if entry and entry.needs_remote_code and not allow_remote_code:
+        raise _remote_code_error(repo_id)
+    existing = find_installed(repo_id)
+    if is_offline():
+        if existing and existing.complete:
+            return existing.path
+        raise OfflineError(
+            f"cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE)",
+            f"unset HF_HUB_OFFLINE to download; {local_summary()}",
+        )
+    tracker = _Progress(repo_id, progress)
+    try:
+        plan, sizes = plan_download(repo_id, revision=revision, allow_remote_code=allow_remote_code)
+        repo_id = plan.repo_id
+        storage = _storage(repo_id)
+        snapshot = storage / "snapshots" / plan.commit
+        # The first files decide the rest: remote code is refused before any weight is fetched,
+        # and the weights index names the shards.
+        first = [n for n in ("config.json", "tokenizer_config.json", SAFETENSORS_INDEX, PYTORCH_INDEX) if n in plan.files]
+        if "config.json" not in plan.files:
+            raise UnsupportedModelError(
+                f"{repo_id} has no config.json, so it is not a transformers model firefly can load",
+                "GGUF-only or adapter-only repos are not supported; look for the full model",
+            )
+        for name in first:
+            _fetch_file(repo_id, name, plan.commit, storage, _Progress(repo_id, None), cancel)
+        _write_ref(storage, revision, plan.commit)
+        if needs_remote_code(snapshot) and not allow_remote_code:
+            raise _remote_code_error(repo_id)
+        index = next((snapshot / n for n in (SAFETENSORS_INDEX, PYTORCH_INDEX) if n in plan.files), None)
+        if index is not None:
+            wanted, plan.skipped = select_files(sizes, index_shards=_index_shards(index), allow_remote_code=allow_remote_code)
+            plan.files = {n: sizes.get(n) for n in wanted}
+            lost = [n for n in plan.files if n not in sizes]
+            if lost:
+                raise InvalidModelError(f"{repo_id}: its weights index names files the repo does not have: {lost}")
+        if not any(n.endswith((".safetensors", ".bin")) for n in plan.files):
+            raise UnsupportedModelError(
+                f"{repo_id} has no safetensors or PyTorch weights at the top of the repo",
+                "firefly loads transformers models; .gguf/.onnx/.h5-only repos are not supported",
+            )
+        done, files_done = _already_have(storage, plan.commit, plan.files)
+        tracker.start(plan.total_bytes, len(plan.files), done, files_done)
+        order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))
+        for name in order:
+            if (snapshot / name).exists():
+                continue
+            tracker.file(name)
+            _fetch_file(repo_id, name, plan.commit, storage, tracker, cancel)
+            tracker.file(None, done=True)
+    except FireflyError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every library/network error becomes one of ours
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+        import httpx2
+
+        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError)):
+            raise
+        err = _hub_error(e, repo_id)
+        if isinstance(err, OfflineError) and existing and existing.complete:
+            return existing.path
+        raise err from None
+    tracker.current = None
+    tracker.emit(force=True)
+    return snapshot
+
+
+def _remote_code_error(repo_id: str) -> RemoteCodeError:
+    return RemoteCodeError(
+        f"{repo_id} needs remote code: it runs Python files from the repo to load the model",
+        f"read that code on the hub first; if you trust it: firefly pull {repo_id} --trust-remote-code",
+    )
+
+
+def _write_ref(storage: Path, revision: str | None, commit: str) -> None:
+    rev = revision or "main"
+    if rev == commit:
+        return
+    ref = storage / "refs" / rev
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    if not ref.is_file() or ref.read_text().strip() != commit:
+        ref.write_text(commit)
