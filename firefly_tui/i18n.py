@@ -1,0 +1,214 @@
+"""The app's interface text in Chinese and English: picked from the locale, switchable at run time.
+
+`t("key", **fields)` returns the string in the current language. Every key exists in both
+languages (a test checks it). The language comes from, in order: `set_language()` (the user's
+saved choice), then the locale environment (LANGUAGE, LC_ALL, LC_MESSAGES, LANG).
+"""
+
+from __future__ import annotations
+
+import os
+
+LANGUAGES = ("zh", "en")
+
+# key: (zh, en)
+STRINGS: dict[str, tuple[str, str]] = {
+    # app / navigation
+    "app.title": ("流萤 Firefly", "Firefly 流萤"),
+    "nav.chat": ("对话", "Chat"),
+    "nav.models": ("模型", "Models"),
+    "nav.train": ("训练", "Train"),
+    "nav.language": ("English", "中文"),
+    "nav.quit": ("退出", "Quit"),
+    "cmd.language": ("切换界面语言（中文/English）", "Switch interface language (中文/English)"),
+    "cmd.chat": ("打开对话", "Open chat"),
+    "cmd.models": ("打开模型管理", "Open models"),
+    "cmd.train": ("打开训练", "Open training"),
+    "cmd.new_chat": ("新建对话", "New chat"),
+    "cmd.export_md": ("导出当前对话为 Markdown", "Export this chat to Markdown"),
+    "cmd.export_json": ("导出当前对话为 JSON", "Export this chat to JSON"),
+    "cmd.chat_settings": ("当前对话设置", "Settings of this chat"),
+    "cmd.welcome": ("显示欢迎页", "Show the welcome screen"),
+    # generic
+    "yes": ("确定", "Yes"),
+    "no": ("取消", "No"),
+    "ok": ("确定", "OK"),
+    "cancel": ("取消", "Cancel"),
+    "save": ("保存", "Save"),
+    "close": ("关闭", "Close"),
+    "error": ("出错了", "Error"),
+    "hint": ("建议", "Hint"),
+    "none": ("无", "none"),
+    # welcome
+    "welcome.title": ("欢迎使用流萤", "Welcome to Firefly"),
+    "welcome.body": (
+        "流萤在你自己的电脑上完成整个流程：下载模型、多轮对话、裁剪词表、用你自己的指令数据微调，"
+        "再和微调后的模型对话。\n\n还没有可用的模型：先从模型目录下载一个，或者指定本地模型文件夹。",
+        "Firefly runs the whole workflow on your own machine: get a model, chat with it, prune its "
+        "vocabulary, fine-tune it on your own instruction data, and chat with the result.\n\n"
+        "No model yet: download one from the catalog, or point at a local model folder.",
+    ),
+    "welcome.catalog": ("浏览模型目录", "Browse the catalog"),
+    "welcome.later": ("稍后再说", "Later"),
+    # chat
+    "chat.new": ("＋ 新对话", "+ New chat"),
+    "chat.search": ("搜索对话…", "Search chats…"),
+    "chat.untitled": ("新对话", "New chat"),
+    "chat.placeholder": ("输入消息，回车发送（Esc 停止生成）", "Type a message, Enter to send (Esc stops a reply)"),
+    "chat.editing": ("编辑最后一条消息后回车重新发送", "Edit the last message, Enter to resend"),
+    "chat.user": ("你", "You"),
+    "chat.assistant": ("助手", "Assistant"),
+    "chat.system": ("系统", "System"),
+    "chat.stopped": ("已停止", "stopped"),
+    "chat.error": ("生成失败", "generation failed"),
+    "chat.no_model": ("还没有加载模型：按 F3 打开模型管理，选择一个模型并“使用”。", "No model loaded: press F3 for Models and pick “Use this model”."),
+    "chat.busy": ("正在生成回复，按 Esc 停止。", "A reply is being generated; Esc stops it."),
+    "chat.nothing_to_regen": ("没有可以重新生成的回复。", "There is no reply to regenerate."),
+    "chat.nothing_to_edit": ("没有可以编辑的消息。", "There is no message to edit."),
+    "chat.copied": ("已复制到剪贴板", "Copied to the clipboard"),
+    "chat.exported": ("已导出到 {path}", "Exported to {path}"),
+    "chat.rename": ("重命名对话", "Rename chat"),
+    "chat.delete_q": ("删除对话“{title}”？此操作无法撤销。", "Delete the chat “{title}”? This cannot be undone."),
+    "chat.loading_model": ("正在加载模型 {name}…", "Loading model {name}…"),
+    "chat.stop": ("停止", "Stop"),
+    "chat.regenerate": ("重新生成", "Regenerate"),
+    "chat.edit_last": ("编辑上一条", "Edit last"),
+    "chat.copy": ("复制", "Copy"),
+    "chat.export": ("导出", "Export"),
+    "chat.settings": ("对话设置", "Chat settings"),
+    "chat.rename_key": ("重命名", "Rename"),
+    "chat.delete_key": ("删除对话", "Delete chat"),
+    "chat.search_key": ("搜索", "Search"),
+    "chat.send": ("发送", "Send"),
+    # status line
+    "status.model": ("模型 {name}", "model {name}"),
+    "status.no_model": ("未加载模型", "no model loaded"),
+    "status.stats": (
+        "{tps:.1f} 词元/秒 · 首词元 {ttft:.0f} ms · 上下文 {used}/{total}",
+        "{tps:.1f} tok/s · TTFT {ttft:.0f} ms · context {used}/{total}",
+    ),
+    "status.generating": ("生成中…", "generating…"),
+    # chat settings
+    "settings.title": ("对话设置", "Chat settings"),
+    "settings.model": ("模型（留空=当前模型）", "Model (empty = current model)"),
+    "settings.system": ("系统提示词", "System prompt"),
+    "settings.prompt_format": ("提示格式（留空=自动）", "Prompt format (empty = auto)"),
+    "settings.temperature": ("temperature", "temperature"),
+    "settings.top_p": ("top_p", "top_p"),
+    "settings.top_k": ("top_k（0=关闭）", "top_k (0 = off)"),
+    "settings.repetition_penalty": ("重复惩罚", "repetition penalty"),
+    "settings.max_new_tokens": ("最多生成词元数", "max new tokens"),
+    "settings.bad_number": ("“{field}” 需要一个数字", "“{field}” needs a number"),
+    # export
+    "export.title": ("导出对话", "Export chat"),
+    "export.path": ("保存到", "Save to"),
+    # models
+    "models.catalog": ("模型目录", "Catalog"),
+    "models.installed": ("已安装", "Installed"),
+    "models.download": ("下载", "Download"),
+    "models.cancel": ("取消下载", "Cancel download"),
+    "models.use": ("使用此模型", "Use this model"),
+    "models.delete": ("删除", "Delete"),
+    "models.local": ("使用本地文件夹", "Use a local folder"),
+    "models.local_prompt": ("本地模型文件夹路径", "Path of a local model folder"),
+    "models.refresh": ("刷新", "Refresh"),
+    "models.delete_q": ("删除模型 {name}？将释放 {size}。", "Delete the model {name}? This frees {size}."),
+    "models.deleted": ("已删除 {name}，释放 {size}", "Deleted {name}, freed {size}"),
+    "models.loading": ("正在加载 {name}…", "Loading {name}…"),
+    "models.loaded": ("已加载 {name}（{device}，{dtype}，上下文 {ctx}）", "Loaded {name} ({device}, {dtype}, context {ctx})"),
+    "models.load_failed": ("加载失败：{error}", "Loading failed: {error}"),
+    "models.progress": (
+        "{name}：{done} / {total} · {speed}/s · 剩余 {eta} · 文件 {files_done}/{files_total}",
+        "{name}: {done} / {total} · {speed}/s · ETA {eta} · files {files_done}/{files_total}",
+    ),
+    "models.downloaded": ("已下载 {name}", "Downloaded {name}"),
+    "models.download_cancelled": ("已取消下载 {name}（再次下载会继续）", "Download of {name} cancelled (downloading again resumes)"),
+    "models.download_failed": ("下载失败：{error}", "Download failed: {error}"),
+    "models.unavailable": ("模型管理模块尚不可用：{error}", "Model management is not available: {error}"),
+    "models.col.id": ("模型", "Model"),
+    "models.col.params": ("参数量", "Params"),
+    "models.col.size": ("大小", "Size"),
+    "models.col.langs": ("语言", "Languages"),
+    "models.col.format": ("格式", "Format"),
+    "models.col.note": ("说明", "Note"),
+    "models.col.status": ("状态", "Status"),
+    "models.col.source": ("来源", "Source"),
+    "models.col.path": ("路径", "Path"),
+    "models.installed_mark": ("已安装", "installed"),
+    "models.incomplete": ("未完成（可继续下载）", "incomplete (resume)"),
+    "models.complete": ("完整", "complete"),
+    "models.active": ("使用中", "in use"),
+    "models.select_first": ("请先在表格中选择一个模型", "Select a model in a table first"),
+    # training
+    "train.form": ("新的训练", "New run"),
+    "train.model": ("基础模型（hub id 或文件夹）", "Base model (hub id or folder)"),
+    "train.data": ("数据文件（JSONL，逗号分隔）", "Data files (JSONL, comma-separated)"),
+    "train.out": ("输出文件夹", "Output folder"),
+    "train.epochs": ("轮数", "Epochs"),
+    "train.max_steps": ("最多步数（0=按轮数）", "Max steps (0 = by epochs)"),
+    "train.lr": ("学习率", "Learning rate"),
+    "train.batch": ("批大小", "Batch size"),
+    "train.max_length": ("最大长度", "Max length"),
+    "train.gpu": ("设备（cpu 或 GPU 编号，如 0 或 0,1）", "Device (cpu or GPU ids like 0 or 0,1)"),
+    "train.mode": ("方式", "Method"),
+    "train.zero": ("ZeRO 阶段", "ZeRO stage"),
+    "train.check": ("检查数据", "Check data"),
+    "train.start": ("开始训练", "Start training"),
+    "train.stop": ("停止（保存检查点）", "Stop (saves a checkpoint)"),
+    "train.chat": ("和这个模型对话", "Chat with this model"),
+    "train.runs": ("历史训练", "Past runs"),
+    "train.log": ("日志", "Log"),
+    "train.checking": ("正在检查数据…", "Checking the data…"),
+    "train.check_first": ("先检查数据：摘要如下，确认后再次点击“开始训练”。", "Data checked: read the summary, then press Start again."),
+    "train.check_failed": ("数据检查失败：{error}", "Data check failed: {error}"),
+    "train.started": ("训练已启动：{path}", "Training started: {path}"),
+    "train.launch_failed": ("无法启动训练：{error}", "Cannot start training: {error}"),
+    "train.stopping": ("正在停止，等待保存检查点…", "Stopping; waiting for the checkpoint…"),
+    "train.not_running": ("没有正在运行的训练进程", "No running training process"),
+    "train.no_final": ("还没有 {path}", "There is no {path} yet"),
+    "train.status": (
+        "步 {step}/{total} · {tps} 词元/秒 · lr {lr} · 剩余 {eta} · 内存 {mem}",
+        "step {step}/{total} · {tps} tok/s · lr {lr} · ETA {eta} · memory {mem}",
+    ),
+    "train.state": ("状态：{status}", "status: {status}"),
+    "train.no_run": ("还没有选中的训练", "No run selected"),
+    "train.unavailable": ("训练模块尚不可用：{error}", "Training is not available: {error}"),
+    "train.need_field": ("请填写“{field}”", "Please fill in “{field}”"),
+    "train.legend": ("━ 训练  ━ 平滑  ● 验证", "━ train  ━ smoothed  ● eval"),
+    "train.no_data": ("（还没有损失数据）", "(no loss data yet)"),
+    "train.stop_q": ("停止训练 {path}？会先保存检查点。", "Stop the run {path}? A checkpoint is saved first."),
+}
+
+_current: str | None = None
+
+
+def detect_language(environ: dict[str, str] | None = None) -> str:
+    """'zh' when the locale is Chinese, else 'en'."""
+    env = os.environ if environ is None else environ
+    for var in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(var)
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+def language() -> str:
+    global _current
+    if _current is None:
+        _current = detect_language()
+    return _current
+
+
+def set_language(lang: str | None) -> str:
+    """Use `lang` ('zh' or 'en'); None goes back to the locale. Returns the language in use."""
+    global _current
+    if lang is not None and lang not in LANGUAGES:
+        raise ValueError(f"unknown language {lang!r}; use one of {LANGUAGES}")
+    _current = lang if lang is not None else detect_language()
+    return _current
+
+
+def t(key: str, **fields) -> str:
+    zh, en = STRINGS[key]
+    text = zh if language() == "zh" else en
+    return text.format(**fields) if fields else text

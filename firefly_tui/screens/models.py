@@ -1,0 +1,350 @@
+"""The models screen: the catalog, the installed models, downloads and "use this model".
+
+Downloads run in a thread worker with a cancel `threading.Event`; progress callbacks post
+messages (at most ~10 a second) to a progress bar showing bytes, speed and ETA. Cancelling
+leaves the partial files in the hub cache, so downloading again resumes. Loading a model runs in
+its own worker; the status line says what is loading and shows the reason when it fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Label, ProgressBar, Static
+
+from .. import backend
+from ..i18n import t
+from ..widgets.localized import localize_bindings
+from .dialogs import ConfirmDialog, PromptDialog
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class ModelsScreen(Screen):
+    BINDINGS = [
+        Binding("u", "use", "models.use"),
+        Binding("d", "download", "models.download"),
+        Binding("x", "cancel_download", "models.cancel"),
+        Binding("delete", "delete", "models.delete"),
+        Binding("l", "local", "models.local"),
+        Binding("r", "refresh", "models.refresh"),
+    ]
+
+    class Progress(Message):
+        def __init__(self, progress) -> None:
+            super().__init__()
+            self.progress = progress
+
+    class DownloadEnded(Message):
+        def __init__(self, repo_id: str, outcome: str, detail: str = "") -> None:
+            super().__init__()
+            self.repo_id, self.outcome, self.detail = repo_id, outcome, detail
+
+    class Loaded(Message):
+        def __init__(self, name: str, lm=None, error: str | None = None) -> None:
+            super().__init__()
+            self.name, self.lm, self.error = name, lm, error
+
+    class Listed(Message):
+        def __init__(self, catalog: list, installed: list, error: str | None) -> None:
+            super().__init__()
+            self.catalog, self.installed, self.error = catalog, installed, error
+
+    def __init__(self) -> None:
+        super().__init__(id="models")
+        localize_bindings(self)
+        self.catalog: list = []
+        self.installed: list = []
+        self.download_cancel: threading.Event | None = None
+        self.downloading: str | None = None
+        self.loading: str | None = None
+        self.status_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            yield Label(t("models.catalog"), classes="section")
+            yield DataTable(id="catalog", cursor_type="row", zebra_stripes=True)
+            yield Label(t("models.installed"), classes="section")
+            yield DataTable(id="installed", cursor_type="row", zebra_stripes=True)
+            with Horizontal(id="download-row"):
+                yield ProgressBar(id="download-bar", show_eta=False)
+                yield Label("", id="download-text")
+            with Horizontal(classes="buttons"):
+                yield Button(t("models.use"), id="use", variant="primary")
+                yield Button(t("models.download"), id="download")
+                yield Button(t("models.cancel"), id="cancel-download")
+                yield Button(t("models.delete"), id="delete", variant="error")
+                yield Button(t("models.local"), id="local")
+            yield Static(self.status_text, id="model-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.track_screen(self)
+        self.title = t("app.title")
+        self.sub_title = t("nav.models")
+        self._setup_tables()
+        self.query_one("#download-row").display = self.downloading is not None
+        self.action_refresh()
+
+    async def relabel(self) -> None:
+        localize_bindings(self)
+        await self.recompose()
+        self.on_mount()
+
+    def _setup_tables(self) -> None:
+        cat = self.query_one("#catalog", DataTable)
+        cat.clear(columns=True)
+        for key in ("id", "params", "size", "langs", "format", "status", "note"):
+            cat.add_column(t(f"models.col.{key}"), key=key)
+        inst = self.query_one("#installed", DataTable)
+        inst.clear(columns=True)
+        for key in ("id", "size", "status", "source", "path"):
+            inst.add_column(t(f"models.col.{key}"), key=key)
+
+    # -- listing ------------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        self._list_worker()
+
+    @work(thread=True, exclusive=True, group="list")
+    def _list_worker(self) -> None:
+        errors = []
+        try:
+            cat = backend.catalog()
+        except Exception as e:  # noqa: BLE001 - the screen still shows what it can
+            cat, errors = [], [backend.format_error(e)]
+        try:
+            inst = backend.list_installed()
+        except Exception as e:  # noqa: BLE001
+            inst = []
+            errors.append(backend.format_error(e))
+        self.post_message(self.Listed(cat, inst, "; ".join(errors) or None))
+
+    def on_models_screen_listed(self, message: Listed) -> None:
+        self.catalog, self.installed = message.catalog, message.installed
+        if message.error:
+            self.set_status(t("models.unavailable", error=message.error))
+        installed_ids = {m.id: m for m in self.installed}
+        active = self.app.model_name
+        cat = self.query_one("#catalog", DataTable)
+        cat.clear()
+        for e in self.catalog:
+            m = installed_ids.get(e.id)
+            status = (
+                t("models.active") if e.id == active
+                else (t("models.installed_mark") if m.complete else t("models.incomplete")) if m
+                else ""
+            )
+            cat.add_row(
+                e.id, e.params, f"{e.download_size_gb:.1f} GB", "/".join(e.languages), e.prompt_format, status, e.note,
+                key=e.id,
+            )
+        inst = self.query_one("#installed", DataTable)
+        inst.clear()
+        for m in self.installed:
+            status = t("models.active") if m.id == active or str(m.path) == active else (
+                t("models.complete") if m.complete else t("models.incomplete")
+            )
+            inst.add_row(m.id, human_bytes(m.size_bytes), status, m.source, str(m.path), key=m.id)
+
+    # -- selection ----------------------------------------------------------------------------
+    def selected(self) -> tuple[str, str] | None:
+        """(table id, model id) of the row under the cursor in the focused (or last) table."""
+        focused = self.app.focused
+        tables = [focused] if isinstance(focused, DataTable) else []
+        tables += [self.query_one("#installed", DataTable), self.query_one("#catalog", DataTable)]
+        for table in tables:
+            if table.row_count and table.cursor_row is not None and table.cursor_row >= 0:
+                key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+                return table.id, key
+        return None
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "installed":
+            self.use_model(event.row_key.value)
+
+    @on(Button.Pressed)
+    async def _button(self, event: Button.Pressed) -> None:
+        action = {
+            "use": self.action_use,
+            "download": self.action_download,
+            "cancel-download": self.action_cancel_download,
+            "delete": self.action_delete,
+            "local": self.action_local,
+        }.get(event.button.id)
+        if action:
+            action()
+
+    def set_status(self, text: str) -> None:
+        self.status_text = text
+        self.query_one("#model-status", Static).update(text)
+
+    # -- use ----------------------------------------------------------------------------------
+    def action_use(self) -> None:
+        sel = self.selected()
+        if sel is None:
+            self.notify(t("models.select_first"), severity="warning")
+            return
+        self.use_model(sel[1])
+
+    def action_local(self) -> None:
+        def done(path: str | None) -> None:
+            if path:
+                self.use_model(path, register=True)
+
+        self.app.push_screen(PromptDialog(t("models.local_prompt"), placeholder="/path/to/model"), done)
+
+    def use_model(self, name: str, register: bool = False) -> None:
+        if self.loading:
+            return
+        self.loading = name
+        self.set_status(t("models.loading", name=name))
+        self.query_one("#model-status").add_class("busy")
+        self._load_worker(name, register)
+
+    @work(thread=True, exclusive=True, group="load")
+    def _load_worker(self, name: str, register: bool) -> None:
+        try:
+            if register:
+                try:
+                    backend.register_local(name)
+                except ImportError:
+                    pass  # listing local folders needs firefly_core.hub; loading does not
+            lm = backend.load_model(name)
+        except BaseException as e:  # shown on screen, with our hint
+            self.post_message(self.Loaded(name, error=backend.format_error(e)))
+            return
+        self.post_message(self.Loaded(name, lm=lm))
+
+    def on_models_screen_loaded(self, message: Loaded) -> None:
+        self.loading = None
+        self.query_one("#model-status").remove_class("busy")
+        if message.error:
+            self.set_status(t("models.load_failed", error=message.error))
+            self.query_one("#model-status").add_class("failed")
+            return
+        self.query_one("#model-status").remove_class("failed")
+        self.app.set_model(message.lm, message.name)
+        d = backend.describe_model(message.lm)
+        self.set_status(t("models.loaded", name=message.name, device=d["device"], dtype=d["dtype"], ctx=d["context_length"]))
+        self.action_refresh()
+
+    # -- download -----------------------------------------------------------------------------
+    def action_download(self) -> None:
+        sel = self.selected()
+        if sel is None:
+            self.notify(t("models.select_first"), severity="warning")
+            return
+        if self.downloading:
+            return
+        self.start_download(sel[1])
+
+    def start_download(self, repo_id: str) -> None:
+        self.downloading = repo_id
+        self.download_cancel = threading.Event()
+        row = self.query_one("#download-row")
+        row.display = True
+        bar = self.query_one("#download-bar", ProgressBar)
+        bar.update(total=None, progress=0)
+        self.query_one("#download-text", Label).update(repo_id)
+        self._download_worker(repo_id, self.download_cancel)
+
+    def action_cancel_download(self) -> None:
+        if self.download_cancel is not None:
+            self.download_cancel.set()
+
+    @work(thread=True, exclusive=True, group="download")
+    def _download_worker(self, repo_id: str, cancel: threading.Event) -> None:
+        last = 0.0
+
+        def progress(p) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= 0.1 or p.bytes_done >= p.bytes_total > 0:
+                last = now
+                self.post_message(self.Progress(p))
+
+        try:
+            backend.pull(repo_id, progress=progress, cancel=cancel)
+        except BaseException as e:
+            if cancel.is_set() or type(e).__name__ == "DownloadCancelled":
+                self.post_message(self.DownloadEnded(repo_id, "cancelled"))
+            else:
+                self.post_message(self.DownloadEnded(repo_id, "failed", backend.format_error(e)))
+            return
+        self.post_message(self.DownloadEnded(repo_id, "done"))
+
+    def on_models_screen_progress(self, message: Progress) -> None:
+        p = message.progress
+        bar = self.query_one("#download-bar", ProgressBar)
+        bar.update(total=p.bytes_total or None, progress=p.bytes_done)
+        self.query_one("#download-text", Label).update(
+            t(
+                "models.progress",
+                name=p.repo_id,
+                done=human_bytes(p.bytes_done),
+                total=human_bytes(p.bytes_total),
+                speed=human_bytes(p.speed_bps),
+                eta=human_seconds(p.eta_s),
+                files_done=p.files_done,
+                files_total=p.files_total,
+            )
+        )
+
+    def on_models_screen_download_ended(self, message: DownloadEnded) -> None:
+        self.downloading = None
+        self.download_cancel = None
+        key = {"done": "models.downloaded", "cancelled": "models.download_cancelled"}.get(message.outcome)
+        text = t(key, name=message.repo_id) if key else t("models.download_failed", error=message.detail)
+        self.query_one("#download-text", Label).update(text)
+        self.set_status(text)
+        self.action_refresh()
+
+    # -- delete -------------------------------------------------------------------------------
+    def action_delete(self) -> None:
+        sel = self.selected()
+        m = next((m for m in self.installed if sel and m.id == sel[1]), None)
+        if m is None:
+            self.notify(t("models.select_first"), severity="warning")
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._delete_worker(m.id)
+
+        self.app.push_screen(ConfirmDialog(t("models.delete_q", name=m.id, size=human_bytes(m.size_bytes))), done)
+
+    @work(thread=True, group="delete")
+    def _delete_worker(self, model_id: str) -> None:
+        try:
+            freed = backend.remove(model_id)
+        except BaseException as e:
+            self.app.call_from_thread(self.set_status, backend.format_error(e))
+            return
+        self.app.call_from_thread(self.set_status, t("models.deleted", name=model_id, size=human_bytes(freed)))
+        self.app.call_from_thread(self.action_refresh)
