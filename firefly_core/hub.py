@@ -714,6 +714,7 @@ def pull(
     progress: Callable[[DownloadProgress], None] | None = None,
     cancel: threading.Event | None = None,
     allow_remote_code: bool = False,
+    on_plan: Callable[[DownloadPlan], None] | None = None,
 ) -> Path:
     """Download what model `repo_id` needs into the HF cache and return its snapshot folder.
 
@@ -721,6 +722,7 @@ def pull(
     a Range request). `cancel.set()` from another thread stops it with DownloadCancelled, keeping
     the partial file. A model that needs remote code is refused unless `allow_remote_code`.
     Offline, or with the hub unreachable, a model already complete here is returned as it is.
+    `on_plan` is called once with the files chosen (and skipped) before the weights download.
     """
     from .catalog import find_entry
 
@@ -772,6 +774,8 @@ def pull(
                 f"{repo_id} has no safetensors or PyTorch weights at the top of the repo",
                 "firefly loads transformers models; .gguf/.onnx/.h5-only repos are not supported",
             )
+        if on_plan is not None:
+            on_plan(plan)
         done, files_done = _already_have(storage, plan.commit, plan.files)
         tracker.start(plan.total_bytes, len(plan.files), done, files_done)
         order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))

@@ -1,0 +1,336 @@
+"""`firefly pull | list | rm | show | use`: get models from the hub, see what is here, pick one.
+
+Models live in the standard Hugging Face cache (HF_HOME), so other tools share them. Downloads
+show a progress bar on a terminal (one line per file otherwise), resume where they stopped, and
+stop cleanly on Ctrl-C (the partial file is kept for the next `pull`). Heavy imports happen inside
+the handlers so `firefly --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pull", aliases=["download"],
+        help="download a model from the Hugging Face Hub (resumes an unfinished one)",
+        description="Download a model into the Hugging Face cache: config, tokenizer and one copy "
+        "of the weights (safetensors preferred). Resumes an interrupted download; Ctrl-C stops it and "
+        "keeps what was fetched. Honours HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_OFFLINE. "
+        "Example: firefly pull Qwen/Qwen2.5-0.5B-Instruct",
+    )
+    p.add_argument("model", metavar="ID", help="hub id (org/name), e.g. YeungNLP/firefly-1b4 (see: firefly list --all)")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model that runs its own Python code (remembered for this model)")
+    p.add_argument("--use", action="store_true", help="make it the active model when done")
+    p.set_defaults(handler=run_pull)
+
+    p = subparsers.add_parser(
+        "list", aliases=["ls", "models"],
+        help="list downloaded models (and with --all the catalog)",
+        description="Models on this machine: the Hugging Face cache and local folders you added, "
+        "with size and whether each is complete. * marks the active model.",
+    )
+    p.add_argument("--all", "-a", action="store_true", help="also list catalog models not downloaded yet")
+    p.set_defaults(handler=run_list)
+
+    p = subparsers.add_parser(
+        "rm", help="delete a downloaded model from the cache (asks first)",
+        description="Delete a model from the Hugging Face cache (a local folder is only forgotten, "
+        "never deleted). Example: firefly rm YeungNLP/firefly-1b4 --yes",
+    )
+    p.add_argument("model", metavar="ID")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=run_rm)
+
+    p = subparsers.add_parser(
+        "show", help="details of a model: catalog entry, files here, settings",
+        description="What firefly knows about a model: catalog entry, where it is, whether it is "
+        "complete, and its saved settings. Example: firefly show YeungNLP/firefly-1b4",
+    )
+    p.add_argument("model", metavar="ID")
+    p.set_defaults(handler=run_show)
+
+    p = subparsers.add_parser(
+        "use", help="set the active model and its settings",
+        description="Make a model the one `firefly chat` and the app use when no --model is given, "
+        "and save its settings. A folder is added to the list. Without ID: show the active model. "
+        "Example: firefly use YeungNLP/firefly-1b4 --temperature 0.35",
+    )
+    p.add_argument("model", metavar="ID_OR_PATH", nargs="?")
+    p.add_argument("--format", choices=FORMATS, help="prompt format for this model")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--system", help="system prompt for this model")
+    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow (or with --no-trust-remote-code forbid) this model's own Python code")
+    p.add_argument("--reset", action="store_true", help="forget this model's saved settings first")
+    p.set_defaults(handler=run_use)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class _ConsoleProgress:
+    """Renders DownloadProgress events: a rich bar on a terminal, one line per file otherwise."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_files = -1
+
+    def __enter__(self) -> "_ConsoleProgress":
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.fields[sizes]}  {task.fields[speed]}  ETA {task.fields[eta]}"),
+                console=Console(file=self.stream), transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("", total=None, sizes="", speed="", eta="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, ev) -> None:
+        sizes = f"{human_bytes(ev.bytes_done)} / {human_bytes(ev.bytes_total)}"
+        if self._bar is not None:
+            self._bar.update(
+                self._task, completed=ev.bytes_done, total=max(ev.bytes_total, 1),
+                description=f"{ev.files_done}/{ev.files_total} {ev.current_file or ''}".rstrip(),
+                sizes=sizes, speed=f"{human_bytes(ev.speed_bps)}/s", eta=_eta(ev.eta_s),
+            )
+        elif ev.files_done != self._last_files:
+            self._last_files = ev.files_done
+            print(f"  {ev.files_done}/{ev.files_total} files, {sizes}", file=self.stream, flush=True)
+
+
+def _remote_code_allowed(model: str) -> bool:
+    from firefly_core.settings import load_settings
+
+    return load_settings().for_model(model).trust_remote_code
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from firefly_core import hub
+    from firefly_core.errors import DownloadCancelled
+    from firefly_core.settings import set_active_model, update_model_settings
+
+    model = args.model
+    allow = args.trust_remote_code or _remote_code_allowed(model)
+    cancel = threading.Event()
+    result: dict[str, Any] = {}
+
+    def on_plan(plan) -> None:
+        print(f"pulling {plan.repo_id} @ {plan.commit[:10]}: {len(plan.files)} files, "
+              f"{human_bytes(plan.total_bytes)}", file=sys.stderr, flush=True)
+        skipped = [n for n in plan.skipped if not n.startswith(".")]
+        if skipped:
+            shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+            print(f"  not needed, skipped: {shown}", file=sys.stderr, flush=True)
+
+    with _ConsoleProgress() as bar:
+        def work() -> None:
+            try:
+                result["path"] = hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
+                                          allow_remote_code=allow, on_plan=on_plan)
+            except BaseException as e:  # handed to the main thread
+                result["error"] = e
+
+        # The download runs in a worker so Ctrl-C here becomes a clean cancel (partial file kept).
+        worker = threading.Thread(target=work, name="firefly-pull", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+    if "error" in result:
+        err = result["error"]
+        if isinstance(err, DownloadCancelled):
+            print(f"stopped: {err.message}; run `firefly pull {model}` to resume", file=sys.stderr)
+            return 130
+        raise err
+    path = result["path"]
+    if args.trust_remote_code:
+        update_model_settings(model, trust_remote_code=True)
+    if args.use:
+        set_active_model(model)
+    print(f"ready: {model} at {path}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from firefly_core import hub
+    from firefly_core.catalog import catalog
+    from firefly_core.settings import load_settings
+
+    active = load_settings().active_model
+    installed = hub.list_installed()
+    rows = []
+    for m in installed:
+        status = "complete" if m.complete else "INCOMPLETE (firefly pull to resume)" if m.source == "hub-cache" else "INCOMPLETE"
+        mark = "*" if active and active.lower() == m.id.lower() else " "
+        rows.append((mark, m.id, human_bytes(m.size_bytes), status, m.source))
+    if args.all:
+        have = {m.id.lower() for m in installed}
+        for e in catalog():
+            if e.id.lower() not in have:
+                mark = "*" if active and active.lower() == e.id.lower() else " "
+                flag = ", remote code" if e.needs_remote_code else ""
+                rows.append((mark, e.id, f"~{e.download_size_gb:.1f} GB", f"not downloaded ({e.params}, {e.kind}{flag})", "catalog"))
+    if not rows:
+        print("no models here yet; see the catalog with: firefly list --all, then: firefly pull ID")
+        return 0
+    widths = [max(len(r[i]) for r in rows + [(" ", "MODEL", "SIZE", "STATUS", "SOURCE")]) for i in range(5)]
+    for r in [(" ", "MODEL", "SIZE", "STATUS", "SOURCE")] + rows:
+        print(f"{r[0]} {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip())
+    if not args.all:
+        print(f"\n{len(installed)} model(s); the catalog of known models: firefly list --all")
+    return 0
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    from firefly_core import hub
+    from firefly_core.errors import ModelNotFoundError
+    from firefly_core.settings import load_settings, save_settings
+
+    found = hub.find_installed(args.model)
+    if found is None:
+        raise ModelNotFoundError(f"{args.model} is not downloaded or registered", hub.local_summary())
+    what = (f"forget the local folder {found.path} (the files stay)" if found.source == "local"
+            else f"delete {found.id} ({human_bytes(found.size_bytes)}) from the Hugging Face cache")
+    if not args.yes:
+        print(f"{what[0].upper() + what[1:]}? [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            print("aborted, nothing removed")
+            return 1
+    freed = hub.remove(found.id if found.source == "hub-cache" else found.path)
+    s = load_settings()
+    if s.active_model and s.active_model.lower() == found.id.lower():
+        s.active_model = None
+        save_settings(s)
+        print("(it was the active model; choose another with: firefly use ID)")
+    print(f"removed {found.id}" + (f", {human_bytes(freed)} freed" if freed else ""))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from firefly_core import hub
+    from firefly_core.catalog import find_entry
+    from firefly_core.errors import ModelNotFoundError
+    from firefly_core.settings import load_settings
+
+    entry = find_entry(args.model)
+    found = hub.find_installed(args.model)
+    if entry is None and found is None:
+        raise ModelNotFoundError(
+            f"{args.model} is not in the catalog and not downloaded",
+            f"download it with: firefly pull {args.model} (see: firefly list --all)",
+        )
+    name = found.id if found else entry.id
+    settings = load_settings()
+    print(name + ("  (active)" if settings.active_model and settings.active_model.lower() == name.lower() else ""))
+    if entry:
+        print(f"  catalog:     {entry.params} parameters, download ~{entry.download_size_gb:.1f} GB "
+              f"(approximate), {entry.kind} model, languages {'/'.join(entry.languages)}")
+        print(f"  format:      {entry.prompt_format}")
+        print(f"  note:        {entry.note}")
+        if entry.license:
+            print(f"  license:     {entry.license}")
+    if found:
+        state = "complete" if found.complete else f"INCOMPLETE (missing: {', '.join(found.missing)})"
+        print(f"  here:        {found.path} ({found.source}), {human_bytes(found.size_bytes)}, {state}")
+        if found.complete and found.path.is_dir():
+            remote = hub.needs_remote_code(found.path)
+            print(f"  remote code: {'needed (allow with: firefly use ' + name + ' --trust-remote-code)' if remote else 'no'}")
+    else:
+        print(f"  here:        not downloaded (firefly pull {name})")
+        if entry and entry.needs_remote_code:
+            print("  remote code: needed")
+    ms = settings.models.get(name) or next((v for k, v in settings.models.items() if k.lower() == name.lower()), None)
+    if ms:
+        from dataclasses import asdict
+
+        chosen = {k: v for k, v in asdict(ms).items() if v not in (None, False)}
+        if chosen:
+            print("  settings:    " + ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
+    return 0
+
+
+def run_use(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from firefly_core import hub
+    from firefly_core.errors import ModelNotFoundError
+    from firefly_core.settings import ModelSettings, load_settings, save_settings
+
+    settings = load_settings()
+    if args.model is None:
+        print(settings.active_model or "no active model; set one with: firefly use ID")
+        return 0
+    model = args.model
+    if Path(model).expanduser().is_dir():
+        hub.register_local(model)
+        model = str(Path(model).expanduser().resolve())
+    else:
+        found = hub.find_installed(model)
+        if found is None:
+            raise ModelNotFoundError(f"{model} is not downloaded", f"download it first: firefly pull {model}")
+        model = found.id
+        if not found.complete:
+            print(f"note: {model} is incomplete ({', '.join(found.missing)}); finish it with: firefly pull {model}",
+                  file=sys.stderr)
+    changes = {
+        "prompt_format": args.format, "temperature": args.temperature, "top_p": args.top_p,
+        "top_k": args.top_k, "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_new_tokens, "system": args.system,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    ms = ModelSettings() if args.reset else settings.for_model(model)
+    for k, v in changes.items():
+        setattr(ms, k, v)
+    ms.validate(f"settings of {model}")
+    settings.models[model] = ms
+    settings.active_model = model
+    save_settings(settings)
+    print(f"active model: {model}")
+    return 0
