@@ -1,7 +1,8 @@
 """Generation settings and the events a reply streams: GenerationConfig, TextDelta, ReplyDone, ReplyStats.
 
 Defaults are the seeds' (Firefly's `generate` call): top_p 0.85, temperature 0.35,
-repetition_penalty 1.2, max_new_tokens 200, sampling on.
+repetition_penalty 1.2, max_new_tokens 200, sampling on. `do_sample=False` (or temperature 0) is
+greedy decoding.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.temperature == 0:  # the common convention (llama.cpp, ollama): temperature 0 = greedy
+            self.do_sample = False
         self.stop_strings = tuple(self.stop_strings)
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         self.validate()
@@ -35,7 +38,7 @@ class GenerationConfig:
         """Raise ConfigError for values transformers would also reject (or that make no sense)."""
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.do_sample and not self.temperature > 0:
+        if self.temperature < 0 or (self.do_sample and not self.temperature > 0):
             raise ConfigError(
                 f"temperature must be above 0 when sampling (got {self.temperature})",
                 "use --greedy for deterministic output",
