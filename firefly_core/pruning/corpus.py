@@ -32,22 +32,23 @@ def iter_file_texts(path: Path) -> Iterator[str]:
     if not path.is_file():
         raise DataError(f"corpus file {path} does not exist")
     is_jsonl = path.suffix.lower() in JSONL_SUFFIXES
-    lineno = 0
-    try:
-        with path.open("r", encoding="utf-8", newline="") as f:
-            for lineno, line in enumerate(f, 1):
-                if not is_jsonl:
-                    yield line  # the newline stays: it is text the model sees too
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})", "fix or remove the line") from None
-                yield from _strings(record)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})", "convert the file to UTF-8") from None
+    # Binary lines decoded one by one, so a bad byte is reported on its own line.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # drop a BOM
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})", "convert the file to UTF-8") from None
+            if not is_jsonl:
+                yield line  # the newline stays: it is text the model sees too
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})", "fix or remove the line") from None
+            yield from _strings(record)
 
 
 def iter_corpus_texts(paths: Iterable[Path]) -> Iterator[str]:
