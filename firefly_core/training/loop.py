@@ -14,6 +14,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -152,7 +153,9 @@ def _build_accelerator(config: TrainConfig):
     mp = resolve_precision(config.precision, not cpu and torch.cuda.is_available())
     plugin = deepspeed_plugin(config, mp) if config.deepspeed else None
     return Accelerator(
-        cpu=cpu,
+        # DeepSpeed picks its own device (DS_ACCELERATOR=cpu on CPU); accelerate's cpu flag would
+        # silently bypass it.
+        cpu=cpu and plugin is None,
         mixed_precision=mp,
         gradient_accumulation_steps=config.grad_accum,
         deepspeed_plugin=plugin,
@@ -215,6 +218,24 @@ def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterab
         stop.restore()
         if writer:
             writer.close()
+        _release(accelerator)
+
+
+def _release(accelerator) -> None:
+    """Leave the process as we found it, so another run can start in it (tests, notebooks):
+    accelerate's state is a process-wide singleton, and a one-process DeepSpeed run opened a
+    process group of its own."""
+    if accelerator.num_processes != 1:
+        return
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm.comm")
+        if ds_comm is not None:
+            ds_comm.cdb = None  # DeepSpeed's handle on the group just destroyed
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFlag, progress: dict) -> RunResult:
@@ -307,6 +328,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         train_samples=len(train_set),
         eval_samples=len(eval_set),
         bad_lines=len(bad),
+        bad_examples=[str(b) for b in bad[:10]],
         truncated=stats.truncated,
         cut_away=stats.cut_away,
         cut_away_where=stats.cut_away_where,

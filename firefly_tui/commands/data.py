@@ -1,0 +1,86 @@
+"""`firefly data check FILE...`: validate training data and show what would be trained."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+OPEN, CLOSE = "⟦", "⟧"  # marks trained tokens in the rendered example
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="inspect training data", description="Inspect training data.")
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = sub.add_parser(
+        "check",
+        help="validate JSONL files: formats, kinds, bad lines, token lengths, a rendered sample",
+        description="Validate JSONL training files (Firefly {kind,input,target}, multi-turn "
+        "{conversation:[{human,assistant}]}, or OpenAI {messages:[{role,content}]}). With --model, "
+        "also token lengths and one sample rendered with the model's prompt format, trained "
+        f"tokens shown between {OPEN} and {CLOSE}.",
+    )
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--model", help="model folder or hub id whose tokenizer and prompt format to use")
+    c.add_argument("--format", dest="prompt_format", help="prompt format (default: the model's own)")
+    c.add_argument("--max-length", type=int, default=512, help="max tokens per sample (default 512)")
+    c.add_argument("--show", type=int, default=20, help="bad lines to list (default 20)")
+    c.add_argument("--strict", action="store_true", help="exit with status 1 when any line is bad")
+    c.set_defaults(handler=run_check)
+
+
+def format_report(report, show: int = 20) -> str:
+    """The plain-text report of `firefly data check` (also used by tests)."""
+    lines = [f"files: {', '.join(report.files)}"]
+    lines.append(f"lines: {report.lines}   valid: {report.valid}   bad: {len(report.bad)}")
+    if report.by_format:
+        lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_format.items())))
+    if report.by_kind:
+        kinds = list(report.by_kind.items())
+        shown = ", ".join(f"{k} {v}" for k, v in kinds[:15])
+        lines.append("kinds: " + shown + (f", ... ({len(kinds) - 15} more)" if len(kinds) > 15 else ""))
+    if report.bad:
+        lines.append("bad lines:")
+        lines.extend(f"  {b}" for b in report.bad[:show])
+        if len(report.bad) > show:
+            lines.append(f"  ... and {len(report.bad) - show} more")
+    t = report.tokens
+    if t is not None:
+        lines.append(
+            f"tokens (max length {report.max_length}): samples {len(t.lengths)}, "
+            f"supervised tokens {t.supervised_tokens}, truncated {t.truncated}, "
+            f"dropped (answer cut away entirely) {t.cut_away}"
+        )
+        if t.cut_away:
+            lines.append(
+                f"  warning: {t.cut_away} sample(s) have no trained token within {report.max_length} tokens "
+                f"and are skipped in training (first: {', '.join(t.cut_away_where)})"
+            )
+        if report.histogram:
+            peak = max(c for _, _, c in report.histogram) or 1
+            lines.append("length histogram:")
+            for low, high, count in report.histogram:
+                bar = "#" * max(1 if count else 0, round(30 * count / peak))
+                lines.append(f"  {low:>5}-{high:<5} {count:>7}  {bar}")
+    if report.example:
+        s = report.samples[0]
+        lines.append(f"sample {s.path}:{s.line} as trained ({OPEN}trained{CLOSE}):")
+        lines.append("".join(f"{OPEN}{text}{CLOSE}" if trained else text for text, trained in report.example))
+    return "\n".join(lines)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from firefly_core.data import check_files
+
+    tokenizer = fmt = None
+    if args.model:
+        from firefly_core.formats import resolve_format
+        from firefly_core.loading import load_tokenizer, resolve_model_path
+
+        tokenizer = load_tokenizer(resolve_model_path(args.model))
+        fmt = resolve_format(tokenizer, args.prompt_format)
+    report = check_files(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
+    print(format_report(report, args.show))
+    if args.strict and report.bad:
+        print(f"error: {len(report.bad)} bad line(s) (--strict)", file=sys.stderr)
+        return 1
+    return 0
