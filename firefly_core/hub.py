@@ -467,7 +467,7 @@ class _Progress:
 # ---------------------------------------------------------------- downloading
 
 
-def _hub_error(e: BaseException, repo_id: str, have_local: bool = False) -> FireflyError:
+def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
     """Our error for a huggingface_hub / HTTP failure, with what to do about it."""
     import httpx2
     from huggingface_hub.errors import (

@@ -3,7 +3,8 @@
 It serves what huggingface_hub 2.x asks for when it downloads a model:
 
 - `GET /api/models/{repo}[/revision/{rev}]` (model_info): id, sha, siblings with size, blobId and
-  lfs {size, sha256, pointerSize} (`?blobs=true`).
+  lfs {size, sha256, pointerSize} (`?blobs=true`); `GET /api/models/{repo}/tree/{rev}` (the file
+  list snapshot_download asks for).
 - `HEAD|GET /{repo}/resolve/{rev}/{file}`: small files answered directly with ETag = git blob
   sha1, X-Repo-Commit and Content-Length; LFS files (weights) answered with a 302 to a "CDN" on
   another origin (`localhost` instead of `127.0.0.1`, so the client does not follow it on HEAD and
@@ -40,22 +41,26 @@ class Repo:
     repo_id: str
     files: dict[str, bytes]
     gated_token: str | None = None  # set: 401 GatedRepo unless "Authorization: Bearer <token>"
+    sha256: dict[str, str] = field(default_factory=dict)  # digests computed once (files can be large)
+    git_sha1: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def sha(self) -> str:
+    def __post_init__(self) -> None:
+        for name, data in self.files.items():
+            self.sha256[name] = hashlib.sha256(data).hexdigest()
+            self.git_sha1[name] = git_blob_sha1(data)
         h = hashlib.sha1()
         for name in sorted(self.files):
-            h.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
-        return h.hexdigest()
+            h.update(name.encode() + b"\0" + self.sha256[name].encode())
+        self.sha = h.hexdigest()  # the commit id
 
     def is_lfs(self, name: str) -> bool:
         return name.endswith(LFS_SUFFIXES)
 
     def sibling(self, name: str) -> dict:
         data = self.files[name]
-        out = {"rfilename": name, "size": len(data), "blobId": git_blob_sha1(data)}
+        out = {"rfilename": name, "size": len(data), "blobId": self.git_sha1[name]}
         if self.is_lfs(name):
-            out["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+            out["lfs"] = {"size": len(data), "sha256": self.sha256[name], "pointerSize": 134}
         return out
 
 
@@ -89,9 +94,9 @@ class HubServer:
 
     def blob(self, sha256: str) -> tuple[str, bytes] | None:
         for repo in self.repos.values():
-            for name, data in repo.files.items():
-                if hashlib.sha256(data).hexdigest() == sha256:
-                    return name, data
+            for name, digest in repo.sha256.items():
+                if digest == sha256:
+                    return name, repo.files[name]
         return None
 
     # -- fault modes
@@ -164,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
         hub.log(Request(self.command, path, self.headers.get("Range"), self.headers.get("Authorization")))
         try:
             parts = path.strip("/").split("/")
+            if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
+                return self._tree(f"{parts[2]}/{parts[3]}", parts[5])
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 rev = parts[5] if len(parts) >= 6 and parts[4] == "revision" else "main"
                 return self._model_info(f"{parts[2]}/{parts[3]}", rev)
@@ -199,6 +206,19 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
+    def _tree(self, repo_id: str, rev: str) -> None:
+        """list_repo_tree (snapshot_download uses it): every file, recursive, one page."""
+        repo = self._repo(repo_id, rev)
+        if repo is None:
+            return
+        entries = []
+        for name in sorted(repo.files):
+            entry = {"type": "file", "path": name, "size": len(repo.files[name]), "oid": repo.git_sha1[name]}
+            if repo.is_lfs(name):
+                entry["lfs"] = {"oid": repo.sha256[name], "size": len(repo.files[name]), "pointerSize": 134}
+            entries.append(entry)
+        self._send(200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
+
     def _resolve(self, repo_id: str, rev: str, name: str, head: bool) -> None:
         repo = self._repo(repo_id, rev)
         if repo is None:
@@ -206,9 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in repo.files:
             return self._error(404, "EntryNotFound", f"{name} does not exist", {"X-Repo-Commit": repo.sha})
         data = repo.files[name]
-        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{git_blob_sha1(data)}"', "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.git_sha1[name]}"', "Accept-Ranges": "bytes"}
         if repo.is_lfs(name):
-            sha = hashlib.sha256(data).hexdigest()
+            sha = repo.sha256[name]
             headers.update({
                 "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                 "Location": f"{self.server_state.cdn_url}/cdn/{sha}", "Content-Length": "0",
@@ -255,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        step = 4096
+        step = 4096 if self.server_state.slow_bps else 1 << 20
         for i in range(0, len(body), step):
             self.wfile.write(body[i:i + step])
             if self.server_state.slow_bps:

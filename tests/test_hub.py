@@ -329,3 +329,22 @@ def test_a_folder_the_library_left_half_made_is_listed_incomplete(fresh_home):
     (storage / "blobs" / ("a" * 64 + ".incomplete")).write_bytes(b"x" * 10)
     [m] = hub.list_installed()
     assert m.id == "someone/half" and not m.complete and m.size_bytes == 10
+
+
+def test_the_cache_is_shared_with_huggingface_hub(online, bloom_dir):
+    """A model fetched by the library is listed and not fetched again; ours is found by the library."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    lib_path = Path(snapshot_download(REPO, endpoint=online.url, allow_patterns=["*.json", "*.safetensors"]))
+    [listed] = hub.list_installed()
+    assert listed.id == REPO and listed.complete and listed.path == lib_path
+    online.requests.clear()
+    assert hub.pull(REPO) == lib_path
+    assert not [r for r in online.requests if r.method == "GET" and not r.path.startswith("/api/")]
+
+    hub.remove(REPO)
+    ours = hub.pull(REPO)
+    online.requests.clear()
+    got = hf_hub_download(REPO, "model.safetensors", endpoint=online.url)
+    assert Path(got) == ours / "model.safetensors"
+    assert not [r for r in online.requests if r.method == "GET"], "the library reused our blob"

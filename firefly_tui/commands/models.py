@@ -124,6 +124,12 @@ class _ConsoleProgress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
+    def say(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def __call__(self, ev) -> None:
         sizes = f"{human_bytes(ev.bytes_done)} / {human_bytes(ev.bytes_total)}"
         if self._bar is not None:
@@ -156,15 +162,15 @@ def run_pull(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     result: dict[str, Any] = {}
 
-    def on_plan(plan) -> None:
-        print(f"pulling {plan.repo_id} @ {plan.commit[:10]}: {len(plan.files)} files, "
-              f"{human_bytes(plan.total_bytes)}", file=sys.stderr, flush=True)
-        skipped = [n for n in plan.skipped if not n.startswith(".")]
-        if skipped:
-            shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
-            print(f"  not needed, skipped: {shown}", file=sys.stderr, flush=True)
-
     with _ConsoleProgress() as bar:
+        def on_plan(plan) -> None:
+            bar.say(f"pulling {plan.repo_id} @ {plan.commit[:10]}: {len(plan.files)} files, "
+                    f"{human_bytes(plan.total_bytes)}")
+            skipped = [n for n in plan.skipped if not n.startswith(".")]
+            if skipped:
+                shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+                bar.say(f"  not needed, skipped: {shown}")
+
         def work() -> None:
             try:
                 result["path"] = hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
