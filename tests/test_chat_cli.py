@@ -1,0 +1,91 @@
+"""`firefly chat` driven as a real subprocess with piped stdin, on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from firefly_core.chat import ChatSession
+from firefly_core.generation import GenerationConfig, ReplyDone
+from firefly_core.loading import load_model
+
+
+def _chat(args, stdin, home):
+    env = dict(os.environ, FIREFLY_HOME=str(home), PYTHONIOENCODING="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "firefly_tui.cli", "chat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=120,
+    )
+
+
+def _expected_replies(model_dir, turns, max_new_tokens):
+    """What ChatSession says in-process for the same turns (greedy), /reset included."""
+    lm = load_model(model_dir, dtype="fp32", device="cpu")
+    session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens))
+    replies = []
+    for turn in turns:
+        if turn == "/reset":
+            session.reset()
+            continue
+        replies.append([e for e in session.send(turn) if isinstance(e, ReplyDone)][0].text)
+    return replies
+
+
+@pytest.mark.slow
+def test_piped_two_turns_reset_and_eof(bloom_dir, tmp_path):
+    turns = ["你好", "Write a poem.", "/reset", "你好"]
+    proc = _chat(
+        ["--model", str(bloom_dir), "--dtype", "fp32", "--device", "cpu", "--greedy", "--max-new-tokens", "8"],
+        "\n".join(turns) + "\n",  # then end of input
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = _expected_replies(bloom_dir, turns, 8)
+    assert proc.stdout == "".join(r + "\n" for r in expected)  # replies only, no prompt clutter
+    assert expected[0] == expected[2] and expected[1] != expected[0]  # /reset really forgot turn 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_exit_command_and_blank_lines(bloom_dir, tmp_path):
+    proc = _chat(
+        ["--model", str(bloom_dir), "--dtype", "fp32", "--greedy", "--max-new-tokens", "3"],
+        "\n\n/exit\nnever answered\n",
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    proc = _chat(["--model", str(tmp_path / "nope")], "", tmp_path)
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_model_and_no_active_model_says_pass_model(tmp_path):
+    proc = _chat([], "", tmp_path)
+    assert proc.returncode == 1
+    assert "--model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_sampling_flag_is_a_clear_error(bloom_dir, tmp_path):
+    proc = _chat(["--model", str(bloom_dir), "--top-p", "1.5"], "", tmp_path)
+    assert proc.returncode == 1
+    assert "top_p" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_format_stats_line():
+    from firefly_core.generation import ReplyStats
+    from firefly_tui.commands.chat import format_stats
+
+    stats = ReplyStats(10, 6, 20, 0.25, 4.5, 4.7, "stop_token", 30, 2048)
+    line = format_stats(stats)
+    assert "20 tokens" in line and "4.5 tok/s" in line and "250 ms" in line and "6 reused" in line
