@@ -451,7 +451,7 @@ class _Progress:
         left = max(self.bytes_total - self.bytes_done, 0)
         eta = left / speed if speed > 0 else (0.0 if left == 0 else None)
         return DownloadProgress(
-            self.repo_id, self.bytes_done, self.bytes_total, speed, eta,
+            self.repo_id, self.bytes_done, max(self.bytes_total, self.bytes_done), speed, eta,
             self.current, self.files_done, self.files_total,
         )
 
@@ -679,7 +679,7 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc.lower()
 
 
-def _already_have(storage: Path, commit: str, files: dict[str, int | None]) -> tuple[int, int]:
+def _already_have(storage: Path, commit: str, files: dict[str, int | None], blob_ids: set[str]) -> tuple[int, int]:
     """(bytes, files) of the plan already in the cache, partial blobs included, for a resumed pull."""
     done_bytes = done_files = 0
     for name, size in files.items():
@@ -687,24 +687,31 @@ def _already_have(storage: Path, commit: str, files: dict[str, int | None]) -> t
             done_files += 1
             done_bytes += size or 0
     for partial in _pending_blobs(storage):
-        if partial.name.count(".") == 1:  # ours; the library's own temporary files are not resumable
+        # ours (`<etag>.incomplete`) of a planned file; the library's temporary files are not resumable
+        if partial.name.count(".") == 1 and partial.name.split(".")[0] in blob_ids:
             done_bytes += partial.stat().st_size
     return done_bytes, done_files
 
 
 def plan_download(repo_id: str, *, revision: str | None = None, allow_remote_code: bool = False) -> tuple[DownloadPlan, Any]:
-    """Ask the hub for the repo's files (one API call) and choose what to fetch."""
+    """Ask the hub for the repo's files (one API call) and choose what to fetch.
+
+    Also returns every file's (size, blob id): the blob id is the name the cache stores it under
+    (sha256 for LFS files, the git id otherwise), which tells a resumable partial file apart.
+    """
     from huggingface_hub import HfApi
 
     info = HfApi(endpoint=hub_endpoint()).model_info(
         repo_id, revision=revision, files_metadata=True, timeout=_timeout(15.0)
     )
-    sizes = {s.rfilename: (s.lfs.size if s.lfs else s.size) for s in (info.siblings or [])}
+    files = {
+        s.rfilename: ((s.lfs.size, s.lfs.sha256) if s.lfs else (s.size, s.blob_id)) for s in (info.siblings or [])
+    }
     if not info.sha:
         raise OfflineError(f"{hub_endpoint()} did not say which commit {repo_id} is at", "check HF_ENDPOINT")
-    wanted, skipped = select_files(sizes, allow_remote_code=allow_remote_code)
-    plan = DownloadPlan(info.id or repo_id, info.sha, {n: sizes[n] for n in wanted}, skipped)
-    return plan, sizes
+    wanted, skipped = select_files(files, allow_remote_code=allow_remote_code)
+    plan = DownloadPlan(info.id or repo_id, info.sha, {n: files[n][0] for n in wanted}, skipped)
+    return plan, files
 
 
 def pull(
@@ -732,6 +739,7 @@ def pull(
         return Path(repo_id).expanduser().resolve()
     if not looks_like_hub_id(repo_id):
         raise ModelNotFoundError(f"{repo_id!r} is not a hub id (org/name) or a folder", "example: firefly pull Qwen/Qwen2.5-0.5B-Instruct")
+    _check_cancel(cancel, repo_id)
     entry = find_entry(repo_id)
     if entry and entry.needs_remote_code and not allow_remote_code:
         raise _remote_code_error(repo_id)
@@ -745,7 +753,8 @@ def pull(
         )
     tracker = _Progress(repo_id, progress)
     try:
-        plan, sizes = plan_download(repo_id, revision=revision, allow_remote_code=allow_remote_code)
+        plan, remote = plan_download(repo_id, revision=revision, allow_remote_code=allow_remote_code)
+        sizes = {n: size for n, (size, _) in remote.items()}
         repo_id = plan.repo_id
         storage = _storage(repo_id)
         snapshot = storage / "snapshots" / plan.commit
@@ -776,7 +785,8 @@ def pull(
             )
         if on_plan is not None:
             on_plan(plan)
-        done, files_done = _already_have(storage, plan.commit, plan.files)
+        blob_ids = {remote[n][1] for n in plan.files if n in remote and remote[n][1]}
+        done, files_done = _already_have(storage, plan.commit, plan.files, blob_ids)
         tracker.start(plan.total_bytes, len(plan.files), done, files_done)
         order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))
         for name in order:
@@ -799,7 +809,25 @@ def pull(
         raise err from None
     tracker.current = None
     tracker.emit(force=True)
+    _drop_stale_partials(storage)
     return snapshot
+
+
+def _drop_stale_partials(storage: Path) -> None:
+    """After a complete pull, our partial blobs left from an older commit can never finish:
+    delete them (unless another process is downloading them right now) so the model lists complete."""
+    from filelock import Timeout
+    from huggingface_hub.utils import WeakFileLock
+
+    for partial in _pending_blobs(storage):
+        if partial.name.count(".") != 1:
+            continue  # the library's own temporary file: its process owns it
+        etag = partial.name.split(".")[0]
+        try:
+            with WeakFileLock(paths.hf_cache_dir() / ".locks" / storage.name / f"{etag}.lock", timeout=0.05):
+                partial.unlink(missing_ok=True)
+        except Timeout:
+            pass
 
 
 def _remote_code_error(repo_id: str) -> RemoteCodeError:

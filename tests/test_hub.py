@@ -348,3 +348,23 @@ def test_the_cache_is_shared_with_huggingface_hub(online, bloom_dir):
     got = hf_hub_download(REPO, "model.safetensors", endpoint=online.url)
     assert Path(got) == ours / "model.safetensors"
     assert not [r for r in online.requests if r.method == "GET"], "the library reused our blob"
+
+
+def test_a_partial_file_from_an_older_commit_is_dropped_after_a_complete_pull(online):
+    storage = hub._storage(REPO)
+    (storage / "blobs").mkdir(parents=True)
+    stale = storage / "blobs" / ("b" * 64 + ".incomplete")
+    stale.write_bytes(b"old weights, half")
+    events: list[hub.DownloadProgress] = []
+    plans: list[hub.DownloadPlan] = []
+    hub.pull(REPO, progress=events.append, on_plan=plans.append)
+    assert not stale.exists() and hub.find_installed(REPO).complete
+    assert events[-1].bytes_done == plans[0].total_bytes, "a stale partial is not progress of this pull"
+
+
+def test_cancel_before_start(online):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DownloadCancelled):
+        hub.pull(REPO, cancel=cancel)
+    assert online.requests == []
