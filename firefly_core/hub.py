@@ -20,6 +20,7 @@ What the library gives us and what we add:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -472,6 +473,7 @@ def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         HfHubHTTPError,
         OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
@@ -506,7 +508,16 @@ def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
         if status in (401, 403):
             return HubAccessError(f"the hub refused access to {repo_id} (HTTP {status})", "check HF_TOKEN")
         return OfflineError(f"the hub at {endpoint} answered HTTP {status} for {repo_id}", f"try again later; {local_summary()}")
-    if isinstance(e, (httpx2.TransportError, OSError)):
+    if isinstance(e, HFValidationError):
+        return ModelNotFoundError(f"{repo_id!r} is not a valid hub id: {e}", "ids look like org/name, e.g. YeungNLP/firefly-1b4")
+    if isinstance(e, OSError) and not isinstance(e, httpx2.TransportError):
+        if e.errno == errno.ENOSPC:
+            return FireflyError(
+                f"the disk is full while downloading {repo_id} into {paths.hf_cache_dir()}",
+                f"free some space (firefly rm ID deletes a model), then run `firefly pull {repo_id}` to resume",
+            )
+        return FireflyError(f"cannot write the download of {repo_id}: {e}", "check the permissions of HF_HOME")
+    if isinstance(e, httpx2.TransportError):
         return OfflineError(
             f"cannot reach the hub at {endpoint} ({type(e).__name__}: {e})",
             "check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; " + local_summary(),
@@ -787,6 +798,7 @@ def pull(
             on_plan(plan)
         blob_ids = {remote[n][1] for n in plan.files if n in remote and remote[n][1]}
         done, files_done = _already_have(storage, plan.commit, plan.files, blob_ids)
+        _check_disk_space(storage, plan.total_bytes - done, repo_id)
         tracker.start(plan.total_bytes, len(plan.files), done, files_done)
         order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))
         for name in order:
@@ -801,7 +813,9 @@ def pull(
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
         import httpx2
 
-        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError)):
+        from huggingface_hub.errors import HFValidationError
+
+        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
             raise
         err = _hub_error(e, repo_id)
         if isinstance(err, OfflineError) and existing and existing.complete:
@@ -811,6 +825,19 @@ def pull(
     tracker.emit(force=True)
     _drop_stale_partials(storage)
     return snapshot
+
+
+def _check_disk_space(storage: Path, needed: int, repo_id: str) -> None:
+    """Refuse before downloading rather than fill the disk half way through a file."""
+    probe = storage
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise FireflyError(
+            f"{repo_id} needs {needed / 1e9:.2f} GB more, but only {free / 1e9:.2f} GB are free on the disk of {paths.hf_cache_dir()}",
+            "free some space (firefly rm ID deletes a model) or point HF_HOME at a bigger disk",
+        )
 
 
 def _drop_stale_partials(storage: Path) -> None:

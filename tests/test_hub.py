@@ -368,3 +368,19 @@ def test_cancel_before_start(online):
     with pytest.raises(DownloadCancelled):
         hub.pull(REPO, cancel=cancel)
     assert online.requests == []
+
+
+def test_not_enough_disk_space_is_refused_before_downloading(online, monkeypatch):
+    import shutil as _shutil
+
+    real = _shutil.disk_usage
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000))
+    with pytest.raises(hub.FireflyError) as e:
+        hub.pull(REPO)
+    assert "free" in e.value.message and "firefly rm" in e.value.hint
+    assert not [r for r in online.requests if r.path.startswith("/cdn/")]
+
+
+def test_an_invalid_hub_id_is_a_clear_error(online):
+    with pytest.raises(ModelNotFoundError):
+        hub.pull("org/bad name!")
