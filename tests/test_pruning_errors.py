@@ -174,21 +174,35 @@ def test_unknown_embedding_layout_is_unsupported(tmp_path, bloom_dir, corpus):
 
 
 def test_failure_while_writing_leaves_the_old_output(tmp_path, bloom_dir, corpus, monkeypatch):
-    import firefly_core.pruning.pipeline as pipeline
+    from firefly_core.pruning.weights import PrunedCheckpointWriter
 
     out = tmp_path / "out"
     prune_vocabulary(bloom_dir, corpus, out, keep_top=300)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken(ckpt, vocab, token_map, out_dir, on_tensor=None):
-        (out_dir / "model.safetensors").write_bytes(b"half")
+    def broken(self, token_map, on_tensor=None):
+        self.wait()
+        (self.out_dir / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_pruned", broken)
+    monkeypatch.setattr(PrunedCheckpointWriter, "finish", broken)
     with pytest.raises(OSError, match="No space"):
         prune_vocabulary(bloom_dir, corpus, out, keep_top=320, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _only_out(tmp_path) == ["out"]
+
+
+def test_output_folder_and_files_are_readable_by_others(tmp_path, bloom_dir, corpus):
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    prune_vocabulary(bloom_dir, corpus, out, keep_top=300)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o644 & 0o044 & ~umask, f.name
 
 
 def test_cli_prints_the_report(tmp_path, bloom_dir, corpus, capsys):

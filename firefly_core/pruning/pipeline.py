@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..atomic import write_json
 from ..errors import ConfigError, DataError, InvalidModelError, OutputExistsError
 from ..loading import resolve_model_path
 from . import corpus as corpus_mod
 from .report import REPORT_FILE, TOKEN_MAP_FILE, PruneProgress, PruneReport
 from .select import choose, count_tokens, new_order
 from .tokenizer import SourceTokenizer, build_tokenizer_json, merge_parents, read_tokenizer, slow_tokenizer_files
-from .weights import count_params, find_vocab_tensors, read_checkpoint, write_pruned
+from .weights import PrunedCheckpointWriter, count_params, find_vocab_tensors, read_checkpoint
 
 # Files carried over unchanged: they hold no ids (tokens are named by their text there).
 VERBATIM_FILES = ("special_tokens_map.json", "chat_template.jinja", "chat_template.json")
@@ -37,6 +36,21 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidModelError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    # Plain writes: the whole folder is renamed into place at the end, which is what makes it atomic.
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _make_temp_folder(out: Path) -> Path:
+    """An empty folder next to `out` (same filesystem, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model folder should not be
+    return tmp
 
 
 def _token_id_fields(cfg: dict[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -152,56 +166,59 @@ def prune_vocabulary(
         )
     _check_output(out, source, force)
 
-    from tokenizers import Tokenizer
-
-    counter = Tokenizer.from_file(str(src_tok.path))
-    counter.no_truncation()
-    counter.no_padding()
-
-    def encode(batch: list[str]) -> list[list[int]]:
-        return [e.ids for e in counter.encode_batch_fast(batch, add_special_tokens=False)]
-
-    floor_ids = set(src_tok.byte_ids()) | set(src_tok.added_ids()) | set(src_tok.processor_ids())
-    for cfg in (config, gen_config or {}):
-        for tid in _config_ids(cfg):
-            if not 0 <= tid < src_tok.size or src_tok.id_to_token[tid] is None:
-                raise InvalidModelError(f"the config names token id {tid}, which the tokenizer does not have")
-            floor_ids.add(tid)
-    if keep_file is not None:
-        floor_ids |= _keep_file_ids(Path(keep_file), src_tok, encode)
-    parents = merge_parents(src_tok)
-    if keep_top is not None:  # fail on a too-small size before reading the corpus
-        choose(_zeros(src_tok.size), floor_ids, parents, keep_top=keep_top)
-
-    total_bytes = corpus_mod.corpus_bytes(corpus_paths)
-    seen = 0
-
-    def on_batch(chars: int) -> None:
-        nonlocal seen
-        seen = min(total_bytes, seen + chars)  # chars ~ bytes; exact for ASCII, fine for a bar
-        report_progress(PruneProgress("count", seen, total_bytes))
-
-    has_text = False
-
-    def texts() -> Iterable[str]:
-        nonlocal has_text
-        for text in corpus_mod.iter_corpus_texts(corpus_paths):
-            has_text = has_text or not text.isspace()
-            yield text
-
-    counts = count_tokens(encode, texts(), src_tok.size, on_batch=on_batch)
-    corpus_tokens = int(counts.sum())
-    if corpus_tokens == 0 or not has_text:
-        raise DataError(
-            "the corpus has no text", "give text files or JSONL files whose records have string fields"
-        )
-    selection = choose(counts, floor_ids, parents, keep_top=keep_top, min_count=min_count)
-    token_map = new_order(selection.kept, src_tok.added_ids())
-    old_to_new = {old: new for new, old in enumerate(token_map)}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # Copy the tensors pruning does not change while the corpus is counted (the copy is kernel IO,
+    # the counting is the tokenizer's threads): the two overlap instead of adding up.
+    tmp = _make_temp_folder(out)
+    writer = PrunedCheckpointWriter(ckpt, vocab_tensors, tmp)
     try:
+        writer.start()
+        from tokenizers import Tokenizer
+
+        counter = Tokenizer.from_file(str(src_tok.path))
+        counter.no_truncation()
+        counter.no_padding()
+
+        def encode(batch: list[str]) -> list[list[int]]:
+            return [e.ids for e in counter.encode_batch_fast(batch, add_special_tokens=False)]
+
+        floor_ids = set(src_tok.byte_ids()) | set(src_tok.added_ids()) | set(src_tok.processor_ids())
+        for cfg in (config, gen_config or {}):
+            for tid in _config_ids(cfg):
+                if not 0 <= tid < src_tok.size or src_tok.id_to_token[tid] is None:
+                    raise InvalidModelError(f"the config names token id {tid}, which the tokenizer does not have")
+                floor_ids.add(tid)
+        if keep_file is not None:
+            floor_ids |= _keep_file_ids(Path(keep_file), src_tok, encode)
+        parents = merge_parents(src_tok)
+        if keep_top is not None:  # fail on a too-small size before reading the corpus
+            choose(_zeros(src_tok.size), floor_ids, parents, keep_top=keep_top)
+
+        total_bytes = corpus_mod.corpus_bytes(corpus_paths)
+        seen = 0
+
+        def on_batch(chars: int) -> None:
+            nonlocal seen
+            seen = min(total_bytes, seen + chars)  # chars ~ bytes; exact for ASCII, fine for a bar
+            report_progress(PruneProgress("count", seen, total_bytes))
+
+        has_text = False
+
+        def texts() -> Iterable[str]:
+            nonlocal has_text
+            for text in corpus_mod.iter_corpus_texts(corpus_paths):
+                has_text = has_text or not text.isspace()
+                yield text
+
+        counts = count_tokens(encode, texts(), src_tok.size, on_batch=on_batch)
+        corpus_tokens = int(counts.sum())
+        if corpus_tokens == 0 or not has_text:
+            raise DataError(
+                "the corpus has no text", "give text files or JSONL files whose records have string fields"
+            )
+        selection = choose(counts, floor_ids, parents, keep_top=keep_top, min_count=min_count)
+        token_map = new_order(selection.kept, src_tok.added_ids())
+        old_to_new = {old: new for new, old in enumerate(token_map)}
+
         tok_json = build_tokenizer_json(src_tok, token_map)
         (tmp / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False, indent=2), encoding="utf-8")
         if (source / "vocab.json").is_file() or (source / "merges.txt").is_file():
@@ -226,14 +243,15 @@ def prune_vocabulary(
         write_json(tmp / "config.json", new_config)
         if gen_config is not None:
             write_json(tmp / "generation_config.json", _remap_config_ids(gen_config, old_to_new))
-        done = 0
+        writer.wait(lambda: report_progress(PruneProgress("weights", writer.copied, writer.total)))
+        done = writer.copied
 
         def on_tensor(name: str) -> None:
             nonlocal done
             done += 1
-            report_progress(PruneProgress("weights", done, len(ckpt.tensors), name))
+            report_progress(PruneProgress("weights", done, writer.total, name))
 
-        write_pruned(ckpt, vocab_tensors, token_map, tmp, on_tensor)
+        writer.finish(token_map, on_tensor)
         (tmp / TOKEN_MAP_FILE).write_text(json.dumps(token_map) + "\n", encoding="utf-8")
         tied = vocab_tensors.lm_head is None or bool(config.get("tie_word_embeddings", True))
         report = PruneReport(
@@ -258,6 +276,7 @@ def prune_vocabulary(
         write_json(tmp / REPORT_FILE, report.to_json())
         _swap_into_place(tmp, out)
     except BaseException:
+        writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report_progress(PruneProgress("done", 1, 1))

@@ -1,12 +1,14 @@
 """Slicing vocabulary rows out of a safetensors checkpoint, tensor by tensor, in little memory.
 
 The safetensors format is an 8-byte header length, a JSON header (dtype, shape and byte range of
-each tensor) and the raw bytes. We read only headers, then write each output file in one pass:
-tensors we do not change are copied file-to-file by the kernel (`os.copy_file_range`, no bytes
-through Python), and vocabulary tensors are gathered row by row from blocks read with `pread`.
-Peak memory is the new embedding plus one read block, whatever the model size; dtypes are kept
-because bytes are copied, never converted. Sharded checkpoints (model.safetensors.index.json) keep
-their shard layout.
+each tensor) and the raw bytes. We read only headers. Each output file puts the unchanged tensors
+first and the vocabulary tensors last, so the unchanged ones can be copied before the kept
+vocabulary is known (pruning copies them in a background thread while it counts the corpus); they
+are copied file-to-file by the kernel (`os.copy_file_range`, no bytes through Python). The kept
+rows are then read straight into the new tensor with one `preadv` per run of consecutive ids, and
+the header is written last into space reserved for it. Peak memory is the new embedding, whatever
+the model size; dtypes are kept because bytes are copied, never converted. Sharded checkpoints
+(model.safetensors.index.json) keep their shard layout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,8 +28,7 @@ from ..errors import InvalidModelError, UnsupportedModelError
 INDEX_FILE = "model.safetensors.index.json"
 EMBED_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "embed_in.weight", "tok_embeddings.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
-BLOCK_BYTES = 64 << 20  # how much of a vocabulary tensor is read at once
-COPY_CHUNK = 1 << 30
+COPY_CHUNK = 64 << 20  # small enough that a cancel is seen quickly
 
 
 @dataclass
@@ -176,55 +178,189 @@ def count_params(ckpt: Checkpoint, vocab: VocabTensors, tied: bool, new_rows: in
     return total
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
-    """Copy `count` bytes at `offset` of src to the current position of dst, in the kernel if it can."""
+def _copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, count: int, cancel: threading.Event) -> None:
+    """Copy `count` bytes between two offsets, in the kernel where it can (plain reads otherwise)."""
     try:
-        while count > 0:
-            n = os.copy_file_range(src_fd, dst_fd, min(count, COPY_CHUNK), offset)
+        while count > 0 and not cancel.is_set():
+            n = os.copy_file_range(src_fd, dst_fd, min(count, COPY_CHUNK), src_offset, dst_offset)
             if n == 0:
                 raise InvalidModelError("a safetensors file ended early (truncated?)")
-            offset += n
-            count -= n
+            src_offset, dst_offset, count = src_offset + n, dst_offset + n, count - n
         return
-    except (AttributeError, OSError):  # no copy_file_range here: plain reads from where it stopped
+    except (AttributeError, OSError):  # no copy_file_range here: go on from where it stopped
         pass
-    while count > 0:
-        chunk = os.pread(src_fd, min(count, 16 << 20), offset)
+    while count > 0 and not cancel.is_set():
+        chunk = os.pread(src_fd, min(count, 16 << 20), src_offset)
         if not chunk:
             raise InvalidModelError("a safetensors file ended early (truncated?)")
-        _write_all(dst_fd, chunk)
-        offset += len(chunk)
-        count -= len(chunk)
+        _pwrite_all(dst_fd, chunk, dst_offset)
+        src_offset, dst_offset, count = src_offset + len(chunk), dst_offset + len(chunk), count - len(chunk)
 
 
-def _write_all(fd: int, data) -> None:
+def _pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        n = os.write(fd, view)
-        view = view[n:]
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _gather_rows(src_fd: int, t: TensorEntry, token_map: np.ndarray) -> np.ndarray:
-    """Rows `token_map` of a [rows, ...] tensor as raw bytes [len(token_map), row_bytes].
-
-    Reads the tensor in blocks in file order (sequential IO), skipping blocks with no kept row.
-    """
-    rows = t.shape[0]
-    row_bytes = (t.end - t.start) // rows
+    """Rows `token_map` of a [rows, ...] tensor as raw bytes [len(token_map), row_bytes]: one
+    `preadv` per run of consecutive old ids, straight into the new tensor (no row is read twice,
+    rows that are not kept are not read)."""
+    row_bytes = (t.end - t.start) // t.shape[0]
     out = np.empty((len(token_map), row_bytes), dtype=np.uint8)
-    order = np.argsort(token_map, kind="stable")
-    sorted_old = token_map[order]
-    block_rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    for r0 in range(0, rows, block_rows):
-        r1 = min(rows, r0 + block_rows)
-        lo, hi = np.searchsorted(sorted_old, [r0, r1])
-        if lo == hi:
-            continue
-        first, last = int(sorted_old[lo]), int(sorted_old[hi - 1]) + 1  # read only the span needed
-        raw = os.pread(src_fd, (last - first) * row_bytes, t.start + first * row_bytes)
-        block = np.frombuffer(raw, dtype=np.uint8).reshape(last - first, row_bytes)
-        out[order[lo:hi]] = block[sorted_old[lo:hi] - first]
+    breaks = np.flatnonzero(np.diff(token_map) != 1) + 1
+    starts = np.concatenate([[0], breaks]).tolist()
+    ends = np.concatenate([breaks, [len(token_map)]]).tolist()
+    for s, e in zip(starts, ends):
+        view = memoryview(out[s:e]).cast("B")
+        offset = t.start + int(token_map[s]) * row_bytes
+        while view:
+            n = os.preadv(src_fd, [view], offset)
+            if n == 0:
+                raise InvalidModelError("a safetensors file ended early (truncated?)")
+            view, offset = view[n:], offset + n
     return out
+
+
+@dataclass
+class _FilePlan:
+    """One output file: unchanged tensors first (fixed offsets), vocabulary tensors last."""
+
+    src: Path
+    dst: Path
+    unchanged: list[tuple[TensorEntry, int]]  # (tensor, offset in the data section)
+    sliced: list[TensorEntry]
+    reserved: int  # header bytes reserved (enough for any smaller vocabulary)
+    sliced_start: int  # data offset where the vocabulary tensors begin
+
+
+class PrunedCheckpointWriter:
+    """Writes the pruned checkpoint into `out_dir` in two steps:
+
+    `copy_unchanged()` (any time, e.g. in a thread while the corpus is counted) copies every tensor
+    that pruning does not change; `finish(token_map)` then writes the vocabulary tensors, the
+    headers and the shard index.
+    """
+
+    def __init__(self, ckpt: Checkpoint, vocab: VocabTensors, out_dir: Path) -> None:
+        self.ckpt, self.vocab, self.out_dir = ckpt, vocab, Path(out_dir)
+        self.cancel = threading.Event()
+        self.copied = 0  # tensors copied so far (read by the progress reporter)
+        self.total = len(ckpt.tensors)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        sliced_names = set(vocab.names)
+        self.plans: list[_FilePlan] = []
+        for file in ckpt.files:
+            entries = ckpt.in_file(file)
+            unchanged, offset = [], 0
+            for t in entries:
+                if t.name not in sliced_names:
+                    unchanged.append((t, offset))
+                    offset += t.end - t.start
+            sliced = [t for t in entries if t.name in sliced_names]
+            plan = _FilePlan(file, self.out_dir / file.name, unchanged, sliced, 0, offset)
+            plan.reserved = len(self._header(plan, vocab.rows))  # the largest the header can be
+            self.plans.append(plan)
+
+    def _header(self, plan: _FilePlan, rows: int, pad_to: int = 0) -> bytes:
+        header: dict[str, Any] = {}
+        meta = self.ckpt.file_metadata.get(plan.src)
+        if meta is not None:
+            header["__metadata__"] = meta
+        for t, offset in plan.unchanged:
+            header[t.name] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.end - t.start]}
+        offset = plan.sliced_start
+        for t in plan.sliced:
+            nbytes = (t.end - t.start) // t.shape[0] * rows
+            header[t.name] = {"dtype": t.dtype, "shape": [rows, *t.shape[1:]], "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        size = max(pad_to, len(raw))
+        size += -size % 8  # the data starts 8-byte aligned, as safetensors writes it
+        return raw + b" " * (size - len(raw))  # JSON allows the trailing spaces
+
+    def copy_unchanged(self) -> None:
+        try:
+            for plan in self.plans:
+                data_start = 8 + plan.reserved
+                src_fd = os.open(plan.src, os.O_RDONLY)
+                dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    for t, offset in plan.unchanged:
+                        if self.cancel.is_set():
+                            return
+                        _copy_range(src_fd, dst_fd, t.start, data_start + offset, t.end - t.start, self.cancel)
+                        self.copied += 1
+                finally:
+                    os.close(src_fd)
+                    os.close(dst_fd)
+        except BaseException as e:  # handed to the thread that calls finish()
+            self._error = e
+
+    def start(self) -> None:
+        """Copy the unchanged tensors in a background thread."""
+        self._thread = threading.Thread(target=self.copy_unchanged, name="prune-copy", daemon=True)
+        self._thread.start()
+
+    def wait(self, on_wait: Callable[[], None] | None = None) -> None:
+        if self._thread is not None:
+            while self._thread.is_alive():
+                self._thread.join(0.25)
+                if on_wait:
+                    on_wait()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        self.cancel.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self, token_map: list[int], on_tensor: Callable[[str], None] | None = None) -> None:
+        """Write the vocabulary tensors cut to `token_map`'s rows, the headers and the index."""
+        if self._thread is None:
+            self.copy_unchanged()
+        self.wait()
+        ids = np.asarray(token_map, dtype=np.int64)
+        rows = len(token_map)
+        weight_map: dict[str, str] = {}
+        total_size = total_params = 0
+        for plan in self.plans:
+            header = self._header(plan, rows, pad_to=plan.reserved)
+            assert len(header) == plan.reserved
+            data_start = 8 + plan.reserved
+            src_fd = os.open(plan.src, os.O_RDONLY)
+            dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                offset = plan.sliced_start
+                for t in plan.sliced:
+                    block = _gather_rows(src_fd, t, ids)
+                    _pwrite_all(dst_fd, block, data_start + offset)
+                    offset += block.nbytes
+                    if on_tensor:
+                        on_tensor(t.name)
+                _pwrite_all(dst_fd, struct.pack("<Q", len(header)) + header, 0)
+                os.ftruncate(dst_fd, data_start + offset)
+            finally:
+                os.close(src_fd)
+                os.close(dst_fd)
+            total_size += offset
+            for t, _ in plan.unchanged:
+                weight_map[t.name] = plan.dst.name
+                total_params += t.numel
+            for t in plan.sliced:
+                weight_map[t.name] = plan.dst.name
+                total_params += t.numel // t.shape[0] * rows
+        if self.ckpt.index is not None:
+            index = dict(self.ckpt.index)
+            index["metadata"] = {**(index.get("metadata") or {}), "total_size": total_size}
+            if "total_parameters" in index["metadata"]:
+                index["metadata"]["total_parameters"] = total_params
+            index["weight_map"] = dict(sorted(weight_map.items()))
+            (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def write_pruned(
@@ -235,50 +371,4 @@ def write_pruned(
     on_tensor: Callable[[str], None] | None = None,
 ) -> None:
     """Write the checkpoint into `out_dir` with the vocabulary tensors cut to `token_map`'s rows."""
-    ids = np.asarray(token_map, dtype=np.int64)
-    new_rows = len(token_map)
-    sliced = set(vocab.names)
-    weight_map: dict[str, str] = {}
-    total_size = 0
-    total_params = 0
-    for file in ckpt.files:
-        entries = ckpt.in_file(file)
-        header: dict[str, Any] = {}
-        meta = ckpt.file_metadata.get(file)
-        if meta is not None:
-            header["__metadata__"] = meta
-        offset = 0
-        for t in entries:
-            nbytes = t.end - t.start
-            shape = list(t.shape)
-            if t.name in sliced:
-                nbytes = nbytes // t.shape[0] * new_rows
-                shape[0] = new_rows
-            header[t.name] = {"dtype": t.dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-            total_params += int(np.prod(shape, dtype=np.int64))
-            weight_map[t.name] = file.name
-        total_size += offset
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-        src_fd = os.open(file, os.O_RDONLY)
-        dst_fd = os.open(out_dir / file.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(dst_fd, struct.pack("<Q", len(raw)) + raw)
-            for t in entries:
-                if t.name in sliced:
-                    _write_all(dst_fd, _gather_rows(src_fd, t, ids))
-                else:
-                    _copy_range(src_fd, dst_fd, t.start, t.end - t.start)
-                if on_tensor:
-                    on_tensor(t.name)
-        finally:
-            os.close(src_fd)
-            os.close(dst_fd)
-    if ckpt.index is not None:
-        index = dict(ckpt.index)
-        index["metadata"] = {**(index.get("metadata") or {}), "total_size": total_size}
-        if "total_parameters" in index["metadata"]:
-            index["metadata"]["total_parameters"] = total_params
-        index["weight_map"] = dict(sorted(weight_map.items()))
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    PrunedCheckpointWriter(ckpt, vocab, out_dir).finish(token_map, on_tensor)
