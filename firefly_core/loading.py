@@ -60,17 +60,24 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if _looks_like_hub_id(name):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        # Our own scan of the cache (firefly_core.hub) knows which files a model needs; the
+        # library's local_files_only lookup would call a snapshot that skipped duplicate .bin
+        # weights "incomplete".
+        from .hub import find_installed
 
-        try:
-            return Path(snapshot_download(name, local_files_only=True))
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        found = find_installed(name)
+        if found is not None and found.complete:
+            return found.path
+        if found is not None:
             raise ModelNotFoundError(
-                f"model {name!r} is not downloaded",
-                f"download it with: firefly pull {name}"
-                + (" (you are offline: HF_HUB_OFFLINE is set)" if _offline() else ""),
-            ) from None
+                f"the download of {name!r} is incomplete ({', '.join(found.missing) or 'files missing'})",
+                f"resume it with: firefly pull {name}",
+            )
+        raise ModelNotFoundError(
+            f"model {name!r} is not downloaded",
+            f"download it with: firefly pull {name}"
+            + (" (you are offline: HF_HUB_OFFLINE is set)" if _offline() else ""),
+        )
     raise ModelNotFoundError(
         f"no model folder at {path}",
         "give a folder with config.json and a tokenizer, or a hub id like YeungNLP/firefly-1b4 "
