@@ -69,8 +69,9 @@ class EventTail:
     """Incremental reader: remembers the byte offset; a half-written last line waits for next time."""
 
     def __init__(self, path: Path) -> None:
+        """`path`: the run folder (it may not exist yet) or the events file itself."""
         path = Path(path)
-        self.path = path / EVENTS_FILE if path.is_dir() else path
+        self.path = path if path.suffix == ".jsonl" else path / EVENTS_FILE
         self.offset = 0
 
     def poll(self) -> list[TrainEvent]:
