@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
 
-Parents = dict[int, list[tuple[int, int]]]
+
+
+class Parents(Protocol):
+    """token id -> the (left, right) id pairs whose merge makes it (see tokenizer.MergeParents)."""
+
+    def get(self, tid: int, default: tuple = ...) -> Sequence[tuple[int, int]]: ...
+
 
 
 @dataclass
