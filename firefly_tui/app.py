@@ -111,7 +111,7 @@ class FireflyApp(App):
             if chat is not None:
                 chat.post_message(ChatScreen.Status(t("chat.loading_model", name=name)))
             try:
-                lm = backend.load_model(name)
+                lm = backend.load_model(name, settings=self.settings)
             except BaseException as e:  # noqa: BLE001 - shown, not raised
                 msg = t("models.load_failed", error=backend.format_error(e))
                 self.call_from_thread(self.notify, msg, severity="error", timeout=10)
@@ -143,7 +143,7 @@ class FireflyApp(App):
             if chat is not None:
                 chat.post_message(ChatScreen.Status(t("chat.loading_model", name=path)))
             try:
-                lm = backend.load_model(path)
+                lm = backend.load_model(path, settings=self.settings)
             except BaseException as e:  # noqa: BLE001
                 self.call_from_thread(
                     self.notify, t("models.load_failed", error=backend.format_error(e)), severity="error"

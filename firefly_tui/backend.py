@@ -35,10 +35,29 @@ LOG_FILE = "train.log"  # stdout + stderr of a run the app started
 
 
 # -- models -----------------------------------------------------------------------------------
-def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote_code: bool = False):
-    """Load a model for chat (blocking; call from a worker). Raises FireflyError subclasses."""
+def quiet_progress_bars() -> None:
+    """No tqdm bars from huggingface_hub / transformers: they would draw over the app."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote_code: bool | None = None, settings=None):
+    """Load a model for chat (blocking; call from a worker). Raises FireflyError subclasses.
+
+    The user's saved per-model settings (`firefly` CLI or app) give the prompt format and the
+    remote-code opt-in unless the caller passes them.
+    """
+    quiet_progress_bars()
     from firefly_core.loading import load_model as _load
 
+    saved = model_settings(settings, name_or_path)
     catalog_format = None
     try:
         entry = find_entry(name_or_path)
@@ -48,9 +67,9 @@ def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote
         pass
     return _load(
         name_or_path,
-        prompt_format=prompt_format or None,
+        prompt_format=prompt_format or saved.get("prompt_format") or None,
         catalog_format=catalog_format,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=bool(saved.get("trust_remote_code")) if trust_remote_code is None else trust_remote_code,
     )
 
 
@@ -211,15 +230,14 @@ class TrainRequest:
             "--lr", str(self.lr),
             "--batch-size", str(self.batch_size),
             "--max-length", str(self.max_length),
+            "--data", *self.data,
         ]
-        for d in self.data:
-            args += ["--data", d]
         if self.max_steps:
             args += ["--max-steps", str(self.max_steps)]
-        if self.method == "full":
-            args += ["--full"]
+        if self.method == "lora":
+            args += ["--lora"]
         if self.zero:
-            args += ["--zero", str(self.zero)]
+            args += ["--deepspeed", str(self.zero)]
         return args + list(self.extra)
 
 
@@ -240,15 +258,6 @@ def check_data(paths: list[str], model: str | None, max_length: int = 512):
         tokenizer = load_tokenizer(resolve_model_path(model))
         fmt = resolve_format(tokenizer)
     return check_files([Path(p) for p in paths], tokenizer=tokenizer, prompt_format=fmt, max_length=max_length)
-
-
-def report_text(report) -> str:
-    """A DataReport as text: its own summary when it has one."""
-    for name in ("summary", "format_text", "__str__"):
-        fn = getattr(report, name, None)
-        if callable(fn) and name != "__str__":
-            return str(fn())
-    return str(report)
 
 
 def launch_training(req: TrainRequest) -> subprocess.Popen:

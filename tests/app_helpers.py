@@ -94,3 +94,14 @@ class SlowSession:
 
     def edit_last_user(self, text, cancel=None):
         return self._stream(cancel)
+
+
+async def wait_screen(pilot, cls, timeout: float = 10.0):
+    """Wait until the active screen is a mounted `cls` (dialogs compose a moment after push)."""
+    app = pilot.app
+    await wait_until(
+        pilot, lambda: isinstance(app.screen, cls) and app.screen.is_mounted and bool(app.screen.children),
+        timeout=timeout, what=cls.__name__,
+    )
+    await pilot.pause()
+    return app.screen

@@ -29,6 +29,9 @@ from ..widgets.localized import localize_bindings
 from .dialogs import ChatSettingsDialog, ConfirmDialog, PromptDialog
 
 
+UI_HZ = 15  # reply redraws per second while streaming
+
+
 class ConversationItem(ListItem):
     def __init__(self, conversation_id: int, title: str) -> None:
         super().__init__(Label(title))
@@ -395,13 +398,22 @@ class ChatScreen(Screen):
                 events = session.regenerate(cancel)
             else:
                 events = session.edit_last_user(text, cancel)
+            # Deltas are batched to at most ~UI_HZ updates a second: re-rendering Markdown per
+            # token would take the GIL from the decode loop and slow generation down.
+            pending, last = [], 0.0
             for ev in events:
                 if backend.is_done(ev):
+                    if pending:
+                        self.post_message(self.ReplyDelta(conversation_id, "".join(pending)))
                     self.post_message(
                         self.ReplyFinished(conversation_id, ev.text, backend.stats_dict(ev.stats), ev.cancelled)
                     )
                     return
-                self.post_message(self.ReplyDelta(conversation_id, ev.text))
+                pending.append(ev.text)
+                now = time.monotonic()
+                if now - last >= 1 / UI_HZ:
+                    self.post_message(self.ReplyDelta(conversation_id, "".join(pending)))
+                    pending, last = [], now
             # The stream ended without ReplyDone: treat what we have as stopped.
             self.post_message(self.ReplyFailed(conversation_id, "the reply stream ended early"))
         except BaseException as e:  # shown to the user, never a crash of the UI
@@ -414,7 +426,9 @@ class ChatScreen(Screen):
         wanted = settings.get("model")
         if wanted and wanted != app.model_name:
             self.post_message(self.Status(t("chat.loading_model", name=wanted)))
-            app.set_model(backend.load_model(wanted), wanted, persist=False)
+            app.set_model(backend.load_model(wanted, settings=app.settings), wanted, persist=False)
+        # The model's saved defaults (CLI / settings file) first, then this chat's own choices.
+        settings = {**backend.model_settings(app.settings, app.model_name), **settings}
         lm = backend.with_prompt_format(app.lm, settings.get("prompt_format"))
         key = (conversation_id, id(app.lm), json.dumps(settings, sort_keys=True))
         if (
@@ -450,13 +464,14 @@ class ChatScreen(Screen):
 
     async def _end_reply(self, conversation_id: int, text: str, partial: bool, error: str | None) -> None:
         view = self.streaming_view
-        self.streaming_view = None
-        self.generating = False
-        self.cancel_event = None
+        self.update_status()
         if view is not None and conversation_id == self.conversation_id:
             view.remove_class("streaming")
             await view.finish(text, partial=partial, error=error)
-        self.update_status()
+        # Last: a new message may be sent from here on.
+        self.streaming_view = None
+        self.cancel_event = None
+        self.generating = False
 
     def on_chat_screen_status(self, message: Status) -> None:
         self.update_status(message.text)

@@ -93,23 +93,24 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
         self.settings = dict(settings)
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(classes="dialog wide"):
+        with Vertical(classes="dialog wide"):
             yield Label(t("settings.title"), classes="question")
-            with Grid(classes="form"):
-                yield Label(t("settings.model"))
-                yield Input(str(self.settings.get("model") or ""), id="model")
-                yield Label(t("settings.prompt_format"))
-                yield Input(
-                    str(self.settings.get("prompt_format") or ""),
-                    placeholder="firefly-v1 | firefly-v2 | chat_template",
-                    id="prompt_format",
-                )
-                for name in _NUMBER_FIELDS:
-                    value = self.settings.get(name)
-                    yield Label(t(f"settings.{name}"))
-                    yield Input("" if value is None else str(value), id=name)
-            yield Label(t("settings.system"))
-            yield TextArea(str(self.settings.get("system") or ""), id="system")
+            with VerticalScroll(classes="dialog-body"):
+                with Grid(classes="form"):
+                    yield Label(t("settings.model"))
+                    yield Input(str(self.settings.get("model") or ""), id="model")
+                    yield Label(t("settings.prompt_format"))
+                    yield Input(
+                        str(self.settings.get("prompt_format") or ""),
+                        placeholder="firefly-v1 | firefly-v2 | chat_template",
+                        id="prompt_format",
+                    )
+                    for name in _NUMBER_FIELDS:
+                        value = self.settings.get(name)
+                        yield Label(t(f"settings.{name}"))
+                        yield Input("" if value is None else str(value), id=name)
+                yield Label(t("settings.system"))
+                yield TextArea(str(self.settings.get("system") or ""), id="system")
             yield Label("", id="error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button(t("save"), variant="primary", id="save")

@@ -235,7 +235,7 @@ class ModelsScreen(Screen):
                     backend.register_local(name)
                 except ImportError:
                     pass  # listing local folders needs firefly_core.hub; loading does not
-            lm = backend.load_model(name)
+            lm = backend.load_model(name, settings=self.app.settings)
         except BaseException as e:  # shown on screen, with our hint
             self.post_message(self.Loaded(name, error=backend.format_error(e)))
             return
