@@ -112,6 +112,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "models.local": ("使用本地文件夹", "Use a local folder"),
     "models.local_prompt": ("本地模型文件夹路径", "Path of a local model folder"),
     "models.refresh": ("刷新", "Refresh"),
+    "models.pull_id": ("按 hub id 下载", "Download by hub id"),
     "models.delete_q": ("删除模型 {name}？将释放 {size}。", "Delete the model {name}? This frees {size}."),
     "models.deleted": ("已删除 {name}，释放 {size}", "Deleted {name}, freed {size}"),
     "models.loading": ("正在加载 {name}…", "Loading {name}…"),

@@ -51,6 +51,7 @@ class ModelsScreen(Screen):
         Binding("x", "cancel_download", "models.cancel"),
         Binding("delete", "delete", "models.delete"),
         Binding("l", "local", "models.local"),
+        Binding("p", "pull_id", "models.pull_id"),
         Binding("r", "refresh", "models.refresh"),
     ]
 
@@ -99,6 +100,7 @@ class ModelsScreen(Screen):
                 yield Button(t("models.download"), id="download")
                 yield Button(t("models.cancel"), id="cancel-download")
                 yield Button(t("models.delete"), id="delete", variant="error")
+                yield Button(t("models.pull_id"), id="pull-id")
                 yield Button(t("models.local"), id="local")
             yield Static(self.status_text, id="model-status")
         yield Footer()
@@ -196,6 +198,7 @@ class ModelsScreen(Screen):
             "cancel-download": self.action_cancel_download,
             "delete": self.action_delete,
             "local": self.action_local,
+            "pull-id": self.action_pull_id,
         }.get(event.button.id)
         if action:
             action()
@@ -263,6 +266,13 @@ class ModelsScreen(Screen):
         if self.downloading:
             return
         self.start_download(sel[1])
+
+    def action_pull_id(self) -> None:
+        def done(repo_id: str | None) -> None:
+            if repo_id and not self.downloading:
+                self.start_download(repo_id)
+
+        self.app.push_screen(PromptDialog(t("models.pull_id"), placeholder="org/name"), done)
 
     def start_download(self, repo_id: str) -> None:
         self.downloading = repo_id
