@@ -351,3 +351,29 @@ def test_keep_file_tokens_are_kept(tmp_path, bloom_dir, corpus_file):
     assert set(orig.encode(unseen_text).ids) <= kept
     new = _raw(out)
     assert [json.loads((out / TOKEN_MAP_FILE).read_text())[i] for i in new.encode(unseen_text).ids] == orig.encode(unseen_text).ids
+
+
+def test_closure_follows_every_merge_that_makes_a_token():
+    from firefly_core.pruning.select import closure, new_order
+    from firefly_core.pruning.tokenizer import MergeParents
+
+    # 10 = 4+5, 11 = 10+6 and also 4+12, 12 = 5+6: keeping 11 keeps both of its merge paths.
+    parents = MergeParents({10: (4, 5), 11: (10, 6), 12: (5, 6)}, {11: [(4, 12)]})
+    assert closure([11], parents) == {11, 10, 12, 4, 5, 6}
+    assert closure([4], parents) == {4}
+    # Specials (pinned) keep their ids when they fit; the rest fill free slots in old-id order.
+    assert new_order({0, 1, 5, 7, 9}, pinned=[1, 9]) == [0, 1, 5, 7, 9]
+    assert new_order({2, 5, 7, 9}, pinned=[2, 9]) == [5, 7, 2, 9]
+
+
+def test_cached_hub_id(tmp_path, bloom_dir, corpus_file):
+    """MODEL may be a hub id already in the local cache (the test's private HF_HOME)."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--kit--tiny-bloom"
+    commit = "0" * 40
+    shutil.copytree(bloom_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    report = prune_vocabulary("kit/tiny-bloom", corpus_file, tmp_path / "out", keep_top=300)
+    assert report.vocab_after == 300 and (tmp_path / "out" / "model.safetensors").is_file()
