@@ -353,11 +353,12 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         n_global = sum(train_set[i].supervised for b in batches for i in b)
         mine = batches[rank::world]
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-        computed = 0
+        computed = real = 0  # tokens through the model, and of those the non-padding ones
         grad_norm = None
         for b in mine:
             batch = {k: v.to(device) for k, v in collate([train_set[i] for i in b], pad_id).items()}
-            computed += int(batch["attention_mask"].sum())
+            computed += batch["input_ids"].numel()
+            real += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model):
                 token_loss_sum = _token_loss_sum(model, batch)
                 # Sum over tokens / all supervised tokens of the step; times grad_accum (undone by
@@ -373,7 +374,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         step += 1
         done_steps += 1
         loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(1, n_global)
-        computed_t = accelerator.reduce(torch.tensor(computed, device=device), reduction="sum")
+        computed_t, real_t = accelerator.reduce(torch.tensor([computed, real], device=device), reduction="sum").tolist()
         losses[step] = loss
         if not math.isfinite(loss):
             raise FireflyError(
@@ -393,6 +394,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
                 grad_norm=None if grad_norm is None else round(grad_norm, 6),
                 supervised_tokens=n_global,
                 computed_tokens=int(computed_t),
+                padding_tokens=int(computed_t - real_t),
                 tokens_per_s=round(n_global / max(1e-9, now - t0), 2),
                 elapsed=round(now - started, 3),
                 eta=round(elapsed / done_steps * (total_steps - step), 1),

@@ -1,0 +1,193 @@
+"""Training throughput: our loop (length-grouped batches, loss over supervised tokens) against a
+transformers `Trainer` reference that follows the original recipe (pad to the batch maximum, input
+masked with -100), same model, same samples, same batch size and step count, in one run.
+
+Prints supervised tokens per second for each and the ratio (target >= 1.5x), the share of computed
+tokens that are padding (target <= 10%), and the ceiling of the ratio if time were proportional to
+computed tokens. Data: synthetic Firefly-like lengths (log-normal, median ~150 tokens, most under
+600, a tail beyond the 512 max length).
+
+    python bench/train.py                       # CPU, small shape (a few minutes on 2 cores)
+    python bench/train.py --shape firefly-1b4 --gpu 0 --steps 30 --only-ours   # on a GPU
+
+The CPU shape: BLOOM, hidden 256, 4 layers, 8 heads, vocab 8192 (~5.3M parameters), fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "small": dict(hidden=256, layers=4, heads=8, vocab=8192),
+    "firefly-1b4": dict(hidden=2048, layers=24, heads=16, vocab=46145),
+}
+
+
+def build_model(folder: Path, shape: dict, seed: int) -> Path:
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM, GenerationConfig
+
+    from firefly_core.testkit import build_tokenizer
+
+    tok = build_tokenizer("bloom")
+    torch.manual_seed(seed)
+    config = BloomConfig(vocab_size=max(shape["vocab"], len(tok)), hidden_size=shape["hidden"], n_layer=shape["layers"],
+                         n_head=shape["heads"], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    model = BloomForCausalLM(config)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(folder)
+    return folder
+
+
+def synthetic_data(path: Path, n: int, tokenizer, seed: int) -> list[int]:
+    """Firefly-like rows {"kind","input","target"} whose token lengths follow a log-normal."""
+    from firefly_core.testkit import kit_corpus
+
+    rng = random.Random(seed)
+    chars = [c for c in kit_corpus() if not c.isspace()]
+    per_char = len(tokenizer.encode("".join(chars), add_special_tokens=False)) / len(chars)
+    rows, lengths = [], []
+    for _ in range(n):
+        total = min(1200, max(16, int(rng.lognormvariate(math.log(150), 0.75))))
+        share = rng.uniform(0.2, 0.7)
+        text = lambda k: "".join(rng.choice(chars) for _ in range(max(1, round(k / per_char))))  # noqa: E731
+        rows.append({"kind": "Synthetic", "input": text(total * share), "target": text(total * (1 - share))})
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    return lengths
+
+
+def run_ours(model_dir: Path, data: Path, out: Path, args) -> dict:
+    from firefly_core.training.config import TrainConfig
+    from firefly_core.training.launch import launch
+    from firefly_core.training.events import read_events
+
+    cfg = TrainConfig(model=str(model_dir), data=[str(data)], out=str(out), gpu=args.gpu, batch_size=args.batch_size,
+                      max_length=512, lr=3e-5, warmup_steps=1, max_steps=args.steps, save_every=10**6,
+                      seed=args.seed, precision=args.precision)
+    launch(cfg)
+    steps = [e for e in read_events(out) if e.type == "step"]
+    timed = steps[1:]  # the first step warms up allocators and kernels (both sides skip it)
+    seconds = timed[-1].time - steps[0].time
+    sup = sum(e.data["supervised_tokens"] for e in timed)
+    computed = sum(e.data["computed_tokens"] for e in timed)
+    padding = sum(e.data["padding_tokens"] for e in timed)
+    mem = steps[-1].data["memory"]
+    return dict(seconds=seconds, supervised=sup, computed=computed, padding=padding, memory=mem,
+                loss=[e.data["loss"] for e in steps])
+
+
+def run_reference(model_dir: Path, data: Path, out: Path, args) -> dict:
+    """transformers Trainer, recipe-style: random batches padded to their longest row."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    from firefly_core.data import IGNORE_INDEX, load_samples, tokenize_samples
+    from firefly_core.formats import resolve_format
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    samples, _ = load_samples([data])
+    items, _ = tokenize_samples(samples, resolve_format(tok), tok, 512)
+    dataset = [{"input_ids": t.input_ids, "labels": t.labels} for t in items]
+    counts: list[tuple[int, int, int]] = []  # per batch: supervised, computed, padding
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        labels = torch.full((len(rows), width), IGNORE_INDEX)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        counts.append((int((labels[:, 1:] != IGNORE_INDEX).sum()), ids.numel(), int((mask == 0).sum())))
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            ends.append(time.time())
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=3e-5,
+        warmup_steps=1, lr_scheduler_type="cosine", save_strategy="no", report_to=[], logging_strategy="no",
+        dataloader_num_workers=0, seed=args.seed, use_cpu=args.gpu == "cpu", remove_unused_columns=False,
+        bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collate, callbacks=[Clock()])
+    trainer.train()
+    timed = counts[1 : len(ends)]
+    return dict(seconds=ends[-1] - ends[0], supervised=sum(c[0] for c in timed), computed=sum(c[1] for c in timed),
+                padding=sum(c[2] for c in timed))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    p.add_argument("--gpu", default="cpu")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--samples", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--only-ours", action="store_true", help="skip the Trainer reference (GPU memory runs)")
+    args = p.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = SHAPES[args.shape]
+    work = Path(tempfile.mkdtemp(prefix="firefly-bench-train-"))
+    model_dir = build_model(work / "model", shape, args.seed)
+    data = work / "data.jsonl"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    synthetic_data(data, args.samples, tok, args.seed)
+    params = sum(v.numel() for v in __import__("safetensors.torch").torch.load_file(model_dir / "model.safetensors").values())
+    print(f"shape {args.shape}: {shape}, {params / 1e6:.1f}M parameters; batch {args.batch_size}, "
+          f"{args.steps} steps (first one untimed), max length 512, device {args.gpu}, {args.precision}, "
+          f"torch threads {torch.get_num_threads()}")
+
+    from firefly_core.data import load_samples, tokenize_samples
+    from firefly_core.formats import resolve_format
+
+    samples, _ = load_samples([data])
+    _, stats = tokenize_samples(samples, resolve_format(tok), tok, 512)
+    ls = sorted(stats.lengths)
+    print(f"data: {len(ls)} samples, token length median {ls[len(ls) // 2]}, p90 {ls[int(len(ls) * .9)]}, "
+          f"max {ls[-1]}, over 512: {sum(n > 512 for n in ls)} ({sum(n > 512 for n in ls) / len(ls):.1%}), "
+          f"under 600: {sum(n < 600 for n in ls) / len(ls):.1%}")
+
+    ours = run_ours(model_dir, data, work / "ours", args)
+    rows = [("ours (length-grouped)", ours)]
+    if not args.only_ours:
+        ref = run_reference(model_dir, data, work / "ref", args)
+        rows.append(("Trainer (pad to batch max)", ref))
+    print(f"\n{'':28} {'sup. tok/s':>11} {'padding':>8} {'computed/sup':>13} {'seconds':>8}")
+    for name, r in rows:
+        print(f"{name:28} {r['supervised'] / r['seconds']:>11.1f} {r['padding'] / r['computed']:>8.1%} "
+              f"{r['computed'] / r['supervised']:>13.2f} {r['seconds']:>8.1f}")
+    if not args.only_ours:
+        ratio = (ours["supervised"] / ours["seconds"]) / (ref["supervised"] / ref["seconds"])
+        ceiling = (ref["computed"] / ref["supervised"]) / (ours["computed"] / ours["supervised"])
+        print(f"\nratio ours / Trainer: {ratio:.2f}x (target >= 1.5x); "
+              f"ceiling if time were proportional to computed tokens: {ceiling:.2f}x")
+        print(f"padding share, ours: {ours['padding'] / ours['computed']:.1%} (target <= 10%); "
+              f"Trainer: {ref['padding'] / ref['computed']:.1%}")
+    print(f"memory (ours): {ours['memory']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
