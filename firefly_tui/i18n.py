@@ -153,6 +153,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.gpu": ("设备（cpu 或 GPU 编号，如 0 或 0,1）", "Device (cpu or GPU ids like 0 or 0,1)"),
     "train.mode": ("方式", "Method"),
     "train.zero": ("ZeRO 阶段", "ZeRO stage"),
+    "train.extra": ("其他参数（如 --eval-fraction 0.1）", "Extra options (e.g. --eval-fraction 0.1)"),
     "train.check": ("检查数据", "Check data"),
     "train.start": ("开始训练", "Start training"),
     "train.stop": ("停止（保存检查点）", "Stop (saves a checkpoint)"),

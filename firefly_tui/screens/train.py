@@ -9,6 +9,7 @@ SIGINT: the trainer saves a checkpoint and writes a "done"/"stopped" event.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,8 @@ class TrainScreen(Screen):
                     yield Select([("LoRA", "lora"), ("full", "full")], value=v.get("mode", "lora"), allow_blank=False, id="f-mode")
                     yield Label(t("train.zero"))
                     yield Select([("-", "0"), ("ZeRO-2", "2"), ("ZeRO-3", "3")], value=v.get("zero", "0"), allow_blank=False, id="f-zero")
+                    yield Label(t("train.extra"))
+                    yield Input(v.get("extra", ""), id="f-extra")
                 with Horizontal(classes="buttons"):
                     yield Button(t("train.check"), id="check")
                     yield Button(t("train.start"), id="start", variant="primary")
@@ -322,6 +325,7 @@ class TrainScreen(Screen):
                 batch_size=int(v["batch"]),
                 max_length=int(v["max_length"]),
                 zero=int(v["zero"]),
+                extra=shlex.split(v.get("extra", "")),
             )
         except ValueError as e:
             self.notify(str(e), severity="error")

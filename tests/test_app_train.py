@@ -1,0 +1,183 @@
+"""Pilot tests of the training screen: the live panel tails RUN_DIR/events.jsonl, re-attaches,
+checks data before launch, and stops a run with SIGINT."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from app_helpers import screen_text, wait_screen, wait_until
+
+from firefly_core.paths import runs_dir
+from firefly_core.store import ChatStore
+from firefly_core.training.events import EventWriter
+from firefly_tui import backend
+from firefly_tui.app import FireflyApp
+from firefly_tui.screens.chat import ChatScreen
+from firefly_tui.screens.dialogs import ConfirmDialog
+from firefly_tui.screens.train import TrainScreen
+from firefly_tui.widgets.loss_plot import LossPlot
+
+SIZE = (150, 48)
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ChatStore(tmp_path / "chats.sqlite3")
+    yield s
+    s.close()
+
+
+def make_app(store) -> FireflyApp:
+    return FireflyApp(store=store, welcome=False, language="en", settings=None)
+
+
+async def open_train(pilot) -> TrainScreen:
+    await pilot.press("f4")
+    return await wait_screen(pilot, TrainScreen)
+
+
+def write_run(run_dir: Path, steps: int, *, total: int = 20, pid: int | None = None, done: bool = False) -> EventWriter:
+    w = EventWriter(run_dir)
+    w.emit("start", pid=pid, total_steps=total, start_step=0)
+    for s in range(1, steps + 1):
+        w.emit("step", step=s, total=total, loss=3.0 / s, lr=1e-4, tokens_per_s=1234.5, eta=60.0 - s,
+               memory={"rss_gb": 1.25})
+        if s % 4 == 0:
+            w.emit("eval", step=s, loss=3.2 / s)
+    if done:
+        w.emit("done", status="completed", step=steps, total=total, final_path=str(run_dir / "final"))
+    return w
+
+
+async def test_panel_reattaches_tails_and_chats_with_final(store, fresh_home, bloom_dir):
+    old = runs_dir() / "run-old"
+    write_run(old, 8, total=8, done=True).close()
+    shutil.copytree(bloom_dir, old / "final")
+    live = runs_dir() / "run-live"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        w = write_run(live, 3, pid=sleeper.pid)
+        (live / backend.LOG_FILE).write_text("line one\nstep 3 loss 1.0\n")
+        app = make_app(store)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_train(pilot)
+            # re-attached to the running one, not the newest finished one
+            await wait_until(pilot, lambda: screen.view is not None and screen.view.run_dir == live)
+            plot = screen.query_one("#loss-plot", LossPlot)
+            await wait_until(pilot, lambda: len(plot.train) == 3)
+            stats = str(screen.query_one("#run-stats").render())
+            assert "step 3/20" in stats and "1234.5 tok/s" in stats and "rss 1.25 GB" in stats and "ETA 57s" in stats
+            assert "step 3 loss 1.0" in "\n".join(screen.query_one("#run-log").lines)
+            assert not screen.query_one("#stop").disabled
+            # the run goes on: the panel follows the file
+            for s in range(4, 9):
+                w.emit("step", step=s, total=20, loss=3.0 / s, lr=1e-4, tokens_per_s=1000.0, eta=10.0, memory={})
+            w.emit("eval", step=8, loss=0.5)
+            await wait_until(pilot, lambda: len(plot.train) == 8 and len(plot.eval) == 1)
+            assert any(0x2800 < ord(c) <= 0x28FF for c in screen_text(app)), "the curve is drawn"
+            # past runs are listed; picking one shows its curve
+            runs = screen.query_one("#runs")
+            await wait_until(pilot, lambda: len(runs.children) == 2)
+            runs.focus()
+            runs.index = [i.run_dir for i in runs.children].index(old)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: screen.view.run_dir == old and len(plot.train) == 8)
+            assert screen.view.status == "done" and not screen.query_one("#chat-final").disabled
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda: app.model_name == str(old / "final"), timeout=60, what="final loaded")
+            assert isinstance(app.screen, ChatScreen)
+            conv = store.get_conversation(app.screen.conversation_id)
+            assert conv.settings == {"model": str(old / "final")}
+        w.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+async def test_process_gone_without_final_event_is_an_error(store, fresh_home):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run = runs_dir() / "run-crashed"
+    write_run(run, 2, pid=gone.pid).close()
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "error")
+        assert "without a final event" in str(screen.query_one("#run-title").render())
+
+
+STOPPABLE = textwrap.dedent(
+    """
+    import signal, sys, time
+    sys.path.insert(0, {core!r})
+    from firefly_core.training.events import EventWriter
+    w = EventWriter({run!r})
+    w.emit("start", pid=__import__("os").getpid(), total_steps=1000, start_step=0)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    step = 0
+    while not stop:
+        step += 1
+        w.emit("step", step=step, total=1000, loss=1.0 / step)
+        time.sleep(0.05)
+    w.emit("checkpoint", step=step, path="ckpt")
+    w.emit("done", status="stopped", step=step, total=1000, message="stopped by SIGINT")
+    """
+)
+
+
+async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path):
+    """The Stop button's contract with the trainer: SIGINT to the run's process, confirmed first.
+    (The real trainer's reaction to SIGINT is tested end to end in test_app_e2e.py.)"""
+    run = runs_dir() / "run-stop"
+    run.mkdir(parents=True)
+    script = STOPPABLE.format(core=str(Path(__file__).resolve().parent.parent), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        app = make_app(store)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_train(pilot)
+            await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) >= 3, timeout=20)
+            await pilot.press("ctrl+x")
+            await wait_screen(pilot, ConfirmDialog)
+            await pilot.press("escape")  # No: nothing sent
+            await pilot.pause(0.3)
+            assert proc.poll() is None
+            await pilot.press("ctrl+x")
+            await wait_screen(pilot, ConfirmDialog)
+            await pilot.click("#yes")
+            await wait_until(pilot, lambda: screen.view.status == "stopped", timeout=20)
+            assert "stopped by SIGINT" in str(screen.query_one("#run-title").render())
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(backend, "launch_training", lambda req: launched.append(req))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversation": [{"human": "你好", "assistant": "你好！"}]}\nnot json\n', encoding="utf-8")
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        screen.query_one("#f-model").value = str(bloom_dir)
+        screen.query_one("#f-data").value = str(bad)
+        screen.query_one("#f-out").value = str(tmp_path / "run")
+        await pilot.press("ctrl+l")  # start: checks first
+        summary = screen.query_one("#check-summary")
+        await wait_until(pilot, lambda: "samples" in str(summary.render()), timeout=30)
+        text = str(summary.render())
+        assert "2 lines, 1 samples, 1 bad" in text and "bad.jsonl:2" in text
+        assert launched == []
+        await pilot.press("ctrl+l")  # second press launches
+        await wait_until(pilot, lambda: launched)
+        assert launched[0].data == [str(bad)] and launched[0].model == str(bloom_dir)
