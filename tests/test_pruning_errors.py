@@ -227,3 +227,15 @@ def test_cli_shows_errors_without_traceback(tmp_path, bloom_dir, corpus, capsys)
     assert "error: the output folder" in err and "hint:" in err and "Traceback" not in err
     with pytest.raises(SystemExit):  # argparse: the two keep rules exclude each other
         main(["prune", str(bloom_dir), "--corpus", str(corpus), "--out", str(out), "--keep-top", "300", "--min-count", "2"])
+
+
+@pytest.mark.parametrize("missing", [("copy_file_range",), ("copy_file_range", "pread", "preadv", "pwrite")])
+def test_without_kernel_copy_or_positional_io_the_output_is_the_same(tmp_path, bloom_dir, corpus, monkeypatch, missing):
+    """Other filesystems / systems (no copy_file_range, no pread: Windows) take the plain-IO paths."""
+    import os
+
+    prune_vocabulary(bloom_dir, corpus, tmp_path / "fast", keep_top=300)
+    for name in missing:
+        monkeypatch.delattr(os, name)
+    prune_vocabulary(bloom_dir, corpus, tmp_path / "plain", keep_top=300)
+    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == (tmp_path / "fast" / "model.safetensors").read_bytes()

@@ -190,17 +190,41 @@ def _copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, coun
     except (AttributeError, OSError):  # no copy_file_range here: go on from where it stopped
         pass
     while count > 0 and not cancel.is_set():
-        chunk = os.pread(src_fd, min(count, 16 << 20), src_offset)
+        chunk = _pread(src_fd, min(count, 16 << 20), src_offset)
         if not chunk:
             raise InvalidModelError("a safetensors file ended early (truncated?)")
         _pwrite_all(dst_fd, chunk, dst_offset)
         src_offset, dst_offset, count = src_offset + len(chunk), dst_offset + len(chunk), count - len(chunk)
 
 
+# Positional IO; the fallbacks (seek, then read/write) are for systems without pread/preadv
+# (Windows). Each thread uses its own file descriptors, so seeking is safe.
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = _pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
 def _pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        n = os.pwrite(fd, view, offset)
+        if hasattr(os, "pwrite"):
+            n = os.pwrite(fd, view, offset)
+        else:
+            os.lseek(fd, offset, os.SEEK_SET)
+            n = os.write(fd, view)
         view, offset = view[n:], offset + n
 
 
@@ -217,7 +241,7 @@ def _gather_rows(src_fd: int, t: TensorEntry, token_map: np.ndarray) -> np.ndarr
         view = memoryview(out[s:e]).cast("B")
         offset = t.start + int(token_map[s]) * row_bytes
         while view:
-            n = os.preadv(src_fd, [view], offset)
+            n = _pread_into(src_fd, view, offset)
             if n == 0:
                 raise InvalidModelError("a safetensors file ended early (truncated?)")
             view, offset = view[n:], offset + n
@@ -286,8 +310,8 @@ class PrunedCheckpointWriter:
         try:
             for plan in self.plans:
                 data_start = 8 + plan.reserved
-                src_fd = os.open(plan.src, os.O_RDONLY)
-                dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT, 0o644)
+                src_fd = os.open(plan.src, os.O_RDONLY | _BINARY)
+                dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT | _BINARY, 0o644)
                 try:
                     for t, offset in plan.unchanged:
                         if self.cancel.is_set():
@@ -332,8 +356,8 @@ class PrunedCheckpointWriter:
             header = self._header(plan, rows, pad_to=plan.reserved)
             assert len(header) == plan.reserved
             data_start = 8 + plan.reserved
-            src_fd = os.open(plan.src, os.O_RDONLY)
-            dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT, 0o644)
+            src_fd = os.open(plan.src, os.O_RDONLY | _BINARY)
+            dst_fd = os.open(plan.dst, os.O_WRONLY | os.O_CREAT | _BINARY, 0o644)
             try:
                 offset = plan.sliced_start
                 for t in plan.sliced:
