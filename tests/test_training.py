@@ -243,3 +243,25 @@ def test_event_tail_is_incremental_and_skips_a_half_written_line(tmp_path):
         f.write('ep": 1, "loss": 2.5, "time": 2}\n')
     [e] = tail.poll()
     assert (e.type, e.step, e.loss) == ("step", 1, 2.5)
+
+
+@pytest.mark.parametrize("fmt", ["firefly-v1", "firefly-v2"])
+def test_final_folder_prompts_like_training(bloom_dir, tmp_path, fmt):
+    """The final tokenizer carries a chat_template equal to the trained Firefly format, so chat,
+    transformers and vLLM all prompt the model as it was trained."""
+    from transformers import AutoTokenizer
+
+    from firefly_core.formats import ChatTemplate, Message, get_format, resolve_format
+
+    run = tmp_path / fmt
+    launch(_config(bloom_dir, run, max_steps=1, data=[CONVERSATIONS], prompt_format=fmt))
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    assert isinstance(resolve_format(tok), ChatTemplate)
+    conv = [Message("system", "你是助手"), Message("user", "你好"), Message("assistant", "你好呀"),
+            Message("user", "再见"), Message("assistant", "再见！")]
+    for messages in (conv, conv[1:], conv[:4]):
+        gen = messages[-1].role == "user"
+        want = get_format(fmt).render(tok, messages, add_generation_prompt=gen)
+        got = ChatTemplate().render(tok, messages, add_generation_prompt=gen)
+        assert got.ids == want.ids and got.trainable == want.trainable
+    assert ChatTemplate().stop_token_ids(tok) == get_format(fmt).stop_token_ids(tok)

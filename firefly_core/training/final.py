@@ -8,6 +8,29 @@ from pathlib import Path
 from typing import Any
 
 
+# Jinja twins of formats.FireflyV1/V2 (system text before the first user message, blank line
+# between), written into the final tokenizer when it has no template of its own: transformers'
+# apply_chat_template and vLLM then prompt the model exactly as it was trained, and chat resolves
+# the same ids through it (checked by tests/test_training.py).
+FIREFLY_TEMPLATES = {
+    "firefly-v1": (
+        "{%- set ns = namespace(system='') -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
+        "{%- elif m['role'] == 'user' -%}{{ '<s>' + ns.system + m['content'] + '</s></s>' }}{%- set ns.system = '' -%}"
+        "{%- else -%}{{ m['content'] + '</s>' }}{%- endif -%}"
+        "{%- endfor -%}"
+    ),
+    "firefly-v2": (
+        "{{ '<s>' }}{%- set ns = namespace(system='') -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
+        "{%- else -%}{{ ns.system + m['content'] + '</s>' }}{%- set ns.system = '' -%}{%- endif -%}"
+        "{%- endfor -%}"
+    ),
+}
+
+
 def _base_dtype(base_cfg: dict[str, Any]):
     import torch
 
@@ -29,6 +52,8 @@ def save_final_model(model, state_dict, tokenizer, fmt, base_path: Path, out: Pa
         model = model.to(dtype)
     model.config.dtype = dtype
     model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    if fmt.name in FIREFLY_TEMPLATES and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FIREFLY_TEMPLATES[fmt.name]
     tokenizer.save_pretrained(tmp)
     try:
         gen = GenerationConfig.from_pretrained(base_path)
