@@ -265,3 +265,23 @@ def test_final_folder_prompts_like_training(bloom_dir, tmp_path, fmt):
         got = ChatTemplate().render(tok, messages, add_generation_prompt=gen)
         assert got.ids == want.ids and got.trainable == want.trainable
     assert ChatTemplate().stop_token_ids(tok) == get_format(fmt).stop_token_ids(tok)
+
+
+def test_generated_launch_configs_for_several_gpus(tmp_path):
+    """What `--gpu 0,1 --deepspeed 3 --offload` hands to accelerate launch (run on GPUs only)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from firefly_core.training.launch import ACCELERATE_CONFIG_FILE, _yaml, accelerate_config, deepspeed_config, worker_command
+
+    cfg = TrainConfig(model="m", data=["d"], out=str(tmp_path), gpu="0,1", deepspeed=3, offload=True,
+                      grad_accum=4, batch_size=2).validate()
+    (tmp_path / ACCELERATE_CONFIG_FILE).write_text(_yaml(accelerate_config(cfg, "bf16")))
+    parsed = load_config_from_file(str(tmp_path / ACCELERATE_CONFIG_FILE))
+    assert (str(parsed.distributed_type), parsed.num_processes, parsed.gpu_ids, parsed.mixed_precision) == (
+        "DistributedType.DEEPSPEED", 2, "0,1", "bf16")
+    ds = deepspeed_config(cfg, "bf16")
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert (ds["gradient_accumulation_steps"], ds["train_micro_batch_size_per_gpu"], ds["bf16"]["enabled"]) == (4, 2, True)
+    cmd, _ = worker_command(cfg, resume=True)
+    assert cmd[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(tmp_path.resolve() / ACCELERATE_CONFIG_FILE)]
+    assert cmd[-3:] == ["firefly_core.training.worker", str(tmp_path.resolve()), "--resume"]

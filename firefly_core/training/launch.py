@@ -85,8 +85,9 @@ def deepspeed_plugin(config: TrainConfig, mixed_precision: str):
     return DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, mixed_precision))
 
 
-def accelerate_config(config: TrainConfig) -> dict[str, Any]:
-    """The accelerate launch config for a multi-GPU / multi-machine run (YAML-compatible JSON)."""
+def accelerate_config(config: TrainConfig, mixed_precision: str = "no") -> dict[str, Any]:
+    """The accelerate launch config for a multi-GPU / multi-machine run (YAML-compatible JSON);
+    `mixed_precision` must be what the workers resolve, since accelerate checks they agree."""
     devices = config.devices()
     cfg: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
@@ -95,7 +96,7 @@ def accelerate_config(config: TrainConfig) -> dict[str, Any]:
         "num_machines": config.num_machines,
         "machine_rank": config.machine_rank,
         "gpu_ids": ",".join(devices),
-        "mixed_precision": "no",  # the worker sets it from the run config
+        "mixed_precision": mixed_precision,
         "rdzv_backend": "static",
         "same_network": True,
         "main_training_function": "main",
@@ -192,11 +193,12 @@ def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Cal
 def _launch_processes(config: TrainConfig, resume: bool, callbacks: list) -> str:
     run_dir = Path(config.out).resolve()
     if config.devices() != ["cpu"]:
-        if config.deepspeed:
-            from .loop import resolve_precision
+        from .loop import resolve_precision
 
-            write_json(run_dir / DS_CONFIG_FILE, deepspeed_config(config, resolve_precision(config.precision, True)))
-        write_text(run_dir / ACCELERATE_CONFIG_FILE, _yaml(accelerate_config(config)))
+        mp = resolve_precision(config.precision, True)
+        if config.deepspeed:
+            write_json(run_dir / DS_CONFIG_FILE, deepspeed_config(config, mp))
+        write_text(run_dir / ACCELERATE_CONFIG_FILE, _yaml(accelerate_config(config, mp)))
     cmd, env = worker_command(config, resume)
     tail = EventTail(run_dir)
     tail.offset = (run_dir / "events.jsonl").stat().st_size if (run_dir / "events.jsonl").exists() else 0
