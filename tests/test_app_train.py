@@ -135,7 +135,7 @@ STOPPABLE = textwrap.dedent(
 
 async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path):
     """The Stop button's contract with the trainer: SIGINT to the run's process, confirmed first.
-    (The real trainer's reaction to SIGINT is tested end to end in test_app_e2e.py.)"""
+    (The trainer's own reaction to SIGINT, a checkpoint and a "stopped" event, is its own tests' job.)"""
     run = runs_dir() / "run-stop"
     run.mkdir(parents=True)
     script = STOPPABLE.format(core=str(Path(__file__).resolve().parent.parent), run=str(run))
