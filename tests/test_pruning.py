@@ -377,3 +377,11 @@ def test_cached_hub_id(tmp_path, bloom_dir, corpus_file):
     (repo / "refs" / "main").write_text(commit)
     report = prune_vocabulary("kit/tiny-bloom", corpus_file, tmp_path / "out", keep_top=300)
     assert report.vocab_after == 300 and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_counting_tokenizer_encodes_like_the_file(model_dir):
+    from firefly_core.pruning.tokenizer import counting_tokenizer, read_tokenizer
+
+    fast, slow = counting_tokenizer(read_tokenizer(model_dir)), _raw(model_dir)
+    texts = kit_corpus().splitlines() + ["<s>hi</s> <|im_start|>user\n你好<|im_end|>", "  \t\n", "🙂 ok"]
+    assert [e.ids for e in fast.encode_batch(texts)] == [e.ids for e in slow.encode_batch(texts)]

@@ -21,7 +21,14 @@ from ..loading import resolve_model_path
 from . import corpus as corpus_mod
 from .report import REPORT_FILE, TOKEN_MAP_FILE, PruneProgress, PruneReport
 from .select import choose, count_tokens, new_order
-from .tokenizer import SourceTokenizer, build_tokenizer_json, merge_parents, read_tokenizer, slow_tokenizer_files
+from .tokenizer import (
+    SourceTokenizer,
+    build_tokenizer_json,
+    counting_tokenizer,
+    merge_parents,
+    read_tokenizer,
+    slow_tokenizer_files,
+)
 from .weights import PrunedCheckpointWriter, count_params, find_vocab_tensors, read_checkpoint
 
 # Files carried over unchanged: they hold no ids (tokens are named by their text there).
@@ -172,11 +179,7 @@ def prune_vocabulary(
     writer = PrunedCheckpointWriter(ckpt, vocab_tensors, tmp)
     try:
         writer.start()
-        from tokenizers import Tokenizer
-
-        counter = Tokenizer.from_file(str(src_tok.path))
-        counter.no_truncation()
-        counter.no_padding()
+        counter = counting_tokenizer(src_tok)
 
         def encode(batch: list[str]) -> list[list[int]]:
             return [e.ids for e in counter.encode_batch_fast(batch, add_special_tokens=False)]

@@ -231,6 +231,29 @@ def build_tokenizer_json(src: SourceTokenizer, token_map: list[int]) -> dict[str
     return ordered
 
 
+def counting_tokenizer(src: SourceTokenizer):
+    """The source tokenizer as a `tokenizers.Tokenizer`, built from the already parsed vocabulary
+    and merges (about twice as fast as parsing tokenizer.json again in Rust for a 250k vocabulary).
+    Falls back to loading the file if this tokenizers version takes other BPE options."""
+    from tokenizers import Tokenizer, models
+
+    model = src.data["model"]
+    options = {
+        k: model.get(k)
+        for k in ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback", "ignore_merges")
+        if model.get(k) is not None
+    }
+    shell = dict(src.data, model={**model, "vocab": {}, "merges": []})
+    try:
+        tok = Tokenizer.from_str(json.dumps(shell))
+        tok.model = models.BPE(src.vocab, src.merges, **options)
+    except Exception:  # e.g. a BPE option this tokenizers version does not take: the slow way
+        tok = Tokenizer.from_file(str(src.path))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 def slow_tokenizer_files(tok_json: dict[str, Any]) -> dict[str, str]:
     """vocab.json and merges.txt (GPT-2 slow-tokenizer files) written from a rebuilt tokenizer.json."""
     model = tok_json["model"]
