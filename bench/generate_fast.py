@@ -209,7 +209,8 @@ def cuda_mode(args):
     dev = torch.device("cuda")
     model = build_model(args, dev)
     lm = _lm(model)
-    graph = CudaGraphDecoder(model, max_cache_len=args.prompt_tokens + args.new_tokens + 64,
+    # The static cache is sized to the context window, as in chat (its unused tail is masked).
+    graph = CudaGraphDecoder(model, max_cache_len=args.context,
                              status=lambda s: print(f"  [cuda graph] {s}", flush=True))
     runs = {
         "generate (defaults)": lambda p, n: run_hf(model, p, n, do_sample=False),
@@ -237,7 +238,7 @@ def cuda_mode(args):
     base = tps["generate (defaults)"]
     print()
     print(f"device: {torch.cuda.get_device_name(dev)}; shape hidden {args.hidden}, {args.layers} layers, "
-          f"vocab {args.vocab}; prompt {args.prompt_tokens}, new {args.new_tokens}")
+          f"vocab {args.vocab}; prompt {args.prompt_tokens}, new {args.new_tokens}, static cache {args.context}")
     for k in runs:
         eff = wb * tps[k] / 1e9
         print(f"{k:22s} {tps[k]:8.1f} tok/s {tps[k] / base:6.2f}x generate  {eff:7.0f} GB/s "
@@ -255,6 +256,7 @@ def main():
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--context", type=int, default=2048, help="cuda mode: static KV cache length")
     p.add_argument("--steps", type=int, default=80, help="quality mode: training steps of the kit model")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args()

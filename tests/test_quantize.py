@@ -160,3 +160,30 @@ def _user(text: str):
     from firefly_core.formats import Message
 
     return Message("user", text)
+
+
+def test_chat_cli_quantize_flag(bloom_dir):
+    """`firefly chat --quantize int8` with piped stdin replies like a quantized ChatSession does."""
+    import os
+    import subprocess
+    import sys
+
+    from firefly_core.chat import ChatSession
+    from firefly_core.generation import ReplyDone
+
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=False)
+    lm = load_model(bloom_dir, device="cpu")
+    apply_quantization(lm, "int8")
+    expected = [e for e in ChatSession(lm, config=cfg).send("你好") if isinstance(e, ReplyDone)][0].text
+    proc = subprocess.run(
+        [sys.executable, "-m", "firefly_tui.cli", "chat", "--model", str(bloom_dir), "--device", "cpu",
+         "--quantize", "int8", "--greedy", "--max-new-tokens", "6"],
+        input="你好\n", capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected + "\n"
+    bad = subprocess.run(
+        [sys.executable, "-m", "firefly_tui.cli", "chat", "--model", str(bloom_dir), "--quantize", "int4"],
+        input="", capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr

@@ -38,22 +38,34 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
+from ..errors import PromptTooLongError
+
 Status = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------- cache
 class CroppableStaticLayer(StaticLayer):
-    """A transformers `StaticLayer` that can be cropped (for prefix reuse): only its length changes."""
+    """A transformers `StaticLayer` that can be cropped (for prefix reuse): only its length changes.
+
+    The length the model reads is the device tensor `cumulative_length` (the captured step advances
+    it); `host_len` mirrors it on the host so overflow is caught before a kernel indexes past the end.
+    """
+
+    def __init__(self, max_cache_len: int, **kwargs: Any) -> None:
+        super().__init__(max_cache_len, **kwargs)
+        self.host_len = 0
 
     def crop(self, tokens_to_remove: Any) -> None:
         # Same contract as DynamicLayer.crop: a negative count of tokens to drop from the end.
         if not self.is_initialized:
             return
         self.cumulative_length.add_(tokens_to_remove)
+        self.host_len = max(0, self.host_len + int(tokens_to_remove))
 
     def set_length(self, length: int) -> None:
         if self.is_initialized:
             self.cumulative_length.fill_(length)
+        self.host_len = length
 
 
 class _Slot:
@@ -88,7 +100,7 @@ class StaticCacheHandle:
         return self.slot.cache.layers
 
     def get_seq_length(self) -> int:
-        return int(self.slot.cache.layers[0].get_seq_length()) if self.slot.initialized else 0
+        return self.slot.cache.layers[0].host_len
 
     def crop_to(self, length: int) -> None:
         self.slot.set_length(length)
@@ -266,6 +278,14 @@ class CudaGraphDecoder:
         (which also samples the next token); longer inputs (prefill) run eagerly."""
         slot = cache.slot
         n = ids.shape[-1]
+        layers = slot.cache.layers
+        if layers[0].host_len + n > self.max_cache_len:
+            raise PromptTooLongError(
+                f"the static KV cache holds {self.max_cache_len} tokens; this step would need "
+                f"{layers[0].host_len + n}", "start a new conversation (/reset)",
+            )
+        for layer in layers:
+            layer.host_len += n
         if n == 1 and slot.initialized:
             self.ids_buf.copy_(ids.view(1, 1), non_blocking=True)
             if self.use_graph:
@@ -306,7 +326,8 @@ class CudaGraphDecoder:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(slot, lengths, seen)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: CUDA work of other threads (the app's UI thread) does not void the capture.
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._step(slot)
         self._restore(slot, lengths, seen)  # capture records kernels without running them; be sure
         torch.cuda.synchronize(self.device)
@@ -375,7 +396,10 @@ def enable_fast_decode(lm: Any, *, status: Status | None = None, max_cache_len: 
             dec.warm_up()
         except Exception as e:  # capture is best effort: any failure means the eager loop
             reason = f"CUDA graph capture failed ({type(e).__name__}: {e}); using the eager loop"
-            torch.cuda.synchronize()
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # a broken capture can poison the stream; the reason says enough
+                pass
         else:
             lm.decoder = dec
             return FastDecodePlan(dec, True)

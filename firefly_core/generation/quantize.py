@@ -109,12 +109,15 @@ class Int8Linear(nn.Module):
         out_dtype = x.dtype
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # [tokens, in]
+        scales = self.scales
+        if scales.dtype != self.compute_dtype:  # e.g. after model.half(), which casts float buffers
+            scales = scales.to(self.compute_dtype)
         if self.use_kernel and x2.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)  # [tokens, out]
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, scales)  # [tokens, out]
         else:
             # Integers up to 127 are exact in bf16/fp16, so x @ q.T then * scale equals the kernel's
             # arithmetic without materializing a scaled float copy of the weight.
-            y = nn.functional.linear(x2, self.weight_int8.to(self.compute_dtype)) * self.scales
+            y = nn.functional.linear(x2, self.weight_int8.to(self.compute_dtype)) * scales
         y = y.to(out_dtype)
         if self.bias is not None:
             y = y + self.bias.to(out_dtype)

@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same replies")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code")
+    p.add_argument("--quantize", choices=("int8",), help="int8 weights on CPU: about 2x faster replies, "
+                   "a small quality cost (see README)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, decode eagerly instead of "
+                   "replaying a captured CUDA graph")
     p.add_argument("--no-stats", action="store_true", help="do not print speed after each reply")
     p.set_defaults(handler=run)
 
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         catalog_format=_catalog_format(model),
         trust_remote_code=args.trust_remote_code or bool(saved and saved.trust_remote_code),
     )
+    _fast_decode(lm, args, interactive)
     system = args.system if args.system is not None else (saved.system if saved else None)
     session = ChatSession(lm, system=system, config=config)
     if interactive:
@@ -153,6 +158,21 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=sys.stderr, flush=True)
             continue
         _stream_reply(session, line.rstrip("\n"), show_stats)
+
+
+def _fast_decode(lm: Any, args: argparse.Namespace, interactive: bool) -> None:
+    """int8 weights when asked (CPU); on CUDA the graph-captured decode step unless turned off."""
+    say = (lambda s: print(f"{DIM}{s}{RESET}", file=sys.stderr, flush=True)) if interactive else None
+    if args.quantize:
+        from firefly_core.generation.quantize import apply_quantization
+
+        report = apply_quantization(lm, args.quantize)
+        if say:
+            say(report.summary())
+    elif lm.device.type == "cuda" and not args.no_cuda_graph:
+        from firefly_core.generation.cuda_graph import enable_fast_decode
+
+        enable_fast_decode(lm, status=say)
 
 
 def _read_line(interactive: bool) -> str | None:
