@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -115,7 +116,7 @@ def _keep_file_ids(path: Path, src: SourceTokenizer, encode: Callable[[list[str]
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
     if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
         os.rename(out, trash)
         os.rename(tmp, out)
         shutil.rmtree(trash, ignore_errors=True)
@@ -127,7 +128,6 @@ def prune_vocabulary(
     model: str | os.PathLike,
     corpus: Sequence[str | os.PathLike] | str | os.PathLike,
     out: str | os.PathLike,
-    *,
     keep_top: int | None = None,
     min_count: int | None = None,
     keep_file: str | os.PathLike | None = None,
