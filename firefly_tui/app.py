@@ -26,7 +26,7 @@ from .widgets.localized import localize_bindings
 
 
 class FireflyApp(App):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).resolve().parent / "app.tcss"
     TITLE = "Firefly"
     MODES = {"chat": ChatScreen, "models": ModelsScreen, "train": TrainScreen}
     BINDINGS = [
@@ -69,7 +69,8 @@ class FireflyApp(App):
         if welcome is None:
             welcome = getattr(self.settings, "active_model", None) is None
         if welcome:
-            self.push_screen(WelcomeScreen(), self._welcome_done)
+            # After the chat screen's first refresh, so the screen under the welcome is complete.
+            self.call_after_refresh(self.push_screen, WelcomeScreen(), self._welcome_done)
         elif getattr(self.settings, "active_model", None):
             self.load_active_model(self.settings.active_model)
 

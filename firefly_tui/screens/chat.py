@@ -20,11 +20,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ListItem, ListView, Static
+from textual.widgets import Button, Header, Input, Label, ListItem, ListView, Static
 
 from .. import backend
 from ..i18n import STRINGS, t
 from ..widgets.chat_view import ChatLog, MessageView
+from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
 from .dialogs import ChatSettingsDialog, ConfirmDialog, PromptDialog
 
@@ -40,6 +41,7 @@ class ConversationItem(ListItem):
 
 
 class ChatScreen(Screen):
+    AUTO_FOCUS = "#composer"
     BINDINGS = [
         Binding("escape", "stop", "chat.stop"),
         Binding("ctrl+n", "new_chat", "chat.new"),
@@ -120,7 +122,6 @@ class ChatScreen(Screen):
         else:
             await self.open_conversation(self.conversation_id)
         self.update_status()
-        self.query_one("#composer", Input).focus()
 
     async def relabel(self) -> None:
         """Language switched: rebuild the widgets from this screen's state."""

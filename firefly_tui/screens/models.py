@@ -17,10 +17,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Header, Label, ProgressBar, Static
+from textual.widgets import Button, DataTable, Header, Label, ProgressBar, Static
 
 from .. import backend
 from ..i18n import t
+from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
 from .dialogs import ConfirmDialog, PromptDialog
 

@@ -20,10 +20,11 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ListItem, ListView, Log, Select, Static
+from textual.widgets import Button, Header, Input, Label, ListItem, ListView, Log, Select, Static
 
 from .. import backend
-from ..i18n import t
+from ..i18n import STRINGS, t
+from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
 from ..widgets.loss_plot import LossPlot
 from .dialogs import ConfirmDialog
@@ -75,7 +76,8 @@ class RunView:
 class RunItem(ListItem):
     def __init__(self, summary) -> None:
         loss = f"{summary.last_loss:.3f}" if summary.last_loss is not None else "-"
-        text = f"{summary.path.name}  {summary.status}  {summary.step}/{summary.total}  loss {loss}"
+        status = t(f"run.{summary.status}") if f"run.{summary.status}" in STRINGS else summary.status
+        text = f"{summary.path.name}  {status}  {summary.step}/{summary.total}  loss {loss}"
         super().__init__(Label(text))
         self.run_dir = Path(summary.path)
 
@@ -281,7 +283,7 @@ class TrainScreen(Screen):
             loss = f" · loss {s['loss']:.4f}" if s.get("loss") is not None else ""
             ev = f" · eval {view.eval[-1][1]:.4f}" if view.eval else ""
             self.query_one("#run-stats", Static).update(stats + loss + ev)
-            title = f"{view.run_dir}  ·  {t('train.state', status=view.status)}"
+            title = f"{view.run_dir.name}  ·  {t('train.state', status=t(f'run.{view.status}'))}"
             if view.message:
                 title += f"  ·  {view.message}"
             label = self.query_one("#run-title", Label)

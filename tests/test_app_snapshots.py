@@ -1,0 +1,106 @@
+"""Snapshots of the main screens with Chinese content (pytest-textual-snapshot).
+
+Everything shown is fixed: the chat database and runs are written by the test, paths that would
+differ per machine are replaced, and the welcome uses a fixed logo. Update the snapshots after an
+intended change with `pytest tests/test_app_snapshots.py --snapshot-update` and review the SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from app_helpers import wait_screen, wait_until
+
+from firefly_core.paths import runs_dir
+from firefly_core.store import ChatStore
+from firefly_core.training.events import EventWriter
+from firefly_tui.app import FireflyApp
+from firefly_tui.screens import welcome
+from firefly_tui.screens.models import ModelsScreen
+from firefly_tui.screens.train import TrainScreen
+
+SIZE = (120, 36)
+
+ANSWER = """好的，下面是用 Python 计算斐波那契数列的例子：
+
+```python
+def fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+```
+
+- 时间复杂度：**O(n)**
+- 中文、English 与 emoji 混排：流萤 ✨ works"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ChatStore(tmp_path / "chats.sqlite3")
+    yield s
+    s.close()
+
+
+def test_chat_screen_chinese(snap_compare, store):
+    older = store.create_conversation("唐诗三百首")
+    store.add_message(older.id, "user", "背一首李白的诗")
+    store.add_message(older.id, "assistant", "床前明月光，疑是地上霜。", partial=True)
+    conv = store.create_conversation("斐波那契数列")
+    store.add_message(conv.id, "user", "用 Python 写一个斐波那契函数，并解释复杂度。")
+    store.add_message(conv.id, "assistant", ANSWER)
+    store.add_message(conv.id, "user", "再写一个递归版本")
+    store.add_message(conv.id, "assistant", "递归版本：`fib(n) = fib(n-1) + fib(n-2)`", partial=True)
+    app = FireflyApp(store=store, welcome=False, language="zh", settings=None)
+    assert snap_compare(app, terminal_size=SIZE)
+
+
+def test_models_screen(snap_compare, store, fresh_home):
+    app = FireflyApp(store=store, welcome=False, language="zh", settings=None)
+
+    async def run_before(pilot) -> None:
+        await pilot.press("f3")
+        screen = await wait_screen(pilot, ModelsScreen)
+        await wait_until(pilot, lambda: screen.query_one("#catalog").row_count > 0)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_train_screen_with_a_run(snap_compare, store, fresh_home):
+    run = runs_dir() / "run-演示"
+    w = EventWriter(run)
+    w.emit("start", pid=None, total_steps=40, start_step=0)
+    for s in range(1, 31):
+        loss = 3.0 * 0.93**s + (0.15 if s % 3 == 0 else 0.0)
+        w.emit("step", step=s, total=40, loss=round(loss, 4), lr=2e-4, tokens_per_s=812.5, eta=40.0 - s,
+               memory={"rss_gb": 1.5})
+        if s % 10 == 0:
+            w.emit("eval", step=s, loss=round(3.1 * 0.93**s, 4))
+    w.emit("done", status="stopped", step=30, total=40, message="在第 30 步停止；用 --resume 继续")
+    w.close()
+    (run / "train.log").write_text("开始训练\nstep 30/40 loss 0.43\n已保存检查点\n", encoding="utf-8")
+    app = FireflyApp(store=store, welcome=False, language="zh", settings=None)
+
+    async def run_before(pilot) -> None:
+        await pilot.press("f4")
+        screen = await wait_screen(pilot, TrainScreen)
+        await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) == 30)
+        await wait_until(pilot, lambda: len(screen.query_one("#runs").children) == 1)
+        values = {"#f-model": "YeungNLP/bloom-1b4-zh", "#f-data": "data/中文指令.jsonl", "#f-out": "runs/新的训练"}
+        for sel, value in values.items():
+            screen.query_one(sel).value = value
+            screen.query_one(sel).cursor_position = 0
+        screen.query_one("#f-gpu").value = "cpu"
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(150, 44), run_before=run_before)
+
+
+def test_welcome_screen(snap_compare, store, tmp_path, monkeypatch):
+    logo = tmp_path / "logo.txt"
+    logo.write_text("  * 流萤 *\n FIREFLY\n", encoding="utf-8")
+    monkeypatch.setattr(welcome, "LOGO", logo)
+    app = FireflyApp(store=store, welcome=True, language="zh", settings=None)
+    assert snap_compare(app, terminal_size=SIZE)
