@@ -145,6 +145,10 @@ async def test_copy_and_export(store, tmp_path):
         await wait_until(pilot, lambda: len(chat.query(MessageView)) == 2)
         await pilot.press("ctrl+y")
         assert app.clipboard == "等于 **2**"
+        first = list(chat.query(MessageView))[0]
+        first.focus()
+        await pilot.press("c")  # copy the focused message
+        assert app.clipboard == "1+1=?"
         for fmt, key in (("md", "ctrl+s"), ("json", None)):
             if key:
                 await pilot.press(key)
@@ -266,3 +270,17 @@ async def test_language_switch_relabels(store):
         assert "重新生成" in screen_text(app)  # footer bindings follow
         await pilot.press("f6")
         await wait_until(pilot, lambda: "Regenerate" in screen_text(app))
+
+
+async def test_command_palette_offers_the_app_commands(store):
+    app = make_app(store, language="zh")
+    async with app.run_test(size=SIZE) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("新建对话", "导出当前对话为 Markdown", "打开模型管理", "打开训练", "切换界面语言（中文/English）"):
+            assert title in titles
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"模型管理")
+        await wait_until(pilot, lambda: "打开模型管理" in screen_text(app))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "ModelsScreen")
