@@ -80,6 +80,23 @@ class ChatSession:
         if self._prefix is not None:
             self._prefix.clear()
 
+    def warm(self) -> int:
+        """Prefill the KV cache with the current history (e.g. a conversation loaded from disk), so
+        the next `send` prefills only the new message. Returns how many tokens were already cached."""
+        from .generation import prefill_prefix
+
+        if not self.messages:
+            return 0
+        budget = self.lm.context_length - self.config.max_new_tokens
+        full = ([Message("system", self.system)] if self.system else []) + self.messages
+        if full[-1].role == "assistant":
+            probe = full + [Message("user", "")]  # fit as if a new message followed
+            kept = fit_history(self.lm.prompt_format, self.lm.tokenizer, probe, budget)[0][:-1]
+        else:
+            kept = fit_history(self.lm.prompt_format, self.lm.tokenizer, full, budget)[0]
+        ids = self.lm.prompt_format.render(self.lm.tokenizer, kept, add_generation_prompt=False).ids
+        return prefill_prefix(self.lm, self._prefix_cache(), ids)
+
     def prompt_ids(self) -> tuple[list[Message], list[int]]:
         """The messages kept after truncation and the prompt ids for the next reply."""
         budget = self.lm.context_length - self.config.max_new_tokens

@@ -182,3 +182,19 @@ def test_prompt_too_long_restores_history(loaded):
     with pytest.raises(PromptTooLongError):
         list(session.send("很长的消息" * 20))
     assert session.messages == []
+
+
+def test_warm_prefills_a_loaded_conversation(loaded):
+    lm = _fresh_lm(loaded, "qwen2")
+    history = [Message("user", TURNS[0]), Message("assistant", "我是萤火虫。"), Message("user", TURNS[1]),
+               Message("assistant", "Fireflies glow at night.")]
+    session = ChatSession(lm, system="sys", config=GenerationConfig(do_sample=False, max_new_tokens=5), messages=history)
+    cached = session.warm()
+    warm_ids = list(session._prefix.ids)
+    assert cached == 0 and session.warm() == len(warm_ids)  # the second warm is free
+    done = _run(session.send(TURNS[2]))
+    _, prompt = ChatSession(lm, system="sys", messages=history + [Message("user", TURNS[2])]).prompt_ids()
+    assert prompt[: len(warm_ids)] == warm_ids  # the warmed history is a prefix of the next prompt
+    assert done.stats.reused_tokens == len(warm_ids)
+    fresh = _run(ChatSession(lm, system="sys", config=session.config, messages=history).send(TURNS[2]))
+    assert done.text == fresh.text

@@ -6,7 +6,7 @@ Importing this package imports torch; import it lazily from UI code.
 from .cache import KVCache, PrefixCache
 from .config import GenerationConfig, ReplyDone, ReplyStats, TextDelta
 from .detokenize import StopStringGuard, StreamingDetokenizer
-from .loop import Decoder, ModelDecoder, decoder_for, generate_ids, generate_stream
+from .loop import Decoder, ModelDecoder, decoder_for, generate_ids, generate_stream, prefill_prefix
 from .sampling import TokenSampler
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "decoder_for",
     "generate_ids",
     "generate_stream",
+    "prefill_prefix",
 ]

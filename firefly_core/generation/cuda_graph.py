@@ -264,6 +264,7 @@ class CudaGraphDecoder:
         self._free: list[_Slot] = []
         self._pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.capture_s: list[float] = []  # seconds spent in each capture (warm-up included)
+        self.fallback_reason: str | None = None  # set if a later capture failed and we went eager
 
     # -- the Decoder protocol -------------------------------------------------------------------
     def new_cache(self) -> StaticCacheHandle:
@@ -284,21 +285,26 @@ class CudaGraphDecoder:
                 f"the static KV cache holds {self.max_cache_len} tokens; this step would need "
                 f"{layers[0].host_len + n}", "start a new conversation (/reset)",
             )
-        for layer in layers:
-            layer.host_len += n
-        if n == 1 and slot.initialized:
-            self.ids_buf.copy_(ids.view(1, 1), non_blocking=True)
-            if self.use_graph:
-                if slot.graph is None:
-                    self._capture(slot)
-                slot.graph.replay()
-            else:
-                self._step(slot)
-            self._step_sampled = True
-            return self.logits_buf
-        self._step_sampled = False
-        out = self.model(input_ids=ids, past_key_values=slot.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float()
+        before = layers[0].host_len
+        try:
+            for layer in layers:
+                layer.host_len += n
+            if n == 1 and slot.initialized:
+                self.ids_buf.copy_(ids.view(1, 1), non_blocking=True)
+                if self.use_graph and slot.graph is None:
+                    self._capture_or_fall_back(slot)
+                if self.use_graph:
+                    slot.graph.replay()
+                else:
+                    self._step(slot)
+                self._step_sampled = True
+                return self.logits_buf
+            self._step_sampled = False
+            out = self.model(input_ids=ids, past_key_values=slot.cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :].float()
+        except BaseException:
+            slot.set_length(before)  # as if the step never ran (the loop crops to its own count too)
+            raise
 
     def make_sampler(self, config: Any, vocab_size: int, prompt_ids: Iterable[int], device: Any = None) -> GraphSampler:
         """A sampler with `TokenSampler`'s signature whose decode-step draws happen inside the graph."""
@@ -313,23 +319,37 @@ class CudaGraphDecoder:
         self.token_buf.copy_(token)
         self.sampling.observe(token)
 
+    def _capture_or_fall_back(self, slot: _Slot) -> None:
+        """Capture lazily for a new cache; if that fails mid-conversation, go on eagerly (same
+        results, slower) rather than break the reply."""
+        try:
+            self._capture(slot)
+        except Exception as e:
+            self.use_graph = False
+            self.fallback_reason = f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding eagerly"
+            self.status(self.fallback_reason)
+
     def _capture(self, slot: _Slot) -> None:
         t0 = time.perf_counter()
         self.status("capturing the decode step as a CUDA graph …")
         lengths = [l.cumulative_length.clone() for l in slot.cache.layers]
         seen = self.sampling.seen.clone()
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the graph: lazy inits, cuBLAS workspaces, allocator
+        try:
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.inference_mode(), torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the graph: lazy inits, cuBLAS workspaces, allocator
+                    self._step(slot)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._restore(slot, lengths, seen)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA work of other threads (the app's UI thread) does not void the capture.
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 self._step(slot)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self._restore(slot, lengths, seen)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA work of other threads (the app's UI thread) does not void the capture.
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            self._step(slot)
-        self._restore(slot, lengths, seen)  # capture records kernels without running them; be sure
+        finally:
+            # The warm-up steps wrote past the cache's length and into the penalty set: undo that
+            # (capture itself records kernels without running them).
+            self._restore(slot, lengths, seen)
         torch.cuda.synchronize(self.device)
         slot.graph = graph
         self.capture_s.append(time.perf_counter() - t0)

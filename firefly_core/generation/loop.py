@@ -22,9 +22,10 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 
 from ..errors import PromptTooLongError
-from .cache import KVCache, PrefixCache, crop_cache
+from .cache import KVCache, PrefixCache, common_prefix_length, crop_cache
 from .config import GenerationConfig, ReplyDone, ReplyStats, TextDelta
 from .detokenize import StopStringGuard, StreamingDetokenizer
+from .prefill import MIN_ROWS, float32_matmuls, wants_float32_prefill
 from .sampling import TokenSampler
 
 
@@ -42,17 +43,20 @@ class Decoder(Protocol):
 class ModelDecoder:
     """The default decoder: a transformers causal LM with our preallocated `KVCache`."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, float32_prefill: bool | None = None) -> None:
         self.model = model
         params = inspect.signature(model.forward).parameters
         # Only the last position's logits are needed; skipping the others saves a [n, vocab] GEMM.
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # On CPUs without fast bf16 GEMM, prompts are multiplied in fp32 (see prefill.py).
+        self.float32_prefill = wants_float32_prefill(model) if float32_prefill is None else float32_prefill
 
     def new_cache(self) -> Any:
         return KVCache(self.model.config)
 
     def forward(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._extra)
+        with float32_matmuls(self.float32_prefill and ids.shape[-1] >= MIN_ROWS):
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._extra)
         return out.logits[:, -1, :].float()
 
 
@@ -178,6 +182,35 @@ def generate_stream(
         context_length=context_length if context_length < 1 << 30 else 0,
     )
     yield ReplyDone(text=guard.output, stats=stats, cancelled=stop_reason == "cancelled")
+
+
+def prefill_prefix(
+    lm: Any,
+    prefix_cache: PrefixCache,
+    ids: Sequence[int],
+    *,
+    decoder: Decoder | None = None,
+) -> int:
+    """Make `prefix_cache` hold exactly `ids`, reusing the longest common prefix; return its length.
+
+    Used to warm the cache for a conversation loaded from disk, so its next turn prefills only the
+    new message.
+    """
+    decoder = decoder or decoder_for(lm)
+    device = getattr(lm, "device", None) or next(lm.model.parameters()).device
+    ids = [int(i) for i in ids]
+    with torch.inference_mode():
+        keep = common_prefix_length(prefix_cache.ids, ids)
+        crop_cache(prefix_cache.cache, keep)
+        del prefix_cache.ids[keep:]
+        if keep < len(ids):
+            try:
+                decoder.forward(torch.tensor([ids[keep:]], dtype=torch.long, device=device), prefix_cache.cache)
+            except BaseException:
+                crop_cache(prefix_cache.cache, keep)
+                raise
+            prefix_cache.ids.extend(ids[keep:])
+    return keep
 
 
 def generate_ids(

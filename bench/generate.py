@@ -1,0 +1,242 @@
+"""Benchmark of our generation loop against transformers' `generate`, in one process, alternating.
+
+    python bench/generate.py                 # decode speed, firefly-1b4 shape, bf16, CPU
+    python bench/generate.py --mode ttft     # time to first token at turns 1, 5, 10 of a chat
+    python bench/generate.py --layers 2      # a quick run on a smaller shape
+
+Decode mode: a random BloomForCausalLM of the firefly-1b4 shape (hidden 2048, 24 layers, 16 heads,
+vocab 46,145), greedy, batch 1, a 32-token prompt, 64 new tokens. Both sides run the same model and
+must produce the same tokens. Printed: tokens/s of each (new tokens / wall time, prefill included),
+the ratio, the effective weight bandwidth (bytes of weights read per token x tokens/s) and the
+machine's memory bandwidth measured in the same run (a large copy, a large read, and a bf16 GEMV of
+the model's own lm_head shape): the decode ceiling at batch 1 is bandwidth / weight bytes.
+
+TTFT mode: a conversation of 10 turns (user messages of 32 tokens, replies of 64 tokens). At turns
+1, 5 and 10 it times the first token of our ChatSession (KV-prefix reuse: only the new message is
+prefilled) and of a fresh prefill of the whole history. A random model's output is not text, so the
+replies are scripted and written into the cache as if generated (teacher forcing): the cache state
+is exactly the one a real reply leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def build_model(args):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    config = BloomConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        n_layer=args.layers,
+        n_head=args.heads,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=True,
+    )
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialize directly in the target dtype (half the memory)
+    try:
+        model = BloomForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    model.generation_config.eos_token_id = None  # always generate exactly --new-tokens
+    model.generation_config.pad_token_id = 3
+    print(f"built {args.layers}-layer model in {time.perf_counter() - t:.1f} s "
+          f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, {args.dtype})", flush=True)
+    return model
+
+
+def weight_bytes(model) -> int:
+    """Bytes of weights read per decoded token: every parameter once (the tied embedding is read
+    whole as the lm_head; its row lookup is negligible)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def memory_bandwidth(gib: float = 1.0) -> dict[str, float]:
+    """GB/s of a large copy (read + write counted), a large read (sum), and a bf16 GEMV."""
+    n = int(gib * (1 << 30)) // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    copy = _best_of(lambda: dst.copy_(src), 5)
+    read = _best_of(lambda: src.sum(), 5)
+    del src, dst
+    w = torch.randn(46145, 2048).to(torch.bfloat16)
+    x = torch.randn(1, 2048).to(torch.bfloat16)
+    gemv = _best_of(lambda: torch.nn.functional.linear(x, w), 10)
+    out = {
+        "copy": 2 * n * 4 / copy / 1e9,
+        "read": n * 4 / read / 1e9,
+        "gemv_bf16": w.numel() * 2 / gemv / 1e9,
+    }
+    del w
+    gc.collect()
+    return out
+
+
+def run_hf(model, prompt, new_tokens):
+    with torch.inference_mode():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )
+    return out[0, prompt.shape[1]:].tolist()
+
+
+def run_ours(lm, prompt, new_tokens):
+    from firefly_core.generation import GenerationConfig, generate_ids
+
+    cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens)
+    return generate_ids(lm, prompt[0].tolist(), cfg)
+
+
+def decode_mode(args):
+    model = build_model(args)
+    lm = SimpleNamespace(model=model, device=torch.device("cpu"), stop_token_ids=[], tokenizer=None)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=g)
+    print("warm-up ...", flush=True)
+    run_hf(model, prompt[:, :8], 2)
+    run_ours(lm, prompt[:, :8], 2)
+    hf_s, ours_s = [], []
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        ref = run_hf(model, prompt, args.new_tokens)
+        hf_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mine = run_ours(lm, prompt, args.new_tokens)
+        ours_s.append(time.perf_counter() - t)
+        same = "same tokens" if mine == ref else f"TOKENS DIFFER at {next(i for i, (a, b) in enumerate(zip(mine, ref)) if a != b)}"
+        print(f"round {r + 1}: generate {args.new_tokens / hf_s[-1]:.2f} tok/s, "
+              f"ours {args.new_tokens / ours_s[-1]:.2f} tok/s ({same})", flush=True)
+    bw = memory_bandwidth()
+    hf_tps = args.new_tokens / statistics.median(hf_s)
+    ours_tps = args.new_tokens / statistics.median(ours_s)
+    wb = weight_bytes(model)
+    print()
+    print(f"shape: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
+          f"{args.dtype}, prompt {args.prompt_tokens}, new {args.new_tokens}, threads {torch.get_num_threads()}")
+    print(f"transformers generate : {hf_tps:6.2f} tok/s (median of {args.rounds})")
+    print(f"ours                  : {ours_tps:6.2f} tok/s")
+    print(f"ratio ours / generate : {ours_tps / hf_tps:6.2f}x")
+    print(f"weights read per token: {wb / 1e9:.2f} GB -> effective {wb * ours_tps / 1e9:.1f} GB/s (ours), "
+          f"{wb * hf_tps / 1e9:.1f} GB/s (generate)")
+    print(f"memory bandwidth      : copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s, "
+          f"bf16 GEMV {bw['gemv_bf16']:.1f} GB/s")
+    print(f"ceiling at batch 1    : {bw['read'] * 1e9 / wb:.2f} tok/s (read bandwidth / weight bytes), "
+          f"{bw['gemv_bf16'] * 1e9 / wb:.2f} tok/s (bf16 GEMV rate / weight bytes)")
+
+
+USER = "请根据下面的内容写一段简短的总结，并给出三个关键词。Summarize the text and list three keywords. "
+REPLY = ("好的。这段文字讲的是萤火虫在夏夜里发光的原因：它们用光来交流和求偶。关键词：萤火虫、夏夜、发光。"
+         "Fireflies glow on summer nights to talk to each other. Keywords: fireflies, summer, light. ")
+
+
+def _fit_tokens(tok, text: str, n: int) -> str:
+    """The longest prefix of `text` (repeated as needed) that encodes to at most `n` tokens."""
+    text = text * (1 + n // 8)
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(tok.encode(text[:mid], add_special_tokens=False)) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+def ttft_mode(args):
+    from firefly_core.chat import ChatSession
+    from firefly_core.formats import FireflyV1, Message
+    from firefly_core.generation import GenerationConfig, ReplyDone, generate_stream
+    from firefly_core.loading import LoadedModel
+    from firefly_core.testkit import build_tokenizer
+
+    model = build_model(args)
+    tok = build_tokenizer("bloom")  # any real tokenizer; its ids are all inside the model's vocab
+    lm = LoadedModel(model=model, tokenizer=tok, device=torch.device("cpu"), dtype=model.dtype,
+                     path=Path("."), name="random-firefly-1b4-shape", prompt_format=FireflyV1(),
+                     context_length=2048)
+    user = _fit_tokens(tok, USER, args.user_tokens)
+    reply = _fit_tokens(tok, REPLY, args.reply_tokens)
+    user_ids = tok.encode(user, add_special_tokens=False)
+    print(f"user message {len(user_ids)} tokens, reply {len(tok.encode(reply, add_special_tokens=False))} "
+          f"tokens", flush=True)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=1)
+    session = ChatSession(lm, config=cfg)
+    generate_stream(lm, user_ids[:4], cfg)  # warm-up
+    rows = []
+    for turn in range(1, args.turns + 1):
+        text = f"{turn}. {user}"
+        measure = turn in (1, 5, 10) or turn == args.turns
+        if measure:
+            # baseline first: the whole history, prefilled from scratch
+            _, ids = ChatSession(lm, config=cfg, messages=session.messages + [Message("user", text)]).prompt_ids()
+            full = [e for e in generate_stream(lm, ids, cfg) if isinstance(e, ReplyDone)][0]
+        done = [e for e in session.send(text) if isinstance(e, ReplyDone)][0]
+        if measure:
+            rows.append((turn, done.stats.prompt_tokens, done.stats.reused_tokens, done.stats.ttft_s, full.stats.ttft_s))
+            print(f"turn {turn:2d}: prompt {done.stats.prompt_tokens:4d} tokens ({done.stats.reused_tokens} reused): "
+                  f"ours {done.stats.ttft_s * 1000:7.0f} ms, full prefill {full.stats.ttft_s * 1000:7.0f} ms", flush=True)
+        # the scripted reply replaces the 1-token one and goes into the cache as if generated
+        session.messages[-1] = Message("assistant", reply)
+        session.warm()
+    t1 = rows[0][3]
+    print()
+    print("turn  prompt  reused  ours TTFT  full-prefill TTFT  ours/turn1  full/ours")
+    for turn, prompt, reused, ours, full in rows:
+        print(f"{turn:4d}  {prompt:6d}  {reused:6d}  {ours * 1000:7.0f} ms  {full * 1000:11.0f} ms  "
+              f"{ours / t1:9.2f}x  {full / ours:8.2f}x")
+    print(f"target: ours at turn {rows[-1][0]} <= 1.5x turn 1 -> {rows[-1][3] / t1:.2f}x")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=("decode", "ttft"), default="decode")
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=46145)
+    p.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default="bf16")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--user-tokens", type=int, default=32, help="ttft mode: tokens per user message")
+    p.add_argument("--reply-tokens", type=int, default=64, help="ttft mode: tokens per reply")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (ttft_mode if args.mode == "ttft" else decode_mode)(args)
+
+
+if __name__ == "__main__":
+    main()
