@@ -91,24 +91,24 @@ def _stop_at(step: int):
 @pytest.mark.parametrize("extra", [{}, {"lora": True, "lora_dropout": 0.2, "grad_accum": 2, "batch_size": 4}],
                          ids=["full", "lora-dropout-accum"])
 def test_sigint_then_resume_gives_the_same_loss_curve(bloom_dir, tmp_path, extra):
-    straight = launch(_config(bloom_dir, tmp_path / "a", max_steps=8, **extra))
+    straight = launch(_config(bloom_dir, tmp_path / "a", max_steps=6, max_length=96, **extra))
     assert straight.status == "completed"
 
     b = tmp_path / "b"
-    stopped = launch(_config(bloom_dir, b, max_steps=8, **extra), callbacks=[_stop_at(3)])
+    stopped = launch(_config(bloom_dir, b, max_steps=6, max_length=96, **extra), callbacks=[_stop_at(3)])
     assert stopped.status == "stopped" and stopped.step == 3
     done = read_events(b)[-1]
     assert done.type == "done" and done.data["status"] == "stopped" and done.data["signal"] == "SIGINT"
     assert list_runs(tmp_path)[0].status in ("stopped", "done")
     assert not (b / "final").exists()
 
-    resumed = launch(_config(bloom_dir, b, max_steps=8, **extra), resume=True)
+    resumed = launch(_config(bloom_dir, b, max_steps=6, max_length=96, **extra), resume=True)
     assert resumed.status == "completed"
     starts = [e for e in read_events(b) if e.type == "start"]
     assert starts[-1].data["start_step"] == 3 and starts[-1].data["resumed_from"].endswith("step-00000003")
     a_losses, b_losses = _step_losses(tmp_path / "a"), _step_losses(b)
-    assert sorted(b_losses) == list(range(1, 9))
-    for step in range(1, 9):
+    assert sorted(b_losses) == list(range(1, 7))
+    for step in range(1, 7):
         assert b_losses[step] == pytest.approx(a_losses[step], rel=1e-5, abs=1e-6), step
 
 
@@ -285,3 +285,14 @@ def test_generated_launch_configs_for_several_gpus(tmp_path):
     cmd, _ = worker_command(cfg, resume=True)
     assert cmd[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(tmp_path.resolve() / ACCELERATE_CONFIG_FILE)]
     assert cmd[-3:] == ["firefly_core.training.worker", str(tmp_path.resolve()), "--resume"]
+
+
+def test_asking_for_a_gpu_without_cuda_is_a_clear_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError) as e:
+        launch(TrainConfig(model="m", data=["d"], out=str(tmp_path / "r"), gpu="0"))
+    assert "CUDA is not available" in e.value.message and e.value.hint == "use --gpu cpu"
+    assert not (tmp_path / "r").exists()

@@ -22,6 +22,7 @@ from ..errors import ConfigError, FireflyError
 from .config import TrainConfig, load_saved
 from .events import EventTail, TrainEvent
 
+SINGLE_PROCESS_ENV: list[str] = []
 DEEPSPEED_HINT = "pip install 'firefly-tui[deepspeed]'"
 DS_CONFIG_FILE = "deepspeed_config.json"
 ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"
@@ -80,8 +81,9 @@ def deepspeed_plugin(config: TrainConfig, mixed_precision: str):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # One process still needs a process group: give it the torchrun-style variables.
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        added = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(added)
+        SINGLE_PROCESS_ENV.extend(added)  # removed again when the run ends (loop._release)
     return DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, mixed_precision))
 
 
@@ -180,6 +182,7 @@ def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Cal
     config.validate()
     if config.deepspeed:
         require_deepspeed()
+    _check_gpus(config)
     prepare_run_dir(config, resume)
     if config.world_size == 1 and config.num_machines == 1:
         from .loop import run_training
@@ -188,6 +191,19 @@ def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Cal
             os.environ.setdefault("CUDA_VISIBLE_DEVICES", config.devices()[0])
         return run_training(config, resume=resume, callbacks=callbacks)
     return _launch_processes(config, resume, list(callbacks))
+
+
+def _check_gpus(config: TrainConfig) -> None:
+    if config.devices() == ["cpu"]:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--gpu {config.gpu} asked for, but CUDA is not available here", "use --gpu cpu")
+    visible = torch.cuda.device_count()
+    missing = [d for d in config.devices() if int(d) >= visible and "CUDA_VISIBLE_DEVICES" not in os.environ]
+    if missing:
+        raise ConfigError(f"no GPU {', '.join(missing)} on this machine ({visible} visible)", "see nvidia-smi")
 
 
 def _launch_processes(config: TrainConfig, resume: bool, callbacks: list) -> str:

@@ -228,6 +228,11 @@ def _release(accelerator) -> None:
     if accelerator.num_processes != 1:
         return
     import torch.distributed as dist
+
+    from .launch import SINGLE_PROCESS_ENV
+
+    while SINGLE_PROCESS_ENV:
+        os.environ.pop(SINGLE_PROCESS_ENV.pop(), None)
     from accelerate.state import AcceleratorState
 
     if dist.is_available() and dist.is_initialized():
@@ -468,10 +473,18 @@ def evaluate(model, accelerator, eval_set, batch_size: int, pad_id: int) -> floa
     order = sorted(range(len(eval_set)), key=lambda i: len(eval_set[i].input_ids))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rounds = math.ceil(len(batches) / world)
     with torch.no_grad():
-        for b in batches[accelerator.process_index :: accelerator.num_processes]:
-            batch = {k: v.to(accelerator.device) for k, v in collate([eval_set[i] for i in b], pad_id).items()}
-            total[0] += float(_token_loss_sum(model, batch))
-            total[1] += supervised_count(batch["labels"])
+        # Every process runs the same number of forwards (ZeRO-3 gathers weights collectively);
+        # a process without a batch left repeats the first one and does not count it.
+        for r in range(rounds):
+            k = r * world + rank
+            b = batches[k] if k < len(batches) else batches[0]
+            batch = {key: v.to(accelerator.device) for key, v in collate([eval_set[i] for i in b], pad_id).items()}
+            loss = float(_token_loss_sum(model, batch))
+            if k < len(batches):
+                total[0] += loss
+                total[1] += supervised_count(batch["labels"])
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / max(1.0, float(total[1])))
