@@ -7,7 +7,7 @@
 Decode mode: a random BloomForCausalLM of the firefly-1b4 shape (hidden 2048, 24 layers, 16 heads,
 vocab 46,145), greedy, batch 1, a 32-token prompt, 64 new tokens. Both sides run the same model and
 must produce the same tokens. Printed: tokens/s of each (new tokens / wall time, prefill included),
-the ratio, the effective weight bandwidth (bytes of weights read per token x tokens/s) and the
+the ratio (end to end and decode only; the first token is timed in separate runs), the effective weight bandwidth (bytes of weights read per token x tokens/s) and the
 machine's memory bandwidth measured in the same run (a large copy, a large read, and a bf16 GEMV of
 the model's own lm_head shape): the decode ceiling at batch 1 is bandwidth / weight bytes.
 
@@ -125,7 +125,7 @@ def decode_mode(args):
     print("warm-up ...", flush=True)
     run_hf(model, prompt[:, :8], 2)
     run_ours(lm, prompt[:, :8], 2)
-    hf_s, ours_s = [], []
+    hf_s, ours_s, hf_first, ours_first = [], [], [], []
     for r in range(args.rounds):
         t = time.perf_counter()
         ref = run_hf(model, prompt, args.new_tokens)
@@ -133,24 +133,39 @@ def decode_mode(args):
         t = time.perf_counter()
         mine = run_ours(lm, prompt, args.new_tokens)
         ours_s.append(time.perf_counter() - t)
-        same = "same tokens" if mine == ref else f"TOKENS DIFFER at {next(i for i, (a, b) in enumerate(zip(mine, ref)) if a != b)}"
-        print(f"round {r + 1}: generate {args.new_tokens / hf_s[-1]:.2f} tok/s, "
-              f"ours {args.new_tokens / ours_s[-1]:.2f} tok/s ({same})", flush=True)
+        # time to first token (the prefill), to split prefill from decode
+        t = time.perf_counter()
+        run_hf(model, prompt, 1)
+        hf_first.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run_ours(lm, prompt, 1)
+        ours_first.append(time.perf_counter() - t)
+        diff = next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), None)
+        same = "same tokens" if diff is None else f"tokens differ from position {diff}"
+        print(f"round {r + 1}: generate {args.new_tokens / hf_s[-1]:.2f} tok/s "
+              f"(first token {hf_first[-1]:.2f} s), ours {args.new_tokens / ours_s[-1]:.2f} tok/s "
+              f"(first token {ours_first[-1]:.2f} s) ({same})", flush=True)
     bw = memory_bandwidth()
-    hf_tps = args.new_tokens / statistics.median(hf_s)
-    ours_tps = args.new_tokens / statistics.median(ours_s)
+    med = statistics.median
+    hf_tps = args.new_tokens / med(hf_s)
+    ours_tps = args.new_tokens / med(ours_s)
+    hf_dec = (args.new_tokens - 1) / (med(hf_s) - med(hf_first))
+    ours_dec = (args.new_tokens - 1) / (med(ours_s) - med(ours_first))
     wb = weight_bytes(model)
     print()
     print(f"shape: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
           f"{args.dtype}, prompt {args.prompt_tokens}, new {args.new_tokens}, threads {torch.get_num_threads()}")
-    print(f"transformers generate : {hf_tps:6.2f} tok/s (median of {args.rounds})")
-    print(f"ours                  : {ours_tps:6.2f} tok/s")
-    print(f"ratio ours / generate : {ours_tps / hf_tps:6.2f}x")
-    print(f"weights read per token: {wb / 1e9:.2f} GB -> effective {wb * ours_tps / 1e9:.1f} GB/s (ours), "
-          f"{wb * hf_tps / 1e9:.1f} GB/s (generate)")
+    print(f"transformers generate : {hf_tps:6.2f} tok/s end to end, {hf_dec:6.2f} tok/s decode only, "
+          f"first token {med(hf_first):.2f} s (medians of {args.rounds})")
+    print(f"ours                  : {ours_tps:6.2f} tok/s end to end, {ours_dec:6.2f} tok/s decode only, "
+          f"first token {med(ours_first):.2f} s")
+    print(f"ratio ours / generate : {ours_tps / hf_tps:6.2f}x end to end, {ours_dec / hf_dec:6.2f}x decode only, "
+          f"{med(hf_first) / med(ours_first):6.2f}x faster first token")
+    print(f"weights read per token: {wb / 1e9:.2f} GB -> effective {wb * ours_dec / 1e9:.1f} GB/s (ours, decode), "
+          f"{wb * hf_dec / 1e9:.1f} GB/s (generate, decode)")
     print(f"memory bandwidth      : copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s, "
           f"bf16 GEMV {bw['gemv_bf16']:.1f} GB/s")
-    print(f"ceiling at batch 1    : {bw['read'] * 1e9 / wb:.2f} tok/s (read bandwidth / weight bytes), "
+    print(f"decode ceiling        : {bw['read'] * 1e9 / wb:.2f} tok/s (read bandwidth / weight bytes), "
           f"{bw['gemv_bf16'] * 1e9 / wb:.2f} tok/s (bf16 GEMV rate / weight bytes)")
 
 

@@ -157,7 +157,7 @@ def generate_stream(
             break
         if new_tokens >= config.max_new_tokens:
             break
-        if len(prefix_cache.ids) + 1 >= context_length:
+        if len(prefix_cache.ids) + 1 >= context_length:  # prompt + reply would pass the window
             stop_reason = "context_full"
             break
         if cancel is not None and cancel.is_set():

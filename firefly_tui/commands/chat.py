@@ -9,6 +9,7 @@ Heavy imports happen inside the handler, so `firefly --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -157,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
         if text == "/help":
             print(HELP, file=sys.stderr, flush=True)
             continue
-        _stream_reply(session, line.rstrip("\n"), show_stats)
+        try:
+            _stream_reply(session, text, show_stats)
+        except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 def _fast_decode(lm: Any, args: argparse.Namespace, interactive: bool) -> None:
