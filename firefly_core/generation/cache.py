@@ -110,8 +110,9 @@ class KVCache(DynamicCache):
 
 
 def crop_cache(cache: Any, length: int) -> None:
-    """Crop any transformers cache to `length` positions (ours, or a plain DynamicCache)."""
-    if isinstance(cache, KVCache):
+    """Crop a cache to `length` positions: any object with `crop_to(length)` (ours, or a plugged-in
+    decoder's own cache), else a transformers cache, layer by layer."""
+    if hasattr(cache, "crop_to"):
         cache.crop_to(length)
         return
     for layer in getattr(cache, "layers", []):
