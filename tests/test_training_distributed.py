@@ -101,3 +101,24 @@ def test_ctrl_c_on_the_cli_checkpoints_and_resume_finishes(bloom_dir, tmp_path):
     steps = [e.data["step"] for e in read_events(run) if e.type == "step"]
     assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_two_process_run_stops_every_worker_cleanly(bloom_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "firefly_tui.cli", "train", "--gpu", "cpu", "--num-processes", "2",
+           "--model", str(bloom_dir), "--data", DATA, "--out", str(run), "--max-steps", "400",
+           "--batch-size", "2", "--max-length", "64", "--save-every", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail, deadline, stepped = EventTail(run), time.time() + 120, False
+    while not stepped and time.time() < deadline and proc.poll() is None:
+        stepped = any(e.type == "step" for e in tail.poll())
+        time.sleep(0.1)
+    assert stepped, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err  # the launcher was not torn down; the workers just stopped
+    done = read_events(run)[-1]
+    assert done.type == "done" and done.data["status"] == "stopped"
+    assert (run / "checkpoints" / f"step-{done.data['step']:08d}" / "trainer_state.json").is_file()

@@ -193,6 +193,29 @@ def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Cal
     return _launch_processes(config, resume, list(callbacks))
 
 
+def _children(pid: int) -> list[int]:
+    """Descendants of `pid` (Linux /proc; empty elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    kids = [int(k) for k in text.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def _signal_workers(launcher_pid: int, signum: int) -> None:
+    """Send `signum` to the launcher's workers, not to the launcher: the workers checkpoint and
+    exit 0, and torchrun / accelerate then end normally instead of tearing them down (torch
+    elastic starts workers in sessions of their own, so a process-group signal misses them).
+    Where /proc is missing, the launcher gets it and forwards it itself."""
+    pids = _children(launcher_pid)
+    try:
+        for pid in pids or [launcher_pid]:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _check_gpus(config: TrainConfig) -> None:
     if config.devices() == ["cpu"]:
         return
@@ -227,10 +250,7 @@ def _launch_processes(config: TrainConfig, resume: bool, callbacks: list) -> str
             os.killpg(proc.pid, signal.SIGKILL)
             return
         forwarded.append(signum)
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
+        _signal_workers(proc.pid, signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     status = None
