@@ -7,9 +7,10 @@ Shape of the loop (batch 1):
             stream the text delta; stop on stop id, stop string, max_new_tokens or cancel
             logits = forward([[token]], cache)           # decode step: [1, 1] -> [1, vocab]
 
-The model is reached only through a `Decoder` (`new_cache()` and `forward(ids, cache)`), so a faster
-decode step (int8 weights, CUDA graphs) can be plugged in by setting `lm.decoder` or passing
-`decoder=` without touching the loop.
+The model is reached only through a `Decoder` (`new_cache()` and `forward(ids, cache)`, optionally
+`make_sampler(config, vocab_size, prompt_ids, device)`), so a faster decode step (int8 weights,
+CUDA graphs) can be plugged in by setting `lm.decoder` or passing `decoder=` without touching the
+loop.
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def decoder_for(lm: Any) -> Decoder:
     return dec
 
 
+def make_sampler(decoder: Any, config: GenerationConfig, vocab_size: int, prompt_ids: Sequence[int], device: Any):
+    """The decoder's own sampler when it has one (a CUDA-graph decoder samples inside its graph),
+    else a `TokenSampler`; both have `pick(logits) -> int`."""
+    own = getattr(decoder, "make_sampler", None)
+    if own is not None:
+        return own(config, vocab_size, prompt_ids, device)
+    return TokenSampler(config, vocab_size, prompt_ids, device)
+
+
 def _vocab_size(lm: Any) -> int:
     emb = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
     if emb is not None and getattr(emb, "weight", None) is not None:
@@ -114,7 +124,7 @@ def generate_stream(
         prefix_cache = PrefixCache(decoder.new_cache())
     with torch.inference_mode():
         reused = prefix_cache.reuse_for(prompt_ids)
-        sampler = TokenSampler(config, _vocab_size(lm), prompt_ids, device)
+        sampler = make_sampler(decoder, config, _vocab_size(lm), prompt_ids, device)
     detok = StreamingDetokenizer(lm.tokenizer)
     guard = StopStringGuard(config.stop_strings)
 
@@ -228,7 +238,7 @@ def generate_ids(
     decoder = decoder or decoder_for(lm)
     device = getattr(lm, "device", None) or next(lm.model.parameters()).device
     stop_ids = set(getattr(lm, "stop_token_ids", []) or []) | set(config.stop_token_ids)
-    sampler = TokenSampler(config, _vocab_size(lm), prompt_ids, device)
+    sampler = make_sampler(decoder, config, _vocab_size(lm), prompt_ids, device)
     cache = decoder.new_cache()
     out: list[int] = []
     with torch.inference_mode():
