@@ -21,6 +21,18 @@ INSTRUCTIONS = str(ASSETS / "sample_instructions.jsonl")
 CONVERSATIONS = str(ASSETS / "sample_conversations.jsonl")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning workers make
+    them hundreds of times slower; one thread keeps these tests fast everywhere."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _config(model_dir, out, **kw) -> TrainConfig:
     base = dict(model=str(model_dir), data=[INSTRUCTIONS], out=str(out), gpu="cpu", batch_size=8,
                 max_length=128, lr=3e-3, warmup_steps=2, max_steps=10, save_every=100, seed=7)
@@ -88,21 +100,22 @@ def _stop_at(step: int):
     return cb
 
 
-@pytest.mark.parametrize("extra", [{}, {"lora": True, "lora_dropout": 0.2, "grad_accum": 2, "batch_size": 4}],
+@pytest.mark.parametrize("extra", [{}, {"lora": True, "lora_dropout": 0.2, "grad_accum": 2, "batch_size": 2, "max_length": 64}],
                          ids=["full", "lora-dropout-accum"])
 def test_sigint_then_resume_gives_the_same_loss_curve(bloom_dir, tmp_path, extra):
-    straight = launch(_config(bloom_dir, tmp_path / "a", max_steps=6, max_length=96, **extra))
+    extra = {"max_steps": 6, "max_length": 96, **extra}
+    straight = launch(_config(bloom_dir, tmp_path / "a", **extra))
     assert straight.status == "completed"
 
     b = tmp_path / "b"
-    stopped = launch(_config(bloom_dir, b, max_steps=6, max_length=96, **extra), callbacks=[_stop_at(3)])
+    stopped = launch(_config(bloom_dir, b, **extra), callbacks=[_stop_at(3)])
     assert stopped.status == "stopped" and stopped.step == 3
     done = read_events(b)[-1]
     assert done.type == "done" and done.data["status"] == "stopped" and done.data["signal"] == "SIGINT"
     assert list_runs(tmp_path)[0].status in ("stopped", "done")
     assert not (b / "final").exists()
 
-    resumed = launch(_config(bloom_dir, b, max_steps=6, max_length=96, **extra), resume=True)
+    resumed = launch(_config(bloom_dir, b, **extra), resume=True)
     assert resumed.status == "completed"
     starts = [e for e in read_events(b) if e.type == "start"]
     assert starts[-1].data["start_step"] == 3 and starts[-1].data["resumed_from"].endswith("step-00000003")

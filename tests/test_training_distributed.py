@@ -20,6 +20,21 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DATA = str(ASSETS / "sample_instructions.jsonl")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning workers make
+    them hundreds of times slower; one thread keeps these tests fast everywhere."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _config(model_dir, out, **kw) -> TrainConfig:
     base = dict(model=str(model_dir), data=[DATA], out=str(out), gpu="cpu", batch_size=4, max_length=96,
                 lr=3e-3, warmup_steps=1, max_steps=3, save_every=100, seed=3)
@@ -79,7 +94,7 @@ def test_ctrl_c_on_the_cli_checkpoints_and_resume_finishes(bloom_dir, tmp_path):
     cmd = [sys.executable, "-m", "firefly_tui.cli", "train", "--gpu", "cpu", "--model", str(bloom_dir),
            "--data", DATA, "--out", str(run), "--max-steps", "400", "--batch-size", "2", "--max-length", "64",
            "--save-every", "1000", "--lr", "1e-3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV)
     tail, step, deadline = EventTail(run), 0, time.time() + 120
     while step < 2 and time.time() < deadline and proc.poll() is None:
         step = max([e.data["step"] for e in tail.poll() if e.type == "step"] + [step])
@@ -95,7 +110,7 @@ def test_ctrl_c_on_the_cli_checkpoints_and_resume_finishes(bloom_dir, tmp_path):
     assert (run / "checkpoints" / f"step-{stopped_at:08d}" / "trainer_state.json").is_file()
 
     out = subprocess.run(cmd[:4] + ["--out", str(run), "--resume", "--max-steps", str(stopped_at + 2)],
-                         capture_output=True, text=True, timeout=180, env=os.environ)
+                         capture_output=True, text=True, timeout=180, env=_ENV)
     assert out.returncode == 0, out.stderr
     assert f"resuming from step {stopped_at}" in out.stderr
     steps = [e.data["step"] for e in read_events(run) if e.type == "step"]
@@ -109,7 +124,7 @@ def test_ctrl_c_on_a_two_process_run_stops_every_worker_cleanly(bloom_dir, tmp_p
     cmd = [sys.executable, "-m", "firefly_tui.cli", "train", "--gpu", "cpu", "--num-processes", "2",
            "--model", str(bloom_dir), "--data", DATA, "--out", str(run), "--max-steps", "400",
            "--batch-size", "2", "--max-length", "64", "--save-every", "1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV)
     tail, deadline, stepped = EventTail(run), time.time() + 120, False
     while not stepped and time.time() < deadline and proc.poll() is None:
         stepped = any(e.type == "step" for e in tail.poll())
