@@ -176,6 +176,8 @@ def generate_stream(
         logits = run([token])
     tail = guard.feed(detok.flush())
     tail += guard.finish()
+    if guard.stopped and stop_reason != "cancelled":  # a stop string completed by the last characters
+        stop_reason = "stop_string"
     if tail:
         yield TextDelta(tail)
     t_end = time.perf_counter()
