@@ -256,7 +256,13 @@ def check_data(paths: list[str], model: str | None, max_length: int = 512):
         from firefly_core.loading import load_tokenizer, resolve_model_path
 
         tokenizer = load_tokenizer(resolve_model_path(model))
-        fmt = resolve_format(tokenizer)
+        entry = None
+        try:
+            entry = find_entry(model)
+        except ImportError:
+            pass
+        # The same format training will use: the model's own, as chat resolves it.
+        fmt = resolve_format(tokenizer, catalog_format=entry.prompt_format if entry else None)
     return check_files([Path(p) for p in paths], tokenizer=tokenizer, prompt_format=fmt, max_length=max_length)
 
 

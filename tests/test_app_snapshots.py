@@ -36,6 +36,16 @@ def fib(n: int) -> int:
 - 中文、English 与 emoji 混排：流萤 ✨ works"""
 
 
+async def steady(pilot) -> None:
+    """No blinking cursors: a blink phase would make the screenshot depend on timing."""
+    from textual.widgets import Input
+
+    for screen in pilot.app.screen_stack:
+        for w in screen.query(Input):
+            w.cursor_blink = False
+    await pilot.pause()
+
+
 @pytest.fixture
 def store(tmp_path):
     s = ChatStore(tmp_path / "chats.sqlite3")
@@ -53,7 +63,7 @@ def test_chat_screen_chinese(snap_compare, store):
     store.add_message(conv.id, "user", "再写一个递归版本")
     store.add_message(conv.id, "assistant", "递归版本：`fib(n) = fib(n-1) + fib(n-2)`", partial=True)
     app = FireflyApp(store=store, welcome=False, language="zh", settings=None)
-    assert snap_compare(app, terminal_size=SIZE)
+    assert snap_compare(app, terminal_size=SIZE, run_before=steady)
 
 
 def test_models_screen(snap_compare, store, fresh_home):
@@ -63,7 +73,7 @@ def test_models_screen(snap_compare, store, fresh_home):
         await pilot.press("f3")
         screen = await wait_screen(pilot, ModelsScreen)
         await wait_until(pilot, lambda: screen.query_one("#catalog").row_count > 0)
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
@@ -93,7 +103,7 @@ def test_train_screen_with_a_run(snap_compare, store, fresh_home):
             screen.query_one(sel).value = value
             screen.query_one(sel).cursor_position = 0
         screen.query_one("#f-gpu").value = "cpu"
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(app, terminal_size=(150, 44), run_before=run_before)
 
@@ -103,4 +113,9 @@ def test_welcome_screen(snap_compare, store, tmp_path, monkeypatch):
     logo.write_text("  * 流萤 *\n FIREFLY\n", encoding="utf-8")
     monkeypatch.setattr(welcome, "LOGO", logo)
     app = FireflyApp(store=store, welcome=True, language="zh", settings=None)
-    assert snap_compare(app, terminal_size=SIZE)
+
+    async def run_before(pilot) -> None:
+        await wait_screen(pilot, welcome.WelcomeScreen)
+        await steady(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -160,7 +160,11 @@ class ChatScreen(Screen):
         self.conversation_id = conversation_id
         self.session = None
         self.session_key = None
-        self.editing = False
+        if self.editing:
+            self.editing = False
+            composer = self.query_one("#composer", Input)
+            composer.placeholder = t("chat.placeholder")
+            composer.remove_class("editing")
         log = self.query_one("#log", ChatLog)
         await log.remove_children()
         if conversation_id is not None:
