@@ -93,7 +93,7 @@ async def app_run(lm, tokens: int) -> tuple[float, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=600)
+    ap.add_argument("--tokens", type=int, default=1500)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
@@ -117,6 +117,9 @@ def main() -> None:
     print(f"bare ChatSession: {b:.1f} tok/s (median)")
     print(f"through the app:  {a:.1f} tok/s (median) -> ratio app/bare {a / b:.2f}")
     lat_ms = sorted(x * 1000 for x in lat)
+    if not lat_ms:
+        print("the replies finished before a key could be pressed: use more --tokens")
+        return
     print(f"key press -> composer updated while streaming: median {statistics.median(lat_ms):.0f} ms, "
           f"p90 {lat_ms[int(len(lat_ms) * 0.9)]:.0f} ms, max {lat_ms[-1]:.0f} ms over {len(lat_ms)} presses")
 
