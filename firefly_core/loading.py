@@ -183,8 +183,13 @@ def load_model(
     prompt_format: str | None = None,
     catalog_format: str | None = None,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Load a model for generation, on the best device, in eval mode."""
+    """Load a model for generation, on the best device, in eval mode.
+
+    `quantize="int8"` swaps the linear layers for int8 weight-only ones (CPU; see
+    firefly_core.generation.quantize).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -217,7 +222,7 @@ def load_model(
         raise
     model.eval()
     gen_defaults = model.generation_config.to_diff_dict() if model.generation_config else {}
-    return LoadedModel(
+    lm = LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=dev,
@@ -228,3 +233,8 @@ def load_model(
         context_length=_context_length(model.config, tokenizer),
         generation_defaults=gen_defaults,
     )
+    if quantize:
+        from .generation.quantize import apply_quantization
+
+        apply_quantization(lm, quantize)
+    return lm

@@ -59,3 +59,11 @@ def test_remote_code_refused(bloom_dir, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RemoteCodeError):
         load_model(folder)
+
+
+def test_load_with_int8_quantization(bloom_dir):
+    from firefly_core.generation.quantize import Int8Linear, quantization_of
+
+    lm = load_model(bloom_dir, quantize="int8")
+    assert quantization_of(lm.model) is not None
+    assert any(isinstance(m, Int8Linear) for m in lm.model.modules())
