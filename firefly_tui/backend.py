@@ -113,9 +113,12 @@ def list_installed() -> list:
 
 
 def pull(repo_id: str, progress: Callable | None = None, cancel=None) -> Path:
+    """Download (or resume) `repo_id`, honouring the user's remote-code opt-in for that model."""
     from firefly_core.hub import pull as _pull
+    from firefly_core.settings import load_settings
 
-    return _pull(repo_id, progress=progress, cancel=cancel)
+    trusted = load_settings().for_model(repo_id).trust_remote_code
+    return _pull(repo_id, progress=progress, cancel=cancel, allow_remote_code=trusted)
 
 
 def remove(repo_id_or_path: str) -> int:
