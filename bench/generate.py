@@ -7,7 +7,8 @@
 Decode mode: a random BloomForCausalLM of the firefly-1b4 shape (hidden 2048, 24 layers, 16 heads,
 vocab 46,145), greedy, batch 1, a 32-token prompt, 64 new tokens. Both sides run the same model and
 must produce the same tokens. Printed: tokens/s of each (new tokens / wall time, prefill included),
-the ratio (end to end and decode only; the first token is timed in separate runs), the effective weight bandwidth (bytes of weights read per token x tokens/s) and the
+the ratio (end to end, and decode only: the time after the first new token, timed inside the same
+runs with a streamer for generate and a timing decoder for ours), the effective weight bandwidth (bytes of weights read per token x tokens/s) and the
 machine's memory bandwidth measured in the same run (a large copy, a large read, and a bf16 GEMV of
 the model's own lm_head shape): the decode ceiling at batch 1 is bandwidth / weight bytes.
 
@@ -99,6 +100,22 @@ def memory_bandwidth(gib: float = 1.0) -> dict[str, float]:
 
 
 def run_hf(model, prompt, new_tokens):
+    """transformers' generate; returns (new token ids, seconds to the first new token)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):  # generate calls put() with the prompt, then with each new token
+        calls, at = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:
+                self.at = time.perf_counter()
+
+        def end(self):
+            pass
+
+    streamer = FirstToken()
+    t = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
             prompt,
@@ -106,15 +123,34 @@ def run_hf(model, prompt, new_tokens):
             do_sample=False,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
+            streamer=streamer,
         )
-    return out[0, prompt.shape[1]:].tolist()
+    return out[0, prompt.shape[1]:].tolist(), (streamer.at or time.perf_counter()) - t
 
 
 def run_ours(lm, prompt, new_tokens):
-    from firefly_core.generation import GenerationConfig, generate_ids
+    """Our loop; returns (new token ids, seconds to the first new token)."""
+    from firefly_core.generation import GenerationConfig, ModelDecoder, generate_ids
 
+    class FirstToken:  # the default decoder, noting when the prefill's logits are ready
+        def __init__(self, inner):
+            self.inner, self.at = inner, None
+
+        def new_cache(self):
+            return self.inner.new_cache()
+
+        def forward(self, ids, cache):
+            out = self.inner.forward(ids, cache)
+            if self.at is None:
+                self.at = time.perf_counter()
+            return out
+
+    dec = FirstToken(lm.decoder if getattr(lm, "decoder", None) else ModelDecoder(lm.model))
+    lm.decoder = dec.inner
     cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens)
-    return generate_ids(lm, prompt[0].tolist(), cfg)
+    t = time.perf_counter()
+    ids = generate_ids(lm, prompt[0].tolist(), cfg, decoder=dec)
+    return ids, dec.at - t
 
 
 def decode_mode(args):
@@ -128,18 +164,13 @@ def decode_mode(args):
     hf_s, ours_s, hf_first, ours_first = [], [], [], []
     for r in range(args.rounds):
         t = time.perf_counter()
-        ref = run_hf(model, prompt, args.new_tokens)
+        ref, first = run_hf(model, prompt, args.new_tokens)
         hf_s.append(time.perf_counter() - t)
+        hf_first.append(first)
         t = time.perf_counter()
-        mine = run_ours(lm, prompt, args.new_tokens)
+        mine, first = run_ours(lm, prompt, args.new_tokens)
         ours_s.append(time.perf_counter() - t)
-        # time to first token (the prefill), to split prefill from decode
-        t = time.perf_counter()
-        run_hf(model, prompt, 1)
-        hf_first.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        run_ours(lm, prompt, 1)
-        ours_first.append(time.perf_counter() - t)
+        ours_first.append(first)
         diff = next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), None)
         same = "same tokens" if diff is None else f"tokens differ from position {diff}"
         print(f"round {r + 1}: generate {args.new_tokens / hf_s[-1]:.2f} tok/s "
@@ -149,8 +180,8 @@ def decode_mode(args):
     med = statistics.median
     hf_tps = args.new_tokens / med(hf_s)
     ours_tps = args.new_tokens / med(ours_s)
-    hf_dec = (args.new_tokens - 1) / (med(hf_s) - med(hf_first))
-    ours_dec = (args.new_tokens - 1) / (med(ours_s) - med(ours_first))
+    hf_dec = med([(args.new_tokens - 1) / (a - b) for a, b in zip(hf_s, hf_first)])
+    ours_dec = med([(args.new_tokens - 1) / (a - b) for a, b in zip(ours_s, ours_first)])
     wb = weight_bytes(model)
     print()
     print(f"shape: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
