@@ -3,6 +3,7 @@
     python bench/generate.py                 # decode speed, firefly-1b4 shape, bf16, CPU
     python bench/generate.py --mode ttft     # time to first token at turns 1, 5, 10 of a chat
     python bench/generate.py --layers 2      # a quick run on a smaller shape
+    python bench/generate.py --quantize int8 # ours with int8 weights vs generate in bf16
 
 Decode mode: a random BloomForCausalLM of the firefly-1b4 shape (hidden 2048, 24 layers, 16 heads,
 vocab 46,145), greedy, batch 1, a 32-token prompt, 64 new tokens. Both sides run the same model and
@@ -64,9 +65,27 @@ def build_model(args):
 
 
 def weight_bytes(model) -> int:
-    """Bytes of weights read per decoded token: every parameter once (the tied embedding is read
-    whole as the lm_head; its row lookup is negligible)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights read per decoded token: every parameter and buffer once (the tied embedding
+    is read whole as the lm_head; its row lookup is negligible; int8 weights are buffers)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def int8_copy(model):
+    """A copy of `model` whose linear layers hold int8 weights; every other tensor is shared, so the
+    reference keeps running on the untouched bf16 model in the same process."""
+    import copy
+
+    from firefly_core.generation.quantize import quantize_int8
+
+    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    clone = copy.deepcopy(model, memo=dict(shared))
+    print(f"int8: {quantize_int8(clone).summary()}", flush=True)
+    return clone
 
 
 def _best_of(fn, repeat: int) -> float:
@@ -155,7 +174,8 @@ def run_ours(lm, prompt, new_tokens):
 
 def decode_mode(args):
     model = build_model(args)
-    lm = SimpleNamespace(model=model, device=torch.device("cpu"), stop_token_ids=[], tokenizer=None)
+    ours_model = int8_copy(model) if args.quantize == "int8" else model
+    lm = SimpleNamespace(model=ours_model, device=torch.device("cpu"), stop_token_ids=[], tokenizer=None)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=g)
     print("warm-up ...", flush=True)
@@ -182,18 +202,19 @@ def decode_mode(args):
     ours_tps = args.new_tokens / med(ours_s)
     hf_dec = med([(args.new_tokens - 1) / (a - b) for a, b in zip(hf_s, hf_first)])
     ours_dec = med([(args.new_tokens - 1) / (a - b) for a, b in zip(ours_s, ours_first)])
-    wb = weight_bytes(model)
+    wb = weight_bytes(ours_model)
     print()
     print(f"shape: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
-          f"{args.dtype}, prompt {args.prompt_tokens}, new {args.new_tokens}, threads {torch.get_num_threads()}")
+          f"{args.dtype}{' (ours: int8 weights)' if args.quantize else ''}, prompt {args.prompt_tokens}, new {args.new_tokens}, threads {torch.get_num_threads()}")
     print(f"transformers generate : {hf_tps:6.2f} tok/s end to end, {hf_dec:6.2f} tok/s decode only, "
           f"first token {med(hf_first):.2f} s (medians of {args.rounds})")
     print(f"ours                  : {ours_tps:6.2f} tok/s end to end, {ours_dec:6.2f} tok/s decode only, "
           f"first token {med(ours_first):.2f} s")
     print(f"ratio ours / generate : {ours_tps / hf_tps:6.2f}x end to end, {ours_dec / hf_dec:6.2f}x decode only, "
           f"{med(hf_first) / med(ours_first):6.2f}x faster first token")
-    print(f"weights read per token: {wb / 1e9:.2f} GB -> effective {wb * ours_dec / 1e9:.1f} GB/s (ours, decode), "
-          f"{wb * hf_dec / 1e9:.1f} GB/s (generate, decode)")
+    hf_wb = weight_bytes(model)
+    print(f"weights read per token: ours {wb / 1e9:.2f} GB -> effective {wb * ours_dec / 1e9:.1f} GB/s (decode); "
+          f"generate {hf_wb / 1e9:.2f} GB -> {hf_wb * hf_dec / 1e9:.1f} GB/s")
     print(f"memory bandwidth      : copy {bw['copy']:.1f} GB/s (read+write), read {bw['read']:.1f} GB/s, "
           f"bf16 GEMV {bw['gemv_bf16']:.1f} GB/s")
     print(f"decode ceiling        : {bw['read'] * 1e9 / wb:.2f} tok/s (read bandwidth / weight bytes), "
@@ -278,6 +299,7 @@ def main():
     p.add_argument("--user-tokens", type=int, default=32, help="ttft mode: tokens per user message")
     p.add_argument("--reply-tokens", type=int, default=64, help="ttft mode: tokens per reply")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--quantize", choices=("int8",), help="decode mode: our side uses int8 weights")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -94,3 +94,9 @@ def find_entry(id: str) -> CatalogEntry | None:
     """The catalog entry for a hub id (case-insensitive, as the hub is), or None."""
     wanted = str(id).strip().lower()
     return next((e for e in _CATALOG if e.id.lower() == wanted), None)
+
+
+def prompt_format_for(model: str) -> str | None:
+    """The prompt format the catalog knows for `model` (a hub id), or None for anything else."""
+    entry = find_entry(model)
+    return entry.prompt_format if entry else None

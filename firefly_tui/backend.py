@@ -299,22 +299,9 @@ def launched_pid(run_dir: Path) -> int | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        # Reap it if it is our own finished child, so it does not count as alive (zombie).
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from firefly_core.training.events import pid_alive as _alive
+
+    return _alive(pid)
 
 
 def stop_training(run_dir: Path) -> bool:

@@ -114,9 +114,14 @@ class RunSummary:
     message: str | None = None  # the error, when status is "error"
 
 
-def _alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs (a finished child of ours is reaped, not counted)."""
     if not pid:
         return False
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except OSError:  # not our child, or already reaped
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -140,7 +145,7 @@ def summarize(run_dir: Path, events: list[TrainEvent] | None = None) -> RunSumma
             status = "stopped" if e.data.get("status") == "stopped" else "done"
         elif e.type == "error":
             status, message = "error", e.data.get("message")
-    if status == "running" and not _alive(events[last_start].data.get("pid")):
+    if status == "running" and not pid_alive(events[last_start].data.get("pid")):
         status, message = "error", "the training process ended without a final event (killed?)"
     return RunSummary(
         path=Path(run_dir),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..catalog import prompt_format_for
 from ..errors import FireflyError, OutOfMemoryError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -130,15 +131,6 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
     )
-
-
-def _catalog_format(model: str) -> str | None:
-    try:
-        from ..catalog import find_entry  # owned by the models helper; optional here
-    except ImportError:
-        return None
-    entry = find_entry(model)
-    return entry.prompt_format if entry else None
 
 
 def _build_accelerator(config: TrainConfig):
@@ -264,7 +256,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     model_path = resolve_model_path(config.model)
     base_cfg = check_model_folder(model_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
-    fmt = resolve_format(tokenizer, config.prompt_format, _catalog_format(config.model))
+    fmt = resolve_format(tokenizer, config.prompt_format, prompt_format_for(config.model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     samples, bad = load_samples(config.data, strict=config.strict)
     train_idx, eval_idx = split_eval(len(samples), config)

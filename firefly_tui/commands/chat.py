@@ -76,15 +76,6 @@ def _model_settings(model: str) -> Any:
         return None
 
 
-def _catalog_format(model: str) -> str | None:
-    try:
-        from firefly_core.catalog import find_entry
-    except ImportError:
-        return None
-    entry = find_entry(model)
-    return entry.prompt_format if entry else None
-
-
 def build_config(args: argparse.Namespace, saved: Any = None):
     """GenerationConfig from the seeds' defaults, then the model's saved settings, then the flags."""
     from firefly_core.generation import GenerationConfig
@@ -107,6 +98,7 @@ def build_config(args: argparse.Namespace, saved: Any = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from firefly_core.catalog import prompt_format_for
     from firefly_core.chat import ChatSession
     from firefly_core.loading import load_model
 
@@ -125,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         prompt_format=args.format or (saved.prompt_format if saved else None),
-        catalog_format=_catalog_format(model),
+        catalog_format=prompt_format_for(model),
         trust_remote_code=args.trust_remote_code or bool(saved and saved.trust_remote_code),
     )
     _fast_decode(lm, args, interactive)
