@@ -142,6 +142,25 @@ def _agreement(a, b) -> str:
     return f"same first {first}"
 
 
+def alternate(runs, prompt, rounds, new_tokens, *, ref, warm_tokens, digits=2):
+    """Warm every run up, then time them in alternating rounds (so load changes hit all alike);
+    prints each round with its token agreement against `ref` and returns seconds per run."""
+    print("warm-up ...", flush=True)
+    for fn in runs.values():
+        fn(prompt[:, :8], warm_tokens)
+    times = {k: [] for k in runs}
+    for r in range(rounds):
+        outs = {}
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            outs[name] = fn(prompt, new_tokens)
+            times[name].append(time.perf_counter() - t)
+        print(f"round {r + 1}: " + ", ".join(
+            f"{k} {new_tokens / times[k][-1]:.{digits}f} tok/s ({_agreement(outs[k], outs[ref])})" for k in runs),
+            flush=True)
+    return times
+
+
 def int8_mode(args):
     torch.set_num_threads(args.threads or torch.get_num_threads())
     model = build_model(args)
@@ -160,19 +179,7 @@ def int8_mode(args):
     }
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=g)
-    print("warm-up ...", flush=True)
-    for fn in runs.values():
-        fn(prompt[:, :8], 2)
-    times = {k: [] for k in runs}
-    for r in range(args.rounds):
-        outs = {}
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            outs[name] = fn(prompt, args.new_tokens)
-            times[name].append(time.perf_counter() - t)
-        ref = outs["generate bf16"]
-        print(f"round {r + 1}: " + ", ".join(
-            f"{k} {args.new_tokens / times[k][-1]:.2f} tok/s ({_agreement(outs[k], ref)})" for k in runs), flush=True)
+    times = alternate(runs, prompt, args.rounds, args.new_tokens, ref="generate bf16", warm_tokens=2)
     bw = read_bandwidth()
     tps = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
     best = {k: args.new_tokens / min(v) for k, v in times.items()}
@@ -225,19 +232,7 @@ def cuda_mode(args):
     }
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=g).to(dev)
-    print("warm-up ...", flush=True)
-    for fn in runs.values():
-        fn(prompt[:, :8], 4)
-    times = {k: [] for k in runs}
-    for r in range(args.rounds):
-        outs = {}
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            outs[name] = fn(prompt, args.new_tokens)
-            times[name].append(time.perf_counter() - t)
-        ref = outs["ours eager"]
-        print(f"round {r + 1}: " + ", ".join(
-            f"{k} {args.new_tokens / times[k][-1]:.1f} tok/s ({_agreement(outs[k], ref)})" for k in runs), flush=True)
+    times = alternate(runs, prompt, args.rounds, args.new_tokens, ref="ours eager", warm_tokens=4, digits=1)
     bw = copy_bandwidth(dev)
     wb = weight_bytes(model)
     tps = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}

@@ -104,3 +104,15 @@ def online(hub_server, fresh_home, monkeypatch):
     hub_server.slow_bps = None
     hub_server._drops.clear()
     return hub_server
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning workers make
+    them hundreds of times slower; one thread keeps these tests fast everywhere."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,16 +21,7 @@ INSTRUCTIONS = str(ASSETS / "sample_instructions.jsonl")
 CONVERSATIONS = str(ASSETS / "sample_conversations.jsonl")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning workers make
-    them hundreds of times slower; one thread keeps these tests fast everywhere."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(model_dir, out, **kw) -> TrainConfig:

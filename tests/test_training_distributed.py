@@ -20,16 +20,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DATA = str(ASSETS / "sample_instructions.jsonl")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning workers make
-    them hundreds of times slower; one thread keeps these tests fast everywhere."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

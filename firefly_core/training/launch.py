@@ -257,6 +257,7 @@ def _launch_processes(config: TrainConfig, resume: bool, callbacks: list) -> str
     error: TrainEvent | None = None
     try:
         while True:
+            finished = proc.poll() is not None  # checked first, so the last poll sees every event
             for event in tail.poll():
                 for cb in callbacks:
                     cb(event)
@@ -264,14 +265,7 @@ def _launch_processes(config: TrainConfig, resume: bool, callbacks: list) -> str
                     status = event.data.get("status")
                 elif event.type == "error":
                     error = event
-            if proc.poll() is not None:
-                for event in tail.poll():
-                    for cb in callbacks:
-                        cb(event)
-                    if event.type == "done":
-                        status = event.data.get("status")
-                    elif event.type == "error":
-                        error = event
+            if finished:
                 break
             time.sleep(0.2)
     finally:
