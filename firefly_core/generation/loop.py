@@ -26,6 +26,7 @@ from ..errors import PromptTooLongError
 from .cache import KVCache, PrefixCache, common_prefix_length, crop_cache
 from .config import GenerationConfig, ReplyDone, ReplyStats, TextDelta
 from .detokenize import StopStringGuard, StreamingDetokenizer
+from .gemv import gemv_matmuls, wants_gemv
 from .prefill import MIN_ROWS, float32_matmuls, wants_float32_prefill
 from .sampling import TokenSampler
 
@@ -44,19 +45,24 @@ class Decoder(Protocol):
 class ModelDecoder:
     """The default decoder: a transformers causal LM with our preallocated `KVCache`."""
 
-    def __init__(self, model: Any, *, float32_prefill: bool | None = None) -> None:
+    def __init__(
+        self, model: Any, *, float32_prefill: bool | None = None, fast_gemv: bool | None = None
+    ) -> None:
         self.model = model
         params = inspect.signature(model.forward).parameters
         # Only the last position's logits are needed; skipping the others saves a [n, vocab] GEMM.
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         # On CPUs without fast bf16 GEMM, prompts are multiplied in fp32 (see prefill.py).
         self.float32_prefill = wants_float32_prefill(model) if float32_prefill is None else float32_prefill
+        # ... and decode steps (one row) use our bf16 GEMV kernel, which reads weights faster (gemv.py).
+        self.fast_gemv = wants_gemv(model) if fast_gemv is None else fast_gemv
 
     def new_cache(self) -> Any:
         return KVCache(self.model.config)
 
     def forward(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-        with float32_matmuls(self.float32_prefill and ids.shape[-1] >= MIN_ROWS):
+        rows = ids.shape[-1]
+        with float32_matmuls(self.float32_prefill and rows >= MIN_ROWS), gemv_matmuls(self.fast_gemv and rows == 1):
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._extra)
         return out.logits[:, -1, :].float()
 
