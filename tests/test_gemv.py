@@ -42,3 +42,26 @@ def test_greedy_decoding_with_the_kernel_matches_pytorch(bloom_dir):
     with_kernel = generate_ids(lm, prompt, cfg, decoder=ModelDecoder(lm.model, fast_gemv=True))
     without = generate_ids(lm, prompt, cfg, decoder=ModelDecoder(lm.model, fast_gemv=False))
     assert with_kernel == without
+
+
+@pytest.mark.parametrize("n,k", [(8, 16), (37, 67), (512, 2048)])
+def test_int8_kernel_matches_float64_reference(n, k):
+    from firefly_core.generation.gemv import gemv_int8_linear
+
+    g = torch.Generator().manual_seed(n + k)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    scales = torch.rand(n, generator=g) / 100
+    x = torch.randn(1, k, generator=g)
+    exact = (x.double() @ q.double().T) * scales.double()
+    torch.testing.assert_close(gemv_int8_linear(x, q, scales).double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_decoding_with_the_kernel_matches_the_dequantized_layer(bloom_dir):
+    from firefly_core.generation.quantize import Int8Linear, quantize_int8
+
+    lm = load_model(bloom_dir, dtype="bf16")
+    quantize_int8(lm.model)
+    layer = next(m for m in lm.model.modules() if isinstance(m, Int8Linear))
+    x = torch.randn(1, 1, layer.in_features).bfloat16()
+    reference = F.linear(x.float(), layer.dequantized_weight(torch.float32))
+    torch.testing.assert_close(layer(x).float(), reference, rtol=2 ** -7, atol=2e-2)

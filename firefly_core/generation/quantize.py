@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .gemv import gemv_int8_linear
+from .gemv import unavailable_reason as gemv_unavailable_reason
 
 QUANTIZE_METHODS = ("int8",)
 INT8_MAX = 127
@@ -112,7 +114,10 @@ class Int8Linear(nn.Module):
         scales = self.scales
         if scales.dtype != self.compute_dtype:  # e.g. after model.half(), which casts float buffers
             scales = scales.to(self.compute_dtype)
-        if self.use_kernel and x2.device.type == "cpu":
+        if x2.shape[0] == 1 and x2.device.type == "cpu" and gemv_unavailable_reason() is None:
+            # Decode steps (one row): our AVX2 kernel reads int8 weights faster (gemv.py).
+            y = gemv_int8_linear(x2, self.weight_int8, scales)
+        elif self.use_kernel and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, scales)  # [tokens, out]
         else:
             # Integers up to 127 are exact in bf16/fp16, so x @ q.T then * scale equals the kernel's
