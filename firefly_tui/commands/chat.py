@@ -170,6 +170,15 @@ def _fast_decode(lm: Any, args: argparse.Namespace, interactive: bool) -> None:
         from firefly_core.generation.cuda_graph import enable_fast_decode
 
         enable_fast_decode(lm, status=say)
+    if lm.device.type == "cpu":
+        # Build the decoder now, so a first-run compile of the CPU decode kernels (generation/gemv.py,
+        # ~20-40 s once, then cached) happens while "loading", not inside the first reply.
+        from firefly_core.generation import decoder_for
+        from firefly_core.generation.gemv import unavailable_reason
+
+        decoder_for(lm)
+        if say and str(lm.dtype) == "torch.bfloat16" and unavailable_reason():
+            say(f"using PyTorch's decode kernel: {unavailable_reason()}")
 
 
 def _read_line(interactive: bool) -> str | None:
