@@ -30,115 +30,82 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <immintrin.h>
 
-// y[n] = sum_k w[n, k] * x[k]; w bf16 [N, K] row-major, x fp32 [K], y fp32 [N].
-static inline __m256 widen(const uint16_t* p) {
+// Eight weights widened to fp32: bf16 by a 16-bit shift (exact), int8 by sign extension.
+static inline __m256 widen8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
+static inline __m256 widen8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+static inline float widen1(uint16_t b) {
+  uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f;
+}
+static inline float widen1(int8_t q) { return (float)q; }
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
 }
-static inline float widen1(uint16_t b) {
-  uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f;
+
+// y[n] = scale[n] * sum_k w[n, k] * x[k] (scale may be null); w [N, K] row-major, x and y fp32.
+// Four rows at a time so each load of x serves four rows; rows split over OpenMP threads.
+template <typename W>
+static void gemv(const float* xp, const W* wp, const float* sp, float* yp, int64_t N, int64_t K) {
+  const int64_t K8 = K - K % 8;
+  const int64_t blocks = (N + 3) / 4;
+  #pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * 4;
+    const int rows = (int)std::min<int64_t>(4, N - n0);
+    float s[4] = {0, 0, 0, 0};
+    if (rows == 4) {
+      const W* r0 = wp + n0 * K; const W* r1 = r0 + K; const W* r2 = r1 + K; const W* r3 = r2 + K;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K8; k += 8) {
+        __m256 xv = _mm256_loadu_ps(xp + k);
+        a0 = _mm256_fmadd_ps(widen8(r0 + k), xv, a0);
+        a1 = _mm256_fmadd_ps(widen8(r1 + k), xv, a1);
+        a2 = _mm256_fmadd_ps(widen8(r2 + k), xv, a2);
+        a3 = _mm256_fmadd_ps(widen8(r3 + k), xv, a3);
+      }
+      s[0] = hsum(a0); s[1] = hsum(a1); s[2] = hsum(a2); s[3] = hsum(a3);
+    } else {
+      for (int r = 0; r < rows; ++r) {
+        const W* row = wp + (n0 + r) * K;
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K8; k += 8) a = _mm256_fmadd_ps(widen8(row + k), _mm256_loadu_ps(xp + k), a);
+        s[r] = hsum(a);
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const W* row = wp + (n0 + r) * K;
+      for (int64_t k = K8; k < K; ++k) s[r] += widen1(row[k]) * xp[k];
+      yp[n0 + r] = sp ? s[r] * sp[n0 + r] : s[r];
+    }
+  }
+}
+
+static void check_x(const torch::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 1, "x: contiguous fp32 [K]");
+  TORCH_CHECK(x.size(0) == K, "shape mismatch");
 }
 
 torch::Tensor gemv_bf16(torch::Tensor x, torch::Tensor w) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 1, "x: contiguous fp32 [K]");
   TORCH_CHECK(w.dtype() == torch::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w: contiguous bf16 [N, K]");
-  const int64_t N = w.size(0), K = w.size(1);
-  TORCH_CHECK(x.size(0) == K, "shape mismatch");
-  auto y = torch::empty({N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  float* yp = y.data_ptr<float>();
-  const int64_t K8 = K - K % 8;
-  const int64_t blocks = (N + 3) / 4;
-  #pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * 4;
-    const int rows = (int)std::min<int64_t>(4, N - n0);
-    if (rows == 4) {
-      const uint16_t* r0 = wp + n0 * K; const uint16_t* r1 = r0 + K;
-      const uint16_t* r2 = r1 + K; const uint16_t* r3 = r2 + K;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (int64_t k = 0; k < K8; k += 8) {
-        __m256 xv = _mm256_loadu_ps(xp + k);
-        a0 = _mm256_fmadd_ps(widen(r0 + k), xv, a0);
-        a1 = _mm256_fmadd_ps(widen(r1 + k), xv, a1);
-        a2 = _mm256_fmadd_ps(widen(r2 + k), xv, a2);
-        a3 = _mm256_fmadd_ps(widen(r3 + k), xv, a3);
-      }
-      float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-      for (int64_t k = K8; k < K; ++k) {
-        s0 += widen1(r0[k]) * xp[k]; s1 += widen1(r1[k]) * xp[k];
-        s2 += widen1(r2[k]) * xp[k]; s3 += widen1(r3[k]) * xp[k];
-      }
-      yp[n0] = s0; yp[n0 + 1] = s1; yp[n0 + 2] = s2; yp[n0 + 3] = s3;
-    } else {
-      for (int r = 0; r < rows; ++r) {
-        const uint16_t* row = wp + (n0 + r) * K;
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K8; k += 8) a = _mm256_fmadd_ps(widen(row + k), _mm256_loadu_ps(xp + k), a);
-        float s = hsum(a);
-        for (int64_t k = K8; k < K; ++k) s += widen1(row[k]) * xp[k];
-        yp[n0 + r] = s;
-      }
-    }
-  }
+  check_x(x, w.size(1));
+  auto y = torch::empty({w.size(0)}, x.options());
+  gemv(x.data_ptr<float>(), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), (const float*)nullptr,
+       y.data_ptr<float>(), w.size(0), w.size(1));
   return y;
 }
 
-// y[n] = scale[n] * sum_k q[n, k] * x[k]; q int8 [N, K] row-major (int8 weight-only quantization).
-static inline __m256 widen_i8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
-}
-
 torch::Tensor gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 1, "x: contiguous fp32 [K]");
   TORCH_CHECK(q.dtype() == torch::kInt8 && q.is_contiguous() && q.dim() == 2, "q: contiguous int8 [N, K]");
   TORCH_CHECK(scale.dtype() == torch::kFloat32 && scale.is_contiguous() && scale.numel() == q.size(0), "scale: fp32 [N]");
-  const int64_t N = q.size(0), K = q.size(1);
-  TORCH_CHECK(x.size(0) == K, "shape mismatch");
-  auto y = torch::empty({N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t K8 = K - K % 8;
-  const int64_t blocks = (N + 3) / 4;
-  #pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * 4;
-    const int rows = (int)std::min<int64_t>(4, N - n0);
-    if (rows == 4) {
-      const int8_t* r0 = qp + n0 * K; const int8_t* r1 = r0 + K;
-      const int8_t* r2 = r1 + K; const int8_t* r3 = r2 + K;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (int64_t k = 0; k < K8; k += 8) {
-        __m256 xv = _mm256_loadu_ps(xp + k);
-        a0 = _mm256_fmadd_ps(widen_i8(r0 + k), xv, a0);
-        a1 = _mm256_fmadd_ps(widen_i8(r1 + k), xv, a1);
-        a2 = _mm256_fmadd_ps(widen_i8(r2 + k), xv, a2);
-        a3 = _mm256_fmadd_ps(widen_i8(r3 + k), xv, a3);
-      }
-      float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-      for (int64_t k = K8; k < K; ++k) {
-        s0 += r0[k] * xp[k]; s1 += r1[k] * xp[k]; s2 += r2[k] * xp[k]; s3 += r3[k] * xp[k];
-      }
-      yp[n0] = s0 * sp[n0]; yp[n0 + 1] = s1 * sp[n0 + 1]; yp[n0 + 2] = s2 * sp[n0 + 2]; yp[n0 + 3] = s3 * sp[n0 + 3];
-    } else {
-      for (int r = 0; r < rows; ++r) {
-        const int8_t* row = qp + (n0 + r) * K;
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K8; k += 8) a = _mm256_fmadd_ps(widen_i8(row + k), _mm256_loadu_ps(xp + k), a);
-        float s = hsum(a);
-        for (int64_t k = K8; k < K; ++k) s += row[k] * xp[k];
-        yp[n0 + r] = s * sp[n0 + r];
-      }
-    }
-  }
+  check_x(x, q.size(1));
+  auto y = torch::empty({q.size(0)}, x.options());
+  gemv(x.data_ptr<float>(), q.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), q.size(0), q.size(1));
   return y;
 }
 """
