@@ -49,7 +49,7 @@ def main() -> None:
     import httpx2
     from huggingface_hub import constants, snapshot_download
 
-    from firefly_core import hub
+    from firefly_core.models import folder, hub, inventory
 
     constants.HF_HUB_OFFLINE = False
 

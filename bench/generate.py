@@ -243,7 +243,7 @@ def ttft_mode(args):
     from firefly_core.chat import ChatSession
     from firefly_core.formats import FireflyV1, Message
     from firefly_core.generation import GenerationConfig, ReplyDone, generate_stream
-    from firefly_core.loading import LoadedModel
+    from firefly_core.models.loading import LoadedModel
     from firefly_core.testkit import build_tokenizer
 
     model = build_model(args)

@@ -134,7 +134,7 @@ def perplexity(model, tokenizer, lines: Sequence[str]) -> tuple[float, int]:
 def _loaded(model, tokenizer):
     """A minimal LoadedModel-like object so our generation loop can drive `model`."""
     from .formats import get_format
-    from .loading import LoadedModel
+    from .models.loading import LoadedModel
 
     p = next(model.parameters())
     return LoadedModel(

@@ -55,7 +55,7 @@ def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote
     remote-code opt-in unless the caller passes them.
     """
     quiet_progress_bars()
-    from firefly_core.loading import load_model as _load
+    from firefly_core.models.loading import load_model as _load
 
     saved = model_settings(settings, name_or_path)
     catalog_format = None
@@ -95,40 +95,40 @@ def describe_model(lm) -> dict[str, Any]:
 
 
 def catalog() -> list:
-    from firefly_core.catalog import catalog as _catalog
+    from firefly_core.models.catalog import catalog as _catalog
 
     return list(_catalog())
 
 
 def find_entry(model_id: str):
-    from firefly_core.catalog import find_entry as _find
+    from firefly_core.models.catalog import find_entry as _find
 
     return _find(model_id)
 
 
 def list_installed() -> list:
-    from firefly_core.hub import list_installed as _list
+    from firefly_core.models.inventory import list_installed as _list
 
     return list(_list())
 
 
 def pull(repo_id: str, progress: Callable | None = None, cancel=None) -> Path:
     """Download (or resume) `repo_id`, honouring the user's remote-code opt-in for that model."""
-    from firefly_core.hub import pull as _pull
-    from firefly_core.settings import load_settings
+    from firefly_core.models.hub import pull as _pull
+    from firefly_core.models.settings import load_settings
 
     trusted = load_settings().for_model(repo_id).trust_remote_code
     return _pull(repo_id, progress=progress, cancel=cancel, allow_remote_code=trusted)
 
 
 def remove(repo_id_or_path: str) -> int:
-    from firefly_core.hub import remove as _remove
+    from firefly_core.models.inventory import remove as _remove
 
     return _remove(repo_id_or_path)
 
 
 def register_local(path: str) -> None:
-    from firefly_core.hub import register_local as _register
+    from firefly_core.models.inventory import register_local as _register
 
     _register(path)
 
@@ -137,14 +137,14 @@ def register_local(path: str) -> None:
 def load_settings():
     """The user's saved settings, or None when the settings module is not there."""
     try:
-        from firefly_core.settings import load_settings as _load
+        from firefly_core.models.settings import load_settings as _load
     except ImportError:
         return None
     return _load()
 
 
 def save_settings(settings) -> None:
-    from firefly_core.settings import save_settings as _save
+    from firefly_core.models.settings import save_settings as _save
 
     _save(settings)
 
@@ -256,7 +256,8 @@ def check_data(paths: list[str], model: str | None, max_length: int = 512):
     tokenizer = fmt = None
     if model:
         from firefly_core.formats import resolve_format
-        from firefly_core.loading import load_tokenizer, resolve_model_path
+        from firefly_core.models.loading import load_tokenizer
+        from firefly_core.models.inventory import resolve_model_path
 
         tokenizer = load_tokenizer(resolve_model_path(model))
         entry = None

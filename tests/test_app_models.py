@@ -31,7 +31,7 @@ async def open_models(pilot) -> ModelsScreen:
 
 
 async def test_welcome_then_catalog_then_use_local_folder(store, bloom_dir, fresh_home):
-    from firefly_core.settings import load_settings
+    from firefly_core.models.settings import load_settings
 
     app = FireflyApp(store=store, language="en")  # real settings in this test's FIREFLY_HOME
     async with app.run_test(size=SIZE) as pilot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firefly_core.catalog import CatalogEntry, catalog, find_entry
+from firefly_core.models.catalog import CatalogEntry, catalog, find_entry
 from firefly_core.formats import FORMAT_NAMES
 
 SEEDS = {

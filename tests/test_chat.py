@@ -11,7 +11,7 @@ import torch
 from firefly_core.chat import ChatSession
 from firefly_core.formats import Message
 from firefly_core.generation import GenerationConfig, ModelDecoder, ReplyDone, TextDelta, generate_stream
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 TURNS = ["你好，请介绍一下你自己。", "Write a short poem about fireflies.", "把上面的诗翻译成中文：萤火虫"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from firefly_core.chat import ChatSession
 from firefly_core.generation import GenerationConfig, ReplyDone
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 
 def _chat(args, stdin, home):

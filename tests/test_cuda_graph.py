@@ -22,7 +22,7 @@ from firefly_core.generation.cuda_graph import (
     cuda_graph_unavailable_reason,
     enable_fast_decode,
 )
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from firefly_core.generation import GenerationConfig, ModelDecoder, generate_ids
 from firefly_core.generation.gemv import gemv_linear, gemv_matmuls, unavailable_reason
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 

@@ -17,7 +17,7 @@ from firefly_core.generation import (
     generate_ids,
     generate_stream,
 )
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 PROMPTS = ["请把这句话翻译成英文：春眠不觉晓，处处闻啼鸟。", "Write a poem about the moon. 写一首关于月亮的诗。"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from firefly_core import hub
+from firefly_core.models import folder, hub, inventory
 from firefly_core.errors import (
     DownloadCancelled,
     HubAccessError,
@@ -30,7 +30,7 @@ REPO = "test-org/tiny-bloom"
 
 
 def _blobs(repo_id: str) -> Path:
-    return hub._storage(repo_id) / "blobs"
+    return inventory.cache_folder(repo_id) / "blobs"
 
 
 def _expected_files(bloom_dir: Path) -> set[str]:
@@ -73,16 +73,17 @@ def test_select_files_uses_the_index_and_falls_back_to_bin():
 
 def test_full_download_fetches_only_what_is_needed_and_loads(online, bloom_dir):
     path = hub.pull(REPO)
-    assert path == hub._storage(REPO) / "snapshots" / online.repos[REPO].sha
+    assert path == inventory.cache_folder(REPO) / "snapshots" / online.repos[REPO].sha
     assert {p.name for p in path.iterdir()} == _expected_files(bloom_dir)
     for p in path.iterdir():
         assert p.is_symlink() and p.read_bytes() == (bloom_dir / p.name).read_bytes()
     fetched = {r.path.rsplit("/", 1)[-1] for r in online.requests if r.method == "GET"}
     for decoy in ("pytorch_model.bin", "tf_model.h5", "model.onnx", "README.md"):
         assert decoy not in fetched
-    assert (hub._storage(REPO) / "refs" / "main").read_text() == online.repos[REPO].sha
+    assert (inventory.cache_folder(REPO) / "refs" / "main").read_text() == online.repos[REPO].sha
     # the standard cache: the library (and so transformers) finds it offline, and it loads
-    from firefly_core.loading import load_model, resolve_model_path
+    from firefly_core.models.loading import load_model
+    from firefly_core.models.inventory import resolve_model_path
 
     assert resolve_model_path(REPO) == path
     lm = load_model(REPO, dtype="fp32")
@@ -152,7 +153,7 @@ def test_cancel_keeps_the_partial_file_and_pull_resumes_it(online, bloom_dir):
     partial = list(_blobs(REPO).glob("*.incomplete"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(weights)
     kept = partial[0].stat().st_size
-    listed = hub.find_installed(REPO)
+    listed = inventory.find_installed(REPO)
     assert listed is not None and not listed.complete and listed.source == "hub-cache"
 
     online.slow_bps = None
@@ -164,7 +165,7 @@ def test_cancel_keeps_the_partial_file_and_pull_resumes_it(online, bloom_dir):
     assert ranges == [f"bytes={kept}-"]
     assert events[0].bytes_done >= kept, "a resumed pull starts its progress at what is already here"
     assert not list(_blobs(REPO).glob("*.incomplete"))
-    assert hub.find_installed(REPO).complete
+    assert inventory.find_installed(REPO).complete
 
 
 @pytest.mark.slow
@@ -175,7 +176,7 @@ def test_resume_after_the_process_is_killed(online, bloom_dir, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from firefly_core import hub
+        from firefly_core.models import folder, hub, inventory
         def show(ev):
             if ev.current_file == "model.safetensors" and ev.bytes_done > 30_000:
                 print("HALFWAY", flush=True)
@@ -203,18 +204,18 @@ def test_resume_after_the_process_is_killed(online, bloom_dir, tmp_path):
 def test_sharded_model_and_a_missing_shard(online, hub_server):
     path = hub.pull("test-org/tiny-sharded")
     index = path / "model.safetensors.index.json"
-    shards = hub._index_shards(index)
+    shards = folder.index_shards(index)
     assert len(shards) >= 2 and all((path / s).exists() for s in shards)
-    assert hub.find_installed("test-org/tiny-sharded").complete
+    assert inventory.find_installed("test-org/tiny-sharded").complete
     # a shard blob lost (disk cleanup, another tool): listed as incomplete, and pull repairs it
     (path / shards[-1]).resolve().unlink()
-    listed = hub.find_installed("test-org/tiny-sharded")
+    listed = inventory.find_installed("test-org/tiny-sharded")
     assert not listed.complete and shards[-1] in listed.missing
     online.requests.clear()
     hub.pull("test-org/tiny-sharded")
     gets = [r for r in online.requests if r.method == "GET" and r.path.startswith("/cdn/")]
     assert len(gets) == 1
-    assert hub.find_installed("test-org/tiny-sharded").complete
+    assert inventory.find_installed("test-org/tiny-sharded").complete
 
 
 # ---------------------------------------------------------------- refusals and errors
@@ -226,7 +227,7 @@ def test_remote_code_is_refused_before_any_weight(online):
     assert "--trust-remote-code" in e.value.hint
     assert not [r for r in online.requests if r.path.startswith("/cdn/")], "no weights before the opt-in"
     path = hub.pull("test-org/remote-code", allow_remote_code=True)
-    assert (path / "modeling_tiny.py").is_file() and hub.needs_remote_code(path)
+    assert (path / "modeling_tiny.py").is_file() and folder.needs_remote_code(path)
 
 
 def test_catalog_remote_code_flag_needs_no_network(fresh_home):
@@ -268,7 +269,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_hub_fails_fast_and_says_what_is_here(online, monkeypatch, bloom_dir):
-    hub.register_local(bloom_dir)
+    inventory.register_local(bloom_dir)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
     with pytest.raises(OfflineError) as e:
@@ -284,7 +285,7 @@ def test_offline_mode(online, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     online.requests.clear()
-    assert hub.pull(REPO) == hub.find_installed(REPO).path, "a complete model is usable offline"
+    assert hub.pull(REPO) == inventory.find_installed(REPO).path, "a complete model is usable offline"
     with pytest.raises(OfflineError) as e:
         hub.pull("test-org/tiny-sharded")
     assert "HF_HUB_OFFLINE" in e.value.message and REPO in e.value.hint
@@ -295,39 +296,39 @@ def test_offline_mode(online, monkeypatch):
 
 
 def test_list_and_remove(online, bloom_dir, tmp_path):
-    assert hub.list_installed() == []
+    assert inventory.list_installed() == []
     hub.pull(REPO)
     local = tmp_path / "my-model"
     local.mkdir()
     for p in bloom_dir.iterdir():
         (local / p.name).write_bytes(p.read_bytes())
-    hub.register_local(local)
-    hub.register_local(local)  # idempotent
-    models = hub.list_installed()
+    inventory.register_local(local)
+    inventory.register_local(local)  # idempotent
+    models = inventory.list_installed()
     assert [(m.id, m.source, m.complete) for m in models] == [(REPO, "hub-cache", True), (str(local.resolve()), "local", True)]
     assert models[0].size_bytes >= (bloom_dir / "model.safetensors").stat().st_size
 
-    freed = hub.remove(REPO)
-    assert freed == models[0].size_bytes and not hub._storage(REPO).exists()
-    assert hub.remove(local) == 0 and local.is_dir(), "a local folder is forgotten, never deleted"
-    assert hub.list_installed() == []
+    freed = inventory.remove(REPO)
+    assert freed == models[0].size_bytes and not inventory.cache_folder(REPO).exists()
+    assert inventory.remove(local) == 0 and local.is_dir(), "a local folder is forgotten, never deleted"
+    assert inventory.list_installed() == []
     with pytest.raises(ModelNotFoundError):
-        hub.remove(REPO)
+        inventory.remove(REPO)
 
 
 def test_register_rejects_a_folder_that_is_not_a_model(fresh_home, tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(InvalidModelError):
-        hub.register_local(tmp_path / "x")
+        inventory.register_local(tmp_path / "x")
     with pytest.raises(ModelNotFoundError):
-        hub.register_local(tmp_path / "nope")
+        inventory.register_local(tmp_path / "nope")
 
 
 def test_a_folder_the_library_left_half_made_is_listed_incomplete(fresh_home):
-    storage = hub._storage("someone/half")
+    storage = inventory.cache_folder("someone/half")
     (storage / "blobs").mkdir(parents=True)
     (storage / "blobs" / ("a" * 64 + ".incomplete")).write_bytes(b"x" * 10)
-    [m] = hub.list_installed()
+    [m] = inventory.list_installed()
     assert m.id == "someone/half" and not m.complete and m.size_bytes == 10
 
 
@@ -336,13 +337,13 @@ def test_the_cache_is_shared_with_huggingface_hub(online, bloom_dir):
     from huggingface_hub import hf_hub_download, snapshot_download
 
     lib_path = Path(snapshot_download(REPO, endpoint=online.url, allow_patterns=["*.json", "*.safetensors"]))
-    [listed] = hub.list_installed()
+    [listed] = inventory.list_installed()
     assert listed.id == REPO and listed.complete and listed.path == lib_path
     online.requests.clear()
     assert hub.pull(REPO) == lib_path
     assert not [r for r in online.requests if r.method == "GET" and not r.path.startswith("/api/")]
 
-    hub.remove(REPO)
+    inventory.remove(REPO)
     ours = hub.pull(REPO)
     online.requests.clear()
     got = hf_hub_download(REPO, "model.safetensors", endpoint=online.url)
@@ -351,14 +352,14 @@ def test_the_cache_is_shared_with_huggingface_hub(online, bloom_dir):
 
 
 def test_a_partial_file_from_an_older_commit_is_dropped_after_a_complete_pull(online):
-    storage = hub._storage(REPO)
+    storage = inventory.cache_folder(REPO)
     (storage / "blobs").mkdir(parents=True)
     stale = storage / "blobs" / ("b" * 64 + ".incomplete")
     stale.write_bytes(b"old weights, half")
     events: list[hub.DownloadProgress] = []
     plans: list[hub.DownloadPlan] = []
     hub.pull(REPO, progress=events.append, on_plan=plans.append)
-    assert not stale.exists() and hub.find_installed(REPO).complete
+    assert not stale.exists() and inventory.find_installed(REPO).complete
     assert events[-1].bytes_done == plans[0].total_bytes, "a stale partial is not progress of this pull"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from firefly_core.errors import InvalidModelError, ModelNotFoundError, RemoteCodeError
-from firefly_core.loading import load_model, pick_device, pick_dtype
+from firefly_core.models.loading import load_model, pick_device, pick_dtype
 
 
 def test_loads_both_families(model_dir):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from firefly_core import hub
-from firefly_core.settings import load_settings
+from firefly_core.models import folder, hub, inventory
+from firefly_core.models.settings import load_settings
 from firefly_tui.cli import main
 
 REPO = "test-org/tiny-bloom"
@@ -46,11 +46,11 @@ def test_pull_list_show_use_rm(online, capsys, monkeypatch):
 
     # rm asks; anything but y keeps the model
     code, out, _ = run(capsys, "rm", REPO, stdin="n\n", monkeypatch=monkeypatch)
-    assert code == 1 and "aborted" in out and hub.find_installed(REPO) is not None
+    assert code == 1 and "aborted" in out and inventory.find_installed(REPO) is not None
     code, out, _ = run(capsys, "rm", REPO, stdin="", monkeypatch=monkeypatch)  # end of input: no
-    assert code == 1 and hub.find_installed(REPO) is not None
+    assert code == 1 and inventory.find_installed(REPO) is not None
     code, out, _ = run(capsys, "rm", REPO, stdin="y\n", monkeypatch=monkeypatch)
-    assert code == 0 and "freed" in out and hub.find_installed(REPO) is None
+    assert code == 0 and "freed" in out and inventory.find_installed(REPO) is None
     assert load_settings().active_model is None, "the removed model is no longer active"
 
 
@@ -83,7 +83,7 @@ def test_use_a_local_folder_and_list_all(fresh_home, capsys, bloom_dir):
 
 
 def test_offline_pull_says_what_is_here(fresh_home, capsys, bloom_dir):
-    hub.register_local(bloom_dir)
+    inventory.register_local(bloom_dir)
     code, out, err = run(capsys, "pull", "Qwen/Qwen2.5-0.5B-Instruct")
     assert code == 1 and "offline" in err and str(bloom_dir.resolve()) in err
 
@@ -98,6 +98,6 @@ def test_subprocess_with_piped_stdin(online, tmp_path):
     r = subprocess.run(cli + ["pull", REPO], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     r = subprocess.run(cli + ["rm", REPO], env=env, input="no\n", capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "aborted" in r.stdout and hub.find_installed(REPO) is not None
+    assert r.returncode == 1 and "aborted" in r.stdout and inventory.find_installed(REPO) is not None
     r = subprocess.run(cli + ["rm", REPO], env=env, input="y\n", capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and hub.find_installed(REPO) is None
+    assert r.returncode == 0 and inventory.find_installed(REPO) is None

@@ -19,7 +19,7 @@ from firefly_core.generation.quantize import (
     quantize_int8,
     quantize_weight_int8,
 )
-from firefly_core.loading import load_model
+from firefly_core.models.loading import load_model
 
 
 def _linear(in_f: int, out_f: int, bias: bool = True, dtype=torch.bfloat16, seed: int = 0) -> nn.Linear:

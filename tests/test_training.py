@@ -74,7 +74,7 @@ def test_real_run_loss_falls_and_events_are_complete(model_dir, tmp_path):
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
     AutoModelForCausalLM.from_pretrained(final)
     gen = GenerationConfig.from_pretrained(final)
-    from firefly_core.loading import load_model
+    from firefly_core.models.loading import load_model
 
     lm = load_model(final, device="cpu", dtype="fp32")
     stops = lm.prompt_format.stop_token_ids(lm.tokenizer)

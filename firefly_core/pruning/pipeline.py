@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import ConfigError, DataError, InvalidModelError, OutputExistsError
-from ..loading import resolve_model_path
+from ..models.inventory import resolve_model_path
 from . import corpus as corpus_mod
 from .report import REPORT_FILE, TOKEN_MAP_FILE, PruneProgress, PruneReport
 from .select import choose, count_tokens, new_order

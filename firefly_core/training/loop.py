@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..catalog import prompt_format_for
+from ..models.catalog import prompt_format_for
 from ..errors import FireflyError, OutOfMemoryError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -243,7 +243,9 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     from ..data import collate, load_samples, tokenize_samples
     from ..errors import DataError
     from ..formats import resolve_format
-    from ..loading import check_model_folder, load_tokenizer, resolve_model_path
+    from ..models.folder import check_model_folder
+    from ..models.inventory import resolve_model_path
+    from ..models.loading import load_tokenizer
     from .final import save_final_model
     from .lora import ADAPTER_DIR, apply_lora
 

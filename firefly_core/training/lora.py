@@ -44,7 +44,9 @@ def merge_adapter(adapter_or_run: Path, out: Path, base: str | None = None, trus
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ..loading import check_model_folder, load_tokenizer, resolve_model_path
+    from ..models.folder import check_model_folder
+    from ..models.inventory import resolve_model_path
+    from ..models.loading import load_tokenizer
     from .final import save_final_model
 
     adapter = find_adapter(adapter_or_run)

@@ -58,7 +58,7 @@ def _active_model() -> str:
         "pass --model PATH_OR_ID (a model folder or a downloaded hub id)",
     )
     try:
-        from firefly_core.settings import load_settings
+        from firefly_core.models.settings import load_settings
     except ImportError:
         raise no_model from None
     model = load_settings().active_model
@@ -69,7 +69,7 @@ def _active_model() -> str:
 
 def _model_settings(model: str) -> Any:
     try:
-        from firefly_core.settings import load_settings
+        from firefly_core.models.settings import load_settings
 
         return load_settings().for_model(model)
     except ImportError:
@@ -98,9 +98,9 @@ def build_config(args: argparse.Namespace, saved: Any = None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from firefly_core.catalog import prompt_format_for
+    from firefly_core.models.catalog import prompt_format_for
     from firefly_core.chat import ChatSession
-    from firefly_core.loading import load_model
+    from firefly_core.models.loading import load_model
 
     model = args.model or _active_model()
     saved = _model_settings(model)

@@ -74,7 +74,8 @@ def run_check(args: argparse.Namespace) -> int:
     tokenizer = fmt = None
     if args.model:
         from firefly_core.formats import resolve_format
-        from firefly_core.loading import load_tokenizer, resolve_model_path
+        from firefly_core.models.loading import load_tokenizer
+        from firefly_core.models.inventory import resolve_model_path
 
         tokenizer = load_tokenizer(resolve_model_path(args.model))
         fmt = resolve_format(tokenizer, args.prompt_format)

@@ -144,7 +144,7 @@ class _ConsoleProgress:
 
 
 def _remote_code_allowed(model: str) -> bool:
-    from firefly_core.settings import load_settings
+    from firefly_core.models.settings import load_settings
 
     return load_settings().for_model(model).trust_remote_code
 
@@ -153,9 +153,9 @@ def _remote_code_allowed(model: str) -> bool:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from firefly_core import hub
+    from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import DownloadCancelled
-    from firefly_core.settings import set_active_model, update_model_settings
+    from firefly_core.models.settings import set_active_model, update_model_settings
 
     model = args.model
     allow = args.trust_remote_code or _remote_code_allowed(model)
@@ -203,12 +203,12 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from firefly_core import hub
-    from firefly_core.catalog import catalog
-    from firefly_core.settings import load_settings
+    from firefly_core.models import folder, hub, inventory
+    from firefly_core.models.catalog import catalog
+    from firefly_core.models.settings import load_settings
 
     active = load_settings().active_model
-    installed = hub.list_installed()
+    installed = inventory.list_installed()
     rows = []
     for m in installed:
         status = "complete" if m.complete else "INCOMPLETE (firefly pull to resume)" if m.source == "hub-cache" else "INCOMPLETE"
@@ -233,13 +233,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    from firefly_core import hub
+    from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.settings import load_settings, save_settings
+    from firefly_core.models.settings import load_settings, save_settings
 
-    found = hub.find_installed(args.model)
+    found = inventory.find_installed(args.model)
     if found is None:
-        raise ModelNotFoundError(f"{args.model} is not downloaded or registered", hub.local_summary())
+        raise ModelNotFoundError(f"{args.model} is not downloaded or registered", inventory.local_summary())
     what = (f"forget the local folder {found.path} (the files stay)" if found.source == "local"
             else f"delete {found.id} ({human_bytes(found.size_bytes)}) from the Hugging Face cache")
     if not args.yes:
@@ -248,7 +248,7 @@ def run_rm(args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("aborted, nothing removed")
             return 1
-    freed = hub.remove(found.id if found.source == "hub-cache" else found.path)
+    freed = inventory.remove(found.id if found.source == "hub-cache" else found.path)
     s = load_settings()
     if s.active_model and s.active_model.lower() == found.id.lower():
         s.active_model = None
@@ -259,13 +259,13 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from firefly_core import hub
-    from firefly_core.catalog import find_entry
+    from firefly_core.models import folder, hub, inventory
+    from firefly_core.models.catalog import find_entry
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.settings import load_settings
+    from firefly_core.models.settings import load_settings
 
     entry = find_entry(args.model)
-    found = hub.find_installed(args.model)
+    found = inventory.find_installed(args.model)
     if entry is None and found is None:
         raise ModelNotFoundError(
             f"{args.model} is not in the catalog and not downloaded",
@@ -285,7 +285,7 @@ def run_show(args: argparse.Namespace) -> int:
         state = "complete" if found.complete else f"INCOMPLETE (missing: {', '.join(found.missing)})"
         print(f"  here:        {found.path} ({found.source}), {human_bytes(found.size_bytes)}, {state}")
         if found.complete and found.path.is_dir():
-            remote = hub.needs_remote_code(found.path)
+            remote = folder.needs_remote_code(found.path)
             print(f"  remote code: {'needed (allow with: firefly use ' + name + ' --trust-remote-code)' if remote else 'no'}")
     else:
         print(f"  here:        not downloaded (firefly pull {name})")
@@ -304,9 +304,9 @@ def run_show(args: argparse.Namespace) -> int:
 def run_use(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from firefly_core import hub
+    from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.settings import ModelSettings, load_settings, save_settings
+    from firefly_core.models.settings import ModelSettings, load_settings, save_settings
 
     settings = load_settings()
     if args.model is None:
@@ -314,10 +314,10 @@ def run_use(args: argparse.Namespace) -> int:
         return 0
     model = args.model
     if Path(model).expanduser().is_dir():
-        hub.register_local(model)
+        inventory.register_local(model)
         model = str(Path(model).expanduser().resolve())
     else:
-        found = hub.find_installed(model)
+        found = inventory.find_installed(model)
         if found is None:
             raise ModelNotFoundError(f"{model} is not downloaded", f"download it first: firefly pull {model}")
         model = found.id

@@ -238,7 +238,7 @@ class ModelsScreen(Screen):
                 try:
                     backend.register_local(name)
                 except ImportError:
-                    pass  # listing local folders needs firefly_core.hub; loading does not
+                    pass  # listing local folders needs firefly_core.models.hub; loading does not
             lm = backend.load_model(name, settings=self.app.settings)
         except BaseException as e:  # shown on screen, with our hint
             self.post_message(self.Loaded(name, error=backend.format_error(e)))

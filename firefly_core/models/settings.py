@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import atomic, paths
-from .errors import ConfigError
+from .. import atomic, paths
+from ..errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -33,7 +33,7 @@ class ModelSettings:
     trust_remote_code: bool = False
 
     def validate(self, where: str = "model settings") -> None:
-        from .formats import FORMAT_NAMES
+        from ..formats import FORMAT_NAMES
 
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{where}: {name} = {getattr(self, name)!r} {why}")

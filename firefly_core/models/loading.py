@@ -7,16 +7,16 @@ torch's weights-only loader (transformers' default), `trust_remote_code` off unl
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FireflyError, InvalidModelError, ModelNotFoundError, OutOfMemoryError, RemoteCodeError
-from .formats import PromptFormat, resolve_format
+from ..errors import FireflyError, InvalidModelError, OutOfMemoryError, RemoteCodeError
+from ..formats import PromptFormat, resolve_format
+from .folder import check_model_folder
+from .inventory import resolve_model_path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 OOM_HINT = (
     "try a smaller model, --dtype bfloat16 or float16, --device cpu, "
     "or close other programs using the device"
@@ -46,70 +46,6 @@ class LoadedModel:
         elif eos:
             ids.update(eos)
         return sorted(ids)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A local folder for `name_or_path`: the folder itself, or the cached snapshot of a hub id."""
-    name = str(name_or_path)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if _looks_like_hub_id(name):
-        # Our own scan of the cache (firefly_core.hub) knows which files a model needs; the
-        # library's local_files_only lookup would call a snapshot that skipped duplicate .bin
-        # weights "incomplete".
-        from .hub import find_installed
-
-        found = find_installed(name)
-        if found is not None and found.complete:
-            return found.path
-        if found is not None:
-            raise ModelNotFoundError(
-                f"the download of {name!r} is incomplete ({', '.join(found.missing) or 'files missing'})",
-                f"resume it with: firefly pull {name}",
-            )
-        raise ModelNotFoundError(
-            f"model {name!r} is not downloaded",
-            f"download it with: firefly pull {name}"
-            + (" (you are offline: HF_HUB_OFFLINE is set)" if _offline() else ""),
-        )
-    raise ModelNotFoundError(
-        f"no model folder at {path}",
-        "give a folder with config.json and a tokenizer, or a hub id like YeungNLP/firefly-1b4 "
-        "(see: firefly list)",
-    )
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def check_model_folder(path: Path) -> dict[str, Any]:
-    """Validate a model folder and return its config.json as a dict (clear errors otherwise)."""
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise InvalidModelError(f"{path} has no config.json, so it is not a model folder")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise InvalidModelError(
-            f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json)",
-            "copy the tokenizer files of the base model into the folder",
-        )
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights:
-        raise InvalidModelError(
-            f"{path} has no weights (*.safetensors or *.bin)",
-            "an interrupted download? run: firefly pull <id> to resume it",
-        )
-    try:
-        return json.loads(cfg_file.read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise InvalidModelError(f"{cfg_file} is not valid JSON: {e}") from None
-
 
 def pick_device(requested: str | None = None):
     """`cuda:N` when available, else `mps`, else cpu; `requested` wins ("cuda", "cuda:1", "cpu")."""
@@ -234,7 +170,7 @@ def load_model(
         generation_defaults=gen_defaults,
     )
     if quantize:
-        from .generation.quantize import apply_quantization
+        from ..generation.quantize import apply_quantization
 
         apply_quantization(lm, quantize)
     return lm

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import atomic, paths
-from .errors import (
+from .. import paths
+from ..errors import (
     DownloadCancelled,
     FireflyError,
     HubAccessError,
@@ -44,21 +43,14 @@ from .errors import (
     RemoteCodeError,
     UnsupportedModelError,
 )
+from .folder import LICENSE_PATTERN, PYTORCH_INDEX, SAFETENSORS_INDEX, SMALL_FILES, index_shards, needs_remote_code
+from .inventory import cache_folder, find_installed, local_summary, looks_like_hub_id, pending_blobs, register_local
 
 CONNECT_TIMEOUT_S = 4.0  # an unreachable hub must be reported within a few seconds
 READ_TIMEOUT_S = 30.0  # a stalled connection: retried with Range after this long
 MAX_RETRIES = 5  # consecutive failed attempts (no new byte) before giving up on a file
 PROGRESS_INTERVAL_S = 0.1
 SPEED_WINDOW_S = 5.0
-
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt",
-)
-SMALL_FILES = ("config.json", "generation_config.json", "chat_template.json", "chat_template.jinja") + TOKENIZER_FILES
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PYTORCH_INDEX = "pytorch_model.bin.index.json"
-_LICENSE = re.compile(r"^(LICEN[CS]E|NOTICE)(\.\w+)?$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------- events and records
@@ -80,19 +72,6 @@ class DownloadProgress:
     @property
     def fraction(self) -> float:
         return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
-
-
-@dataclass
-class InstalledModel:
-    """A model on this machine: a hub-cache snapshot or a registered local folder."""
-
-    id: str
-    path: Path
-    size_bytes: int
-    complete: bool
-    source: str  # "hub-cache" | "local"
-    missing: list[str] = field(default_factory=list)  # why it is incomplete, for `show`
-
 
 @dataclass
 class DownloadPlan:
@@ -134,16 +113,6 @@ def _timeout(read: float = READ_TIMEOUT_S):
     return httpx2.Timeout(read, connect=CONNECT_TIMEOUT_S)
 
 
-def _storage(repo_id: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return paths.hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    parts = str(name).split("/")
-    return len(parts) == 2 and all(parts) and not str(name).startswith((".", "/", "~"))
-
 
 # ---------------------------------------------------------------- choosing files
 
@@ -159,7 +128,7 @@ def select_files(
     """
     names = list(dict.fromkeys(names))
     top = [n for n in names if "/" not in n]
-    wanted = [n for n in top if n in SMALL_FILES or n.endswith(".tiktoken") or _LICENSE.match(n)]
+    wanted = [n for n in top if n in SMALL_FILES or n.endswith(".tiktoken") or LICENSE_PATTERN.match(n)]
     safetensors = [n for n in top if n.endswith(".safetensors")]
     shards = sorted(set(index_shards)) if index_shards is not None else None
     if safetensors:
@@ -182,227 +151,6 @@ def select_files(
     wanted = list(dict.fromkeys(wanted))
     skipped = [n for n in names if n not in wanted]
     return wanted, skipped
-
-
-def _index_shards(index_file: Path) -> list[str]:
-    try:
-        weight_map = json.loads(index_file.read_text("utf-8"))["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InvalidModelError(f"the weights index {index_file.name} cannot be read: {e}") from None
-
-
-def needs_remote_code(folder: Path) -> bool:
-    """True when the model's config or tokenizer config maps classes to code shipped with it."""
-    for name in ("config.json", "tokenizer_config.json"):
-        try:
-            if json.loads((Path(folder) / name).read_text("utf-8")).get("auto_map"):
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False
-
-
-# ---------------------------------------------------------------- local state
-
-
-@dataclass
-class FolderStatus:
-    complete: bool
-    missing: list[str]
-
-
-def folder_status(folder: Path) -> FolderStatus:
-    """Whether a model folder (or snapshot) has a config, a tokenizer and all its weights."""
-    folder = Path(folder)
-    missing: list[str] = []
-    if not (folder / "config.json").exists():
-        missing.append("config.json")
-    if not any((folder / f).exists() for f in TOKENIZER_FILES):
-        missing.append("tokenizer")
-    for index in (SAFETENSORS_INDEX, PYTORCH_INDEX):
-        if (folder / index).exists():
-            try:
-                shards = _index_shards(folder / index)
-            except InvalidModelError:
-                missing.append(f"{index} (unreadable)")
-                break
-            missing += [s for s in shards if not (folder / s).exists()]
-            break
-    else:
-        # exists() follows the snapshot symlink: a link to a blob never finished is missing
-        weights = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*.bin")]
-        if not any(p.exists() for p in weights):
-            missing.append("weights")
-    return FolderStatus(not missing, missing)
-
-
-def _pending_blobs(storage: Path) -> list[Path]:
-    """Partial blobs (ours `<etag>.incomplete`, the library's `<etag>.<id>.incomplete`) not yet finished."""
-    blobs = storage / "blobs"
-    if not blobs.is_dir():
-        return []
-    return [p for p in blobs.glob("*.incomplete") if not (blobs / p.name.split(".")[0]).exists()]
-
-
-def _tree_bytes(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            p = Path(root) / name
-            try:
-                if not p.is_symlink():
-                    total += p.stat().st_size
-            except OSError:
-                pass
-    return total
-
-
-def _current_snapshot(storage: Path) -> Path | None:
-    snaps = storage / "snapshots"
-    ref = storage / "refs" / "main"
-    if ref.is_file():
-        snap = snaps / ref.read_text().strip()
-        if snap.is_dir():
-            return snap
-    candidates = [p for p in snaps.iterdir() if p.is_dir()] if snaps.is_dir() else []
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def _repo_id_from_folder(name: str) -> str | None:
-    parts = name.split("--")
-    return "/".join(parts[1:]) if parts[0] == "models" and len(parts) >= 2 else None
-
-
-def _cache_entry(repo_id: str, storage: Path) -> InstalledModel:
-    snap = _current_snapshot(storage)
-    status = folder_status(snap) if snap else FolderStatus(False, ["snapshot"])
-    pending = _pending_blobs(storage)
-    missing = status.missing + (["unfinished download"] if pending else [])
-    return InstalledModel(repo_id, snap or storage, _tree_bytes(storage), not missing, "hub-cache", missing)
-
-
-def _registry_file() -> Path:
-    return paths.data_dir() / "local_models.json"
-
-
-def registered_local() -> list[Path]:
-    """The local model folders the user added (they may have been moved since)."""
-    try:
-        data = json.loads(_registry_file().read_text("utf-8"))
-        return [Path(p) for p in data.get("folders", [])]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, AttributeError) as e:
-        raise FireflyError(
-            f"the list of local models {_registry_file()} is damaged: {e}", "fix or delete that file"
-        ) from None
-
-
-def _save_registry(folders: list[Path]) -> None:
-    atomic.write_json(_registry_file(), {"folders": [str(p) for p in dict.fromkeys(folders)]})
-
-
-def register_local(path: str | os.PathLike) -> None:
-    """Add a local model folder to `firefly list` (checked first: config, tokenizer, weights)."""
-    from .loading import check_model_folder
-
-    folder = Path(path).expanduser().resolve()
-    if not folder.is_dir():
-        raise ModelNotFoundError(f"no folder at {folder}")
-    check_model_folder(folder)
-    folders = registered_local()
-    if folder not in folders:
-        _save_registry(folders + [folder])
-
-
-def unregister_local(path: str | os.PathLike) -> bool:
-    folder = Path(path).expanduser().resolve()
-    folders = registered_local()
-    if folder not in folders:
-        return False
-    _save_registry([p for p in folders if p != folder])
-    return True
-
-
-def list_installed() -> list[InstalledModel]:
-    """Every model on this machine: the HF cache (with size and completeness), then local folders."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    out: dict[str, InstalledModel] = {}
-    cache = paths.hf_cache_dir()
-    if cache.is_dir():
-        try:
-            repos = [r for r in scan_cache_dir(cache).repos if r.repo_type == "model"]
-        except CacheNotFound:
-            repos = []
-        for repo in repos:
-            out[repo.repo_id] = _cache_entry(repo.repo_id, Path(repo.repo_path))
-        # folders scan_cache_dir reports as corrupted, e.g. stopped before the first file finished
-        for folder in sorted(cache.glob("models--*")):
-            repo_id = _repo_id_from_folder(folder.name)
-            if repo_id and repo_id not in out and folder.is_dir():
-                out[repo_id] = _cache_entry(repo_id, folder)
-    models = sorted(out.values(), key=lambda m: m.id.lower())
-    for folder in registered_local():
-        if folder.is_dir():
-            status = folder_status(folder)
-            models.append(InstalledModel(str(folder), folder, _tree_bytes(folder), status.complete, "local", status.missing))
-        else:
-            models.append(InstalledModel(str(folder), folder, 0, False, "local", ["folder is gone"]))
-    return models
-
-
-def find_installed(name: str) -> InstalledModel | None:
-    """The installed model called `name` (hub id, case-insensitive, or a registered folder)."""
-    key = str(name).strip()
-    as_path = Path(key).expanduser()
-    for m in list_installed():
-        if m.id.lower() == key.lower() or (m.source == "local" and as_path.exists() and m.path == as_path.resolve()):
-            return m
-    return None
-
-
-def local_summary() -> str:
-    """One line saying what can be used without the network."""
-    try:
-        models = list_installed()
-    except FireflyError:
-        models = []
-    if not models:
-        return "nothing is downloaded yet"
-    names = [m.id + ("" if m.complete else " (incomplete)") for m in models]
-    return "available here: " + ", ".join(names)
-
-
-def remove(repo_id_or_path: str | os.PathLike) -> int:
-    """Delete a downloaded model from the cache (blobs, partial files, snapshots); returns bytes freed.
-
-    A registered local folder is only forgotten (0 bytes): firefly never deletes the user's folders.
-    """
-    name = str(repo_id_or_path).strip()
-    path = Path(name).expanduser()
-    if path.exists() and unregister_local(path):
-        return 0
-    if path.exists() and not looks_like_hub_id(name):
-        raise ModelNotFoundError(f"{path.resolve()} is not a registered local model", "see: firefly list")
-    if not looks_like_hub_id(name):
-        if unregister_local(path):  # a registered folder that has been deleted since
-            return 0
-        raise ModelNotFoundError(f"{name!r} is neither a hub id (org/name) nor a registered folder", "see: firefly list")
-    storage = _storage(name)
-    if not storage.is_dir():
-        # the hub is case-insensitive; so is our lookup
-        match = next((m for m in list_installed() if m.source == "hub-cache" and m.id.lower() == name.lower()), None)
-        if match is None:
-            raise ModelNotFoundError(f"{name} is not downloaded", local_summary())
-        storage = _storage(match.id)
-        name = match.id
-    freed = _tree_bytes(storage)
-    shutil.rmtree(storage)
-    shutil.rmtree(paths.hf_cache_dir() / ".locks" / storage.name, ignore_errors=True)
-    return freed
 
 
 # ---------------------------------------------------------------- progress
@@ -697,7 +445,7 @@ def _already_have(storage: Path, commit: str, files: dict[str, int | None], blob
         if (storage / "snapshots" / commit / name).exists():
             done_files += 1
             done_bytes += size or 0
-    for partial in _pending_blobs(storage):
+    for partial in pending_blobs(storage):
         # ours (`<etag>.incomplete`) of a planned file; the library's temporary files are not resumable
         if partial.name.count(".") == 1 and partial.name.split(".")[0] in blob_ids:
             done_bytes += partial.stat().st_size
@@ -767,7 +515,7 @@ def pull(
         plan, remote = plan_download(repo_id, revision=revision, allow_remote_code=allow_remote_code)
         sizes = {n: size for n, (size, _) in remote.items()}
         repo_id = plan.repo_id
-        storage = _storage(repo_id)
+        storage = cache_folder(repo_id)
         snapshot = storage / "snapshots" / plan.commit
         # The first files decide the rest: remote code is refused before any weight is fetched,
         # and the weights index names the shards.
@@ -784,7 +532,7 @@ def pull(
             raise _remote_code_error(repo_id)
         index = next((snapshot / n for n in (SAFETENSORS_INDEX, PYTORCH_INDEX) if n in plan.files), None)
         if index is not None:
-            wanted, plan.skipped = select_files(sizes, index_shards=_index_shards(index), allow_remote_code=allow_remote_code)
+            wanted, plan.skipped = select_files(sizes, index_shards=index_shards(index), allow_remote_code=allow_remote_code)
             plan.files = {n: sizes.get(n) for n in wanted}
             lost = [n for n in plan.files if n not in sizes]
             if lost:
@@ -846,7 +594,7 @@ def _drop_stale_partials(storage: Path) -> None:
     from filelock import Timeout
     from huggingface_hub.utils import WeakFileLock
 
-    for partial in _pending_blobs(storage):
+    for partial in pending_blobs(storage):
         if partial.name.count(".") != 1:
             continue  # the library's own temporary file: its process owns it
         etag = partial.name.split(".")[0]

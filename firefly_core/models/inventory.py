@@ -1,0 +1,269 @@
+"""The models on this machine: the Hugging Face cache, the user's registered local folders, and
+resolving a name (hub id or folder) to a model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import atomic, paths
+from ..errors import FireflyError, ModelNotFoundError
+from .folder import FolderStatus, check_model_folder, folder_status
+
+
+@dataclass
+class InstalledModel:
+    """A model on this machine: a hub-cache snapshot or a registered local folder."""
+
+    id: str
+    path: Path
+    size_bytes: int
+    complete: bool
+    source: str  # "hub-cache" | "local"
+    missing: list[str] = field(default_factory=list)  # why it is incomplete, for `show`
+
+
+
+def cache_folder(repo_id: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return paths.hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def valid_repo_id(repo_id: str) -> bool:
+    """huggingface_hub's own repo-id rule (characters, length), as a yes/no."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = str(name).split("/")
+    return len(parts) == 2 and all(parts) and not str(name).startswith((".", "/", "~"))
+
+
+def pending_blobs(storage: Path) -> list[Path]:
+    """Partial blobs (ours `<etag>.incomplete`, the library's `<etag>.<id>.incomplete`) not yet finished."""
+    blobs = storage / "blobs"
+    if not blobs.is_dir():
+        return []
+    return [p for p in blobs.glob("*.incomplete") if not (blobs / p.name.split(".")[0]).exists()]
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            try:
+                if not p.is_symlink():
+                    total += p.stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def _current_snapshot(storage: Path) -> Path | None:
+    snaps = storage / "snapshots"
+    ref = storage / "refs" / "main"
+    if ref.is_file():
+        snap = snaps / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    candidates = [p for p in snaps.iterdir() if p.is_dir()] if snaps.is_dir() else []
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def _repo_id_from_folder(name: str) -> str | None:
+    parts = name.split("--")
+    return "/".join(parts[1:]) if parts[0] == "models" and len(parts) >= 2 else None
+
+
+def _cache_entry(repo_id: str, storage: Path) -> InstalledModel:
+    snap = _current_snapshot(storage)
+    status = folder_status(snap) if snap else FolderStatus(False, ["snapshot"])
+    pending = pending_blobs(storage)
+    missing = status.missing + (["unfinished download"] if pending else [])
+    return InstalledModel(repo_id, snap or storage, _tree_bytes(storage), not missing, "hub-cache", missing)
+
+
+def _registry_file() -> Path:
+    return paths.data_dir() / "local_models.json"
+
+
+def registered_local() -> list[Path]:
+    """The local model folders the user added (they may have been moved since)."""
+    try:
+        data = json.loads(_registry_file().read_text("utf-8"))
+        return [Path(p) for p in data.get("folders", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as e:
+        raise FireflyError(
+            f"the list of local models {_registry_file()} is damaged: {e}", "fix or delete that file"
+        ) from None
+
+
+def _save_registry(folders: list[Path]) -> None:
+    atomic.write_json(_registry_file(), {"folders": [str(p) for p in dict.fromkeys(folders)]})
+
+
+def register_local(path: str | os.PathLike) -> None:
+    """Add a local model folder to `firefly list` (checked first: config, tokenizer, weights)."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"no folder at {folder}")
+    check_model_folder(folder)
+    folders = registered_local()
+    if folder not in folders:
+        _save_registry(folders + [folder])
+
+
+def unregister_local(path: str | os.PathLike) -> bool:
+    folder = Path(path).expanduser().resolve()
+    folders = registered_local()
+    if folder not in folders:
+        return False
+    _save_registry([p for p in folders if p != folder])
+    return True
+
+
+def list_installed() -> list[InstalledModel]:
+    """Every model on this machine: the HF cache (with size and completeness), then local folders."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    out: dict[str, InstalledModel] = {}
+    cache = paths.hf_cache_dir()
+    if cache.is_dir():
+        try:
+            repos = [r for r in scan_cache_dir(cache).repos if r.repo_type == "model"]
+        except CacheNotFound:
+            repos = []
+        for repo in repos:
+            out[repo.repo_id] = _cache_entry(repo.repo_id, Path(repo.repo_path))
+        # folders scan_cache_dir reports as corrupted, e.g. stopped before the first file finished
+        for folder in sorted(cache.glob("models--*")):
+            repo_id = _repo_id_from_folder(folder.name)
+            if repo_id and repo_id not in out and folder.is_dir():
+                out[repo_id] = _cache_entry(repo_id, folder)
+    models = sorted(out.values(), key=lambda m: m.id.lower())
+    for folder in registered_local():
+        if folder.is_dir():
+            status = folder_status(folder)
+            models.append(InstalledModel(str(folder), folder, _tree_bytes(folder), status.complete, "local", status.missing))
+        else:
+            models.append(InstalledModel(str(folder), folder, 0, False, "local", ["folder is gone"]))
+    return models
+
+
+def find_installed(name: str) -> InstalledModel | None:
+    """The installed model called `name` (hub id, case-insensitive, or a registered folder).
+
+    Looks only where that one model can be: its own cache folder (the hub is case-insensitive, so
+    folder names are compared case-insensitively) or the registry; it never scans the whole cache.
+    """
+    key = str(name).strip()
+    as_path = Path(key).expanduser()
+    if looks_like_hub_id(key) and valid_repo_id(key):
+        storage = cache_folder(key)
+        if not storage.is_dir() and storage.parent.is_dir():
+            wanted = storage.name.lower()
+            storage = next((p for p in storage.parent.iterdir() if p.name.lower() == wanted and p.is_dir()), storage)
+        if storage.is_dir():
+            repo_id = _repo_id_from_folder(storage.name) or key
+            return _cache_entry(repo_id, storage)
+    if as_path.exists():
+        resolved = as_path.resolve()
+        for folder in registered_local():
+            if folder == resolved:
+                status = folder_status(folder)
+                return InstalledModel(str(folder), folder, _tree_bytes(folder), status.complete, "local", status.missing)
+    else:
+        for folder in registered_local():
+            if str(folder).lower() == key.lower():
+                return InstalledModel(str(folder), folder, 0, False, "local", ["folder is gone"])
+    return None
+
+
+def local_summary() -> str:
+    """One line saying what can be used without the network."""
+    try:
+        models = list_installed()
+    except FireflyError:
+        models = []
+    if not models:
+        return "nothing is downloaded yet"
+    names = [m.id + ("" if m.complete else " (incomplete)") for m in models]
+    return "available here: " + ", ".join(names)
+
+
+def remove(repo_id_or_path: str | os.PathLike) -> int:
+    """Delete a downloaded model from the cache (blobs, partial files, snapshots); returns bytes freed.
+
+    A registered local folder is only forgotten (0 bytes): firefly never deletes the user's folders.
+    """
+    name = str(repo_id_or_path).strip()
+    path = Path(name).expanduser()
+    if path.exists() and unregister_local(path):
+        return 0
+    if path.exists() and not looks_like_hub_id(name):
+        raise ModelNotFoundError(f"{path.resolve()} is not a registered local model", "see: firefly list")
+    if not looks_like_hub_id(name):
+        if unregister_local(path):  # a registered folder that has been deleted since
+            return 0
+        raise ModelNotFoundError(f"{name!r} is neither a hub id (org/name) nor a registered folder", "see: firefly list")
+    storage = cache_folder(name)
+    if not storage.is_dir():
+        # the hub is case-insensitive; so is our lookup
+        match = next((m for m in list_installed() if m.source == "hub-cache" and m.id.lower() == name.lower()), None)
+        if match is None:
+            raise ModelNotFoundError(f"{name} is not downloaded", local_summary())
+        storage = cache_folder(match.id)
+        name = match.id
+    freed = _tree_bytes(storage)
+    shutil.rmtree(storage)
+    shutil.rmtree(paths.hf_cache_dir() / ".locks" / storage.name, ignore_errors=True)
+    return freed
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for `name_or_path`: the folder itself, or the cached snapshot of a hub id."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if looks_like_hub_id(name):
+        # Our own scan of the cache knows which files a model needs; the
+        # library's local_files_only lookup would call a snapshot that skipped duplicate .bin
+        # weights "incomplete".
+        found = find_installed(name)
+        if found is not None and found.complete:
+            return found.path
+        if found is not None:
+            raise ModelNotFoundError(
+                f"the download of {name!r} is incomplete ({', '.join(found.missing) or 'files missing'})",
+                f"resume it with: firefly pull {name}",
+            )
+        raise ModelNotFoundError(
+            f"model {name!r} is not downloaded",
+            f"download it with: firefly pull {name}"
+            + (" (you are offline: HF_HUB_OFFLINE is set)" if _offline() else ""),
+        )
+    raise ModelNotFoundError(
+        f"no model folder at {path}",
+        "give a folder with config.json and a tokenizer, or a hub id like YeungNLP/firefly-1b4 "
+        "(see: firefly list)",
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
