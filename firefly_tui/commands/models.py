@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any
 
+from firefly_core.units import human_bytes
+
 FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
 
 
@@ -79,14 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _eta(seconds: float | None) -> str:

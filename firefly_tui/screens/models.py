@@ -22,18 +22,10 @@ from textual.widgets import Button, DataTable, Header, Label, ProgressBar, Stati
 from .. import backend
 from ..i18n import t
 from ..widgets.footer import QuickFooter as Footer
+from firefly_core.units import human_bytes
+
 from ..widgets.localized import localize_bindings
 from .dialogs import ConfirmDialog, PromptDialog
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def human_seconds(s: float | None) -> str:
