@@ -21,21 +21,39 @@ from .i18n import t
 from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.train import TrainScreen
+from .screens.dialogs import ErrorDialog
 from .screens.welcome import WelcomeScreen
 from .widgets.localized import localize_bindings
+from .widgets.nav import MODES, NavBar
+
+# Textual's own command-palette entries (matched by their English title) -> our i18n keys.
+_SYSTEM_COMMANDS = {
+    "Theme": "cmd.sys.theme",
+    "Quit": "cmd.sys.quit",
+    "Keys": "cmd.sys.keys",
+    "Minimize": "cmd.sys.minimize",
+    "Maximize": "cmd.sys.maximize",
+    "Screenshot": "cmd.sys.screenshot",
+}
 
 
 class FireflyApp(App):
     CSS_PATH = Path(__file__).resolve().parent / "app.tcss"
     TITLE = "Firefly"
     MODES = {"chat": ChatScreen, "models": ModelsScreen, "train": TrainScreen}
+    # The navigation keys live in the top line (widgets/nav.py), so the footer keeps its room
+    # for each screen's own keys; at 80 columns they would be cut off there.
     BINDINGS = [
-        Binding("f2", "show('chat')", "nav.chat"),
-        Binding("f3", "show('models')", "nav.models"),
-        Binding("f4", "show('train')", "nav.train"),
-        Binding("f6", "toggle_language", "nav.language"),
-        Binding("ctrl+q", "quit", "nav.quit", priority=True),
+        Binding("f2", "show('chat')", "nav.chat", show=False),
+        Binding("f3", "show('models')", "nav.models", show=False),
+        Binding("f4", "show('train')", "nav.train", show=False),
+        Binding("f6", "toggle_language", "nav.language", show=False),
+        Binding("ctrl+b", "toggle_sidebar", "nav.sidebar"),
+        Binding("ctrl+q", "quit", "nav.quit", priority=True, show=False),
     ]
+    # Below 100 columns screens get the "-narrow" class: the chat sidebar folds away (Ctrl+B shows
+    # it), the training form stacks above the chart, the models' buttons wrap (app.tcss).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(
         self,
@@ -48,13 +66,25 @@ class FireflyApp(App):
         """`welcome`: None = show it on first start (no active model); `settings`: "load" reads
         the user's settings, None runs without them."""
         super().__init__()
-        self.settings = backend.load_settings() if settings == "load" else settings
+        # A broken config.json or chat store is shown in the app (ErrorDialog), never rewritten:
+        # without settings nothing is saved; without a store the app offers only to quit.
+        self.startup_errors: list[tuple[str, BaseException]] = []
+        if settings == "load":
+            try:
+                settings = backend.load_settings()
+            except Exception as e:  # noqa: BLE001 - shown in the app with its hint
+                self.startup_errors.append(("settings", e))
+                settings = None
+        self.settings = settings
         i18n.set_language(language or getattr(self.settings, "language", None))
         localize_bindings(self)
         if store is None:
-            from firefly_core.store import ChatStore
+            try:
+                from firefly_core.store import ChatStore
 
-            store = ChatStore()
+                store = ChatStore()
+            except Exception as e:  # noqa: BLE001
+                self.startup_errors.append(("store", e))
         self.store = store
         self.lm = None
         self.model_name: str | None = None
@@ -64,6 +94,9 @@ class FireflyApp(App):
     # -- start --------------------------------------------------------------------------------
     def on_mount(self) -> None:
         self.title = t("app.title")
+        if self.startup_errors:
+            self._show_startup_errors()
+            return
         self.switch_mode("chat")
         welcome = self.want_welcome
         if welcome is None:
@@ -74,12 +107,42 @@ class FireflyApp(App):
         elif getattr(self.settings, "active_model", None):
             self.load_active_model(self.settings.active_model)
 
+    def _show_startup_errors(self) -> None:
+        """One dialog per problem; a store that cannot open leaves only Quit (nothing to show)."""
+        kind, error = self.startup_errors[0]
+        fatal = kind == "store"
+        text = t("app.store_error" if fatal else "app.settings_error", error=backend.format_error(error))
+
+        def done(go_on: bool | None) -> None:
+            if fatal or not go_on:
+                self.exit(return_code=1)
+                return
+            self.startup_errors.pop(0)
+            self.call_later(self.on_mount)
+
+        self.push_screen(ErrorDialog(text, can_continue=not fatal), done)
+
     def _welcome_done(self, choice: str | None) -> None:
         if choice == "models":
             self.switch_mode("models")
+        elif choice == "local":
+            self.open_local_folder()
+
+    def open_local_folder(self) -> None:
+        """The Models screen with its "Use a local folder" dialog open."""
+        self.switch_mode("models")
+
+        def ask() -> None:
+            if isinstance(self.screen, ModelsScreen):
+                self.screen.action_local()
+
+        self.call_after_refresh(ask)
 
     def track_screen(self, screen: Screen) -> None:
+        """Called by each mode screen when it mounts: gives it the navigation line."""
         self._screens.add(screen)
+        if screen.id in MODES and not screen.query(NavBar):
+            screen.mount(NavBar(screen.id))
 
     # -- model --------------------------------------------------------------------------------
     def set_model(self, lm, name: str, persist: bool = True) -> None:
@@ -123,15 +186,20 @@ class FireflyApp(App):
 
         self.run_worker(work, thread=True, exclusive=True, group="app-load")
 
-    def chat_with_model(self, path: str) -> None:
-        """A new chat whose model is `path` (a trained RUN_DIR/final); loads it right away."""
+    def chat_with_model(self, path: str, title: str | None = None) -> None:
+        """The chat whose model is `path` (a run's final/ or checkpoint model); loads it right away.
+
+        The chat made for that folder before is reused, so "chat with this run" twice gives one
+        chat, not two with the same name."""
         self.switch_mode("chat")
 
         async def open_chat() -> None:
             chat = self._chat_screen()
             if chat is None:
                 return
-            conv = self.store.create_conversation(f"{Path(path).parent.name}", {"model": path})
+            conv = backend.chat_for_model(self.store, path)
+            if conv is None:
+                conv = self.store.create_conversation(title or Path(path).parent.name, {"model": path})
             await chat.open_conversation(conv.id)
             await chat.refresh_conversations()
             self._load_and_use(path)
@@ -156,7 +224,30 @@ class FireflyApp(App):
 
     # -- navigation, language, commands -------------------------------------------------------
     def action_show(self, mode: str) -> None:
+        if self.startup_errors:
+            return
         self.switch_mode(mode)
+
+    def action_toggle_sidebar(self) -> None:
+        """Show the chat list at narrow widths (it is folded away there), hide it at wide ones."""
+        self.screen.toggle_class("-sidebar-toggled")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "toggle_sidebar":
+            return bool(self.screen.query("#sidebar"))
+        return True
+
+    async def action_quit(self) -> None:
+        """Quit at once; a training run keeps going (its own process), and we say so."""
+        try:
+            running = backend.running_runs()
+        except Exception:  # noqa: BLE001 - quitting must not fail on a broken runs folder
+            running = []
+        if running:
+            names = ", ".join(p.name for p in running)
+            self.exit(message=t("app.quit_runs_continue", runs=names))
+        else:
+            self.exit()
 
     async def action_toggle_language(self) -> None:
         await self.set_language("en" if i18n.language() == "zh" else "zh")
@@ -181,17 +272,32 @@ class FireflyApp(App):
         self.refresh_bindings()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield SystemCommand(t("cmd.chat"), t("cmd.chat"), lambda: self.switch_mode("chat"))
-        yield SystemCommand(t("cmd.models"), t("cmd.models"), lambda: self.switch_mode("models"))
-        yield SystemCommand(t("cmd.train"), t("cmd.train"), lambda: self.switch_mode("train"))
-        yield SystemCommand(t("cmd.language"), t("cmd.language"), self.action_toggle_language)
-        yield SystemCommand(t("cmd.welcome"), t("cmd.welcome"), lambda: self.push_screen(WelcomeScreen(), self._welcome_done))
+        """The command palette in the interface language; each help line says what the title does not."""
+
+        def cmd(key: str, callback) -> SystemCommand:
+            return SystemCommand(t(key), t(key + ".help"), callback)
+
+        yield cmd("cmd.chat", lambda: self.switch_mode("chat"))
+        yield cmd("cmd.models", lambda: self.switch_mode("models"))
+        yield cmd("cmd.train", lambda: self.switch_mode("train"))
+        yield cmd("cmd.local", self.open_local_folder)
+        yield cmd("cmd.language", self.action_toggle_language)
+        yield cmd("cmd.welcome", lambda: self.push_screen(WelcomeScreen(), self._welcome_done))
+        if screen.query("#sidebar"):
+            yield cmd("cmd.sidebar", self.action_toggle_sidebar)
         if isinstance(screen, ChatScreen):
-            yield SystemCommand(t("cmd.new_chat"), t("cmd.new_chat"), screen.action_new_chat)
-            yield SystemCommand(t("cmd.chat_settings"), t("cmd.chat_settings"), screen.action_chat_settings)
-            yield SystemCommand(t("cmd.export_md"), t("cmd.export_md"), lambda: screen.action_export("md"))
-            yield SystemCommand(t("cmd.export_json"), t("cmd.export_json"), lambda: screen.action_export("json"))
-        yield from super().get_system_commands(screen)
+            yield cmd("cmd.new_chat", screen.action_new_chat)
+            yield cmd("cmd.chat_settings", screen.action_chat_settings)
+            yield cmd("cmd.export_md", lambda: screen.action_export("md"))
+            yield cmd("cmd.export_json", lambda: screen.action_export("json"))
+        for command in super().get_system_commands(screen):
+            key = _SYSTEM_COMMANDS.get(command.title)
+            if key is None:
+                yield command
+            elif key == "cmd.sys.quit":
+                yield cmd(key, self.action_quit)
+            else:
+                yield SystemCommand(t(key), t(key + ".help"), command.callback, command.discover)
 
 
 def run_app() -> int:

@@ -18,18 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-# Keys of a conversation's settings dict (stored with the chat in SQLite).
-CHAT_SETTING_KEYS = (
-    "model",
-    "system",
-    "prompt_format",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "max_new_tokens",
-)
-GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 LAUNCH_FILE = "app-launch.json"  # what the app writes next to a run it started (pid, command)
 LOG_FILE = "train.log"  # stdout + stderr of a run the app started
 
@@ -71,17 +59,6 @@ def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote
         catalog_format=catalog_format,
         trust_remote_code=bool(saved.get("trust_remote_code")) if trust_remote_code is None else trust_remote_code,
     )
-
-
-def with_prompt_format(lm, name: str | None):
-    """The same loaded model with another prompt format (weights shared, nothing reloaded)."""
-    import dataclasses
-
-    from firefly_core.formats import get_format
-
-    if not name or name == getattr(lm.prompt_format, "name", None):
-        return lm
-    return dataclasses.replace(lm, prompt_format=get_format(name))
 
 
 def describe_model(lm) -> dict[str, Any]:
@@ -161,40 +138,130 @@ def model_settings(settings, model: str | None) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(ms).items() if v is not None}
 
 
-# -- chat -------------------------------------------------------------------------------------
-def generation_config(lm, overrides: dict[str, Any]):
-    """The model's generation defaults, then the chat's overrides (None/'' ignored)."""
-    from firefly_core.generation import GenerationConfig
+# -- chat (APP-CHAT) -------------------------------------------------------------------------
+def chat_model(app, name: str | None, *, status: Callable[[str], None] | None = None, cancel=None):
+    """The loaded model a chat answers with (blocking; call from a worker).
 
-    cfg = GenerationConfig()
-    defaults = getattr(lm, "generation_defaults", {}) or {}
-    for key in GENERATION_KEYS + ("do_sample",):
-        if key in defaults and defaults[key] is not None and hasattr(cfg, key):
-            setattr(cfg, key, defaults[key])
-    for key in GENERATION_KEYS:
-        value = overrides.get(key)
-        if value is not None and value != "":
-            setattr(cfg, key, value)
-    return cfg
+    `name` is the chat's own model or the app's active one. Steps of getting it ready are reported
+    through `status` as they happen.
+    """
+    if not name or (app.lm is not None and name == app.model_name):
+        if app.lm is None:
+            from firefly_core.errors import ConfigError
+
+            raise ConfigError("no model is chosen for this chat", "pick one with Ctrl+O or on the Models screen (F3)")
+        return app.lm
+    lm = load_model(name, settings=app.settings)
+    app.set_model(lm, name, persist=False)
+    return lm
 
 
-def new_session(lm, messages: list[tuple[str, str]], settings: dict[str, Any]):
-    """A ChatSession over `lm` with the stored history [(role, content)] and the chat's settings."""
+def chat_generation_config(lm, model_id: str | None, chat: dict[str, Any] | None):
+    """The chat's GenerationConfig: core's one resolution (model file, catalog, saved, chat)."""
+    from firefly_core.generation.settings import resolve_generation_config
+
+    return resolve_generation_config(
+        model_id or getattr(lm, "name", ""),
+        model_defaults=getattr(lm, "generation_defaults", None),
+        chat=chat,
+    )
+
+
+def generation_defaults(lm, model_id: str | None) -> dict[str, Any]:
+    """What each generation key is when the chat sets nothing (shown as "default" in the dialog)."""
+    from firefly_core.generation.settings import GENERATION_KEYS
+
+    cfg = chat_generation_config(lm, model_id, None)
+    return {k: getattr(cfg, k) for k in GENERATION_KEYS}
+
+
+def check_chat_settings(lm, model_id: str | None, chat: dict[str, Any]) -> None:
+    """Raise the ConfigError core raises for these chat settings (the dialog shows its reason)."""
+    from firefly_core.formats import get_format
+
+    if chat.get("prompt_format"):
+        get_format(chat["prompt_format"])
+    chat_generation_config(lm, model_id, chat)
+
+
+def prompt_format_names() -> tuple[str, ...]:
+    from firefly_core.formats import FORMAT_NAMES
+
+    return tuple(FORMAT_NAMES)
+
+
+def model_choices(active: str | None, current: str | None = None) -> list[str]:
+    """The chat's model list: complete installed models and local folders, then the active model
+    and the chat's own choice when they are not among them (a folder used once, a removed model)."""
+    out = [str(m.id) for m in list_installed() if m.complete]
+    for extra in (active, current):
+        if extra and extra not in out:
+            out.append(extra)
+    return out
+
+
+def with_prompt_format(lm, name: str | None):
+    """The same loaded model with another prompt format (weights and decoder shared, nothing reloaded)."""
+    import dataclasses
+
+    from firefly_core.formats import get_format
+
+    if not name or name == getattr(lm.prompt_format, "name", None):
+        return lm
+    return dataclasses.replace(lm, prompt_format=get_format(name))
+
+
+def new_session(lm, messages: list[tuple[str, str]], settings: dict[str, Any], model_id: str | None = None):
+    """A ChatSession over `lm` with the chat's settings (format, system prompt, sampling).
+
+    `messages` seeds the history [(role, content)]; under a Conversation it is re-synchronised
+    from the store before every reply anyway."""
     from firefly_core.chat import ChatSession
     from firefly_core.formats import Message
 
     history = [Message(role, content) for role, content in messages if role != "system"]
+    lm = with_prompt_format(lm, settings.get("prompt_format"))
     return ChatSession(
         lm,
         system=settings.get("system") or None,
-        config=generation_config(lm, settings),
+        config=chat_generation_config(lm, model_id, settings),
         messages=history,
     )
 
 
+def settings_used(lm, model_id: str | None, session) -> dict[str, Any]:
+    """What a reply was actually made with: model, prompt format, system prompt, every generation key."""
+    from firefly_core.generation.settings import GENERATION_KEYS
+
+    cfg = session.config
+    return {
+        "model": model_id or getattr(lm, "name", None),
+        "prompt_format": getattr(session.lm.prompt_format, "name", None),
+        "system": session.system,
+        "generation": {k: getattr(cfg, k) for k in (*GENERATION_KEYS, "do_sample", "seed")},
+    }
+
+
+def record_settings_used(store, saved, used: dict[str, Any]) -> None:
+    """Keep the settings a stored reply was made with in its meta (exported with the chat)."""
+    store.update_message(saved.id, saved.content, meta={**(saved.meta or {}), "settings": used})
+
+
+def export_chat_json(store, conversation_id: int) -> str:
+    """The chat as JSON: Chinese kept readable, and the settings each reply was made with."""
+    data = store.export_json(conversation_id)
+    replies = [m.get("meta", {}).get("settings") for m in data["messages"] if m.get("role") == "assistant"]
+    used = next((s for s in reversed(replies) if s), None)
+    if used is not None:
+        data["settings_used"] = used
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
 def is_done(event) -> bool:
-    """A ReplyDone (it carries stats); any other event is a TextDelta."""
-    return hasattr(event, "stats")
+    """The end of a reply (ReplyDone); any other event is a TextDelta."""
+    from firefly_core.generation.config import ReplyDone
+
+    return isinstance(event, ReplyDone)
 
 
 def stats_dict(stats) -> dict[str, Any]:
@@ -270,11 +337,29 @@ def check_data(paths: list[str], model: str | None, max_length: int = 512):
     return check_files([Path(p) for p in paths], tokenizer=tokenizer, prompt_format=fmt, max_length=max_length)
 
 
+def command_line(argv: list[str]) -> str:
+    """The `firefly …` line a user can paste into a shell or a script on a GPU server."""
+    import shlex
+
+    return shlex.join(["firefly", *argv])
+
+
+def resume_argv(run_dir: Path) -> list[str]:
+    """`firefly train --resume`: continue a stopped run from its newest checkpoint."""
+    return ["train", "--resume", "--out", str(run_dir)]
+
+
 def launch_training(req: TrainRequest) -> subprocess.Popen:
     """Start `firefly train` as its own process (own session: it outlives the app)."""
-    req.out.mkdir(parents=True, exist_ok=True)
-    argv = firefly_command() + req.argv()
-    log = open(req.out / LOG_FILE, "ab")
+    return launch_argv(req.argv(), Path(req.out))
+
+
+def launch_argv(cli_argv: list[str], out: Path) -> subprocess.Popen:
+    """Start `firefly <cli_argv>` for the run folder `out`, its output appended to out/train.log."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = firefly_command() + list(cli_argv)
+    log = open(out / LOG_FILE, "ab")
     try:
         proc = subprocess.Popen(
             argv,
@@ -288,7 +373,7 @@ def launch_training(req: TrainRequest) -> subprocess.Popen:
         log.close()
     from firefly_core.atomic import write_json
 
-    write_json(req.out / LAUNCH_FILE, {"pid": proc.pid, "argv": argv, "started": time.time()})
+    write_json(out / LAUNCH_FILE, {"pid": proc.pid, "argv": argv, "started": time.time()})
     return proc
 
 
@@ -334,6 +419,133 @@ def list_runs(parent: Path | None = None) -> list:
     if not parent.is_dir():
         return []
     return list(_list(parent))
+
+
+def running_runs(parent: Path | None = None) -> list[Path]:
+    """Run folders whose training process is alive (started here, from the CLI, or earlier)."""
+    from firefly_core.paths import runs_dir
+
+    parent = Path(parent) if parent else runs_dir()
+    if not parent.is_dir():
+        return []
+    found = [r.path for r in list_runs(parent) if r.status == "running"]
+    for folder in parent.iterdir():  # launched by the app, no "start" event yet
+        if folder not in found and pid_alive(launched_pid(folder)):
+            found.append(folder)
+    return found
+
+
+# The training form's fields (screens/train.py) and where each comes from in a saved run config.
+FORM_FIELDS = ("model", "data", "out", "epochs", "max_steps", "lr", "batch", "max_length", "gpu", "mode", "zero", "extra")
+_FORM_CONFIG_KEYS = {
+    "model", "data", "out", "epochs", "max_steps", "lr", "batch_size", "max_length", "gpu", "lora", "deepspeed",
+}
+# Config keys with a CLI spelling other than --key-name, or none at all.
+_CLI_NAMES = {"prompt_format": "--format"}
+
+
+def run_form_values(run_dir: Path) -> dict[str, str]:
+    """A past run's settings as training-form values ("clone"): RUN_DIR/train_config.json, with
+    what the form has no field for written as extra options, so the clone trains the same way."""
+    from firefly_core.errors import ConfigError
+    from firefly_core.training.config import CONFIG_FILE, TrainConfig
+
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"cannot read the settings of {Path(run_dir).name}: {e}", f"expected {path}") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} is not a JSON object", "the run's settings cannot be cloned")
+    defaults = TrainConfig().to_dict()
+
+    def num(v) -> str:
+        return "" if v is None else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+
+    data = saved.get("data") or []
+    out = {
+        "model": str(saved.get("model") or ""),
+        "data": ", ".join(str(d) for d in (data if isinstance(data, list) else [data])),
+        "epochs": num(saved.get("epochs", 1)),
+        "max_steps": num(saved.get("max_steps") or 0),
+        "lr": str(saved.get("lr", defaults["lr"])),
+        "batch": num(saved.get("batch_size", defaults["batch_size"])),
+        "max_length": num(saved.get("max_length", defaults["max_length"])),
+        "gpu": str(saved.get("gpu") or "cpu"),
+        "mode": "lora" if saved.get("lora") else "full",
+        "zero": str(saved.get("deepspeed") or 0),
+    }
+    extra: list[str] = []
+    for key, value in saved.items():
+        if key in _FORM_CONFIG_KEYS or key not in defaults or value == defaults[key] or value is None:
+            continue
+        if key in ("out", "config", "num_machines", "machine_rank", "main_process_ip", "main_process_port"):
+            continue  # where and on which machines it ran: not part of a clone
+        flag = _CLI_NAMES.get(key, "--" + key.replace("_", "-"))
+        if value is True:
+            extra.append(flag)
+        elif value is False:
+            continue
+        elif isinstance(value, list):
+            extra += [flag, *map(str, value)]
+        else:
+            extra += [flag, num(value) if isinstance(value, float) else str(value)]
+    import shlex
+
+    out["extra"] = shlex.join(extra)
+    return out
+
+
+def form_memory_path() -> Path:
+    from firefly_core.paths import config_dir
+
+    return config_dir() / "app-train-form.json"
+
+
+def load_form_memory() -> dict[str, str]:
+    """The training form's last values (the app remembers them between starts); {} if none or unreadable."""
+    try:
+        data = json.loads(form_memory_path().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in FORM_FIELDS and isinstance(v, str)}
+
+
+def save_form_memory(values: dict[str, str]) -> None:
+    from firefly_core.atomic import write_json
+
+    write_json(form_memory_path(), {k: v for k, v in values.items() if k in FORM_FIELDS and isinstance(v, str)})
+
+
+def run_models(run_dir: Path) -> list[tuple[str, Path]]:
+    """What a run can be chatted with, newest first: ("final", final/) then ("step N", checkpoint model)."""
+    run_dir = Path(run_dir)
+    out: list[tuple[str, Path]] = []
+    final = run_dir / "final"
+    if final.is_dir():
+        out.append(("final", final))
+    try:
+        from firefly_core.training.checkpoint import list_checkpoints
+    except ImportError:
+        return out
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            step = int(ckpt.name.split("-")[-1])
+        except ValueError:
+            continue
+        out.append((f"step {step}", ckpt))
+    return out
+
+
+def chat_for_model(store, model_path: str):
+    """The chat made earlier for this model folder (newest), so "chat with this run" reuses it."""
+    wanted = str(model_path)
+    for conv in store.list_conversations():
+        if str((conv.settings or {}).get("model") or "") == wanted:
+            return conv
+    return None
 
 
 def tail_lines(path: Path, n: int = 200) -> list[str]:

@@ -1,4 +1,4 @@
-"""Small modal dialogs: confirm a destructive action, ask for one line of text, chat settings."""
+"""Small modal dialogs: confirm, one line of text, a choice from a list, text to read, an error, chat settings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,27 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
 
 from ..i18n import t
+
+
+class ButtonRow(Horizontal):
+    """A row of buttons that Left/Right walk through, as a row of buttons looks like it should."""
+
+    BINDINGS = [
+        Binding("left", "step(-1)", show=False),
+        Binding("right", "step(1)", show=False),
+    ]
+
+    def action_step(self, delta: int) -> None:
+        buttons = [b for b in self.query(Button) if b.display and not b.disabled]
+        if not buttons:
+            return
+        focused = self.screen.focused
+        i = buttons.index(focused) if focused in buttons else 0
+        buttons[(i + delta) % len(buttons)].focus()
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -25,7 +43,7 @@ class ConfirmDialog(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.question, classes="question")
-            with Horizontal(classes="buttons"):
+            with ButtonRow(classes="buttons"):
                 yield Button(t("yes"), variant="error", id="yes")
                 yield Button(t("no"), variant="primary", id="no")
 
@@ -72,6 +90,130 @@ class PromptDialog(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class TextDialog(ModalScreen[None]):
+    """Text to read (a data check summary, a command line to copy): a title, the text, Close."""
+
+    BINDINGS = [Binding("escape", "close", show=False)]
+
+    def __init__(self, title: str, text: str, *, failed: bool = False) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text, self.text, self.failed = title, text, failed
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide text-dialog"):
+            yield Label(self.title_text, classes="question")
+            with VerticalScroll(classes="dialog-body"):
+                yield Static(self.text, id="text", markup=False, classes="failed" if self.failed else "")
+            with ButtonRow(classes="buttons"):
+                yield Button(t("close"), variant="primary", id="close")
+
+    def on_mount(self) -> None:
+        self.query_one("#close", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class DataCheckDialog(ModalScreen[str | None]):
+    """The training data check's summary, shown over the form. Dismisses "start" (the data is
+    usable and the user pressed Start / Ctrl+L) or None."""
+
+    BINDINGS = [Binding("escape", "close", show=False), Binding("ctrl+l", "start", show=False)]
+
+    def __init__(self, text: str, *, ok: bool) -> None:
+        super().__init__(classes="dialog-screen")
+        self.text, self.ok = text, ok
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide text-dialog"):
+            yield Label(t("train.check_title"), classes="question")
+            with VerticalScroll(classes="dialog-body"):
+                yield Static(self.text, id="text", markup=False, classes="" if self.ok else "failed")
+            yield Label(t("train.check_ok_hint" if self.ok else "train.check_bad_hint"), classes="note")
+            with ButtonRow(classes="buttons"):
+                if self.ok:
+                    yield Button(t("train.start"), variant="primary", id="start")
+                yield Button(t("close"), id="close")
+
+    def on_mount(self) -> None:
+        self.query_one("#start" if self.ok else "#close", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss("start" if event.button.id == "start" else None)
+
+    def action_start(self) -> None:
+        self.dismiss("start" if self.ok else None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Pick one of several (value, label) choices; Enter picks, Esc cancels (None)."""
+
+    BINDINGS = [Binding("escape", "cancel", show=False)]
+
+    def __init__(self, title: str, choices: list[tuple[str, str]], *, note: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text, self.choices, self.note = title, choices, note
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="question")
+            if self.note:
+                yield Static(self.note, markup=False, classes="note")
+            yield OptionList(*(Option(label, id=value) for value, label in self.choices), id="choices")
+            with ButtonRow(classes="buttons"):
+                yield Button(t("cancel"), id="cancel")
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = 0 if self.choices else None
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ErrorDialog(ModalScreen[bool]):
+    """A problem found at start (a broken settings file or chat store): what and how to fix it.
+
+    Dismisses True to go on without the broken part, False to quit; nothing is written."""
+
+    BINDINGS = [Binding("escape", "answer(False)", show=False)]
+
+    def __init__(self, text: str, *, can_continue: bool) -> None:
+        super().__init__(classes="dialog-screen")
+        self.text, self.can_continue = text, can_continue
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide-ish"):
+            yield Label(t("error"), classes="question failed")
+            yield Static(self.text, id="error-text", markup=False)
+            with ButtonRow(classes="buttons"):
+                if self.can_continue:
+                    yield Button(t("app.continue"), variant="primary", id="continue")
+                yield Button(t("nav.quit"), variant="error" if self.can_continue else "primary", id="quit")
+
+    def on_mount(self) -> None:
+        self.query_one("#continue" if self.can_continue else "#quit", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "continue")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
 
 
 _NUMBER_FIELDS: dict[str, type] = {

@@ -25,7 +25,7 @@ from ..widgets.footer import QuickFooter as Footer
 from firefly_core.units import human_bytes
 
 from ..widgets.localized import localize_bindings
-from .dialogs import ConfirmDialog, PromptDialog
+from .dialogs import ButtonRow, ConfirmDialog, PromptDialog
 
 
 def human_seconds(s: float | None) -> str:
@@ -38,13 +38,14 @@ def human_seconds(s: float | None) -> str:
 
 
 class ModelsScreen(Screen):
+    # In the order the footer shows them: at 80 columns the first few are what fits.
     BINDINGS = [
         Binding("u", "use", "models.use"),
+        Binding("l", "local", "models.local"),
         Binding("d", "download", "models.download"),
+        Binding("p", "pull_id", "models.pull_id"),
         Binding("x", "cancel_download", "models.cancel"),
         Binding("delete", "delete", "models.delete"),
-        Binding("l", "local", "models.local"),
-        Binding("p", "pull_id", "models.pull_id"),
         Binding("r", "refresh", "models.refresh"),
     ]
 
@@ -77,6 +78,7 @@ class ModelsScreen(Screen):
         self.downloading: str | None = None
         self.loading: str | None = None
         self.status_text = ""
+        self.download_text = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -88,13 +90,14 @@ class ModelsScreen(Screen):
             with Horizontal(id="download-row"):
                 yield ProgressBar(id="download-bar", show_eta=False)
                 yield Label("", id="download-text")
-            with Horizontal(classes="buttons"):
-                yield Button(t("models.use"), id="use", variant="primary")
-                yield Button(t("models.download"), id="download")
-                yield Button(t("models.cancel"), id="cancel-download")
-                yield Button(t("models.delete"), id="delete", variant="error")
-                yield Button(t("models.pull_id"), id="pull-id")
-                yield Button(t("models.local"), id="local")
+            # "Use a local folder" second, so it stays on screen at 80 columns (the row wraps there).
+            with ButtonRow(id="model-buttons", classes="buttons"):
+                yield Button(t("models.use"), id="use", variant="primary", compact=True)
+                yield Button(t("models.local"), id="local", compact=True)
+                yield Button(t("models.download"), id="download", compact=True)
+                yield Button(t("models.pull_id"), id="pull-id", compact=True)
+                yield Button(t("models.cancel"), id="cancel-download", compact=True)
+                yield Button(t("models.delete"), id="delete", variant="error", compact=True)
             yield Static(self.status_text, id="model-status")
         yield Footer()
 
@@ -103,7 +106,10 @@ class ModelsScreen(Screen):
         self.title = t("app.title")
         self.sub_title = t("nav.models")
         self._setup_tables()
-        self.query_one("#download-row").display = self.downloading is not None
+        self.query_one("#download-row").display = self.downloading is not None or bool(self.download_text)
+        self.query_one("#download-bar").display = self.downloading is not None
+        self.query_one("#download-text", Label).update(self.download_text)
+        self.query_one("#cancel-download").display = self.downloading is not None
         self.action_refresh()
 
     async def relabel(self) -> None:
@@ -273,8 +279,10 @@ class ModelsScreen(Screen):
         row = self.query_one("#download-row")
         row.display = True
         bar = self.query_one("#download-bar", ProgressBar)
+        bar.display = True
         bar.update(total=None, progress=0)
-        self.query_one("#download-text", Label).update(repo_id)
+        self.query_one("#cancel-download").display = True
+        self._set_download_text(repo_id)
         self._download_worker(repo_id, self.download_cancel)
 
     def action_cancel_download(self) -> None:
@@ -302,11 +310,17 @@ class ModelsScreen(Screen):
             return
         self.post_message(self.DownloadEnded(repo_id, "done"))
 
+    def _set_download_text(self, text: str) -> None:
+        self.download_text = text
+        self.query_one("#download-text", Label).update(text)
+
     def on_models_screen_progress(self, message: Progress) -> None:
         p = message.progress
+        if self.downloading != p.repo_id:
+            return  # a late update from a download that has already ended
         bar = self.query_one("#download-bar", ProgressBar)
         bar.update(total=p.bytes_total or None, progress=p.bytes_done)
-        self.query_one("#download-text", Label).update(
+        self._set_download_text(
             t(
                 "models.progress",
                 name=p.repo_id,
@@ -324,8 +338,13 @@ class ModelsScreen(Screen):
         self.download_cancel = None
         key = {"done": "models.downloaded", "cancelled": "models.download_cancelled"}.get(message.outcome)
         text = t(key, name=message.repo_id) if key else t("models.download_failed", error=message.detail)
-        self.query_one("#download-text", Label).update(text)
+        # The bar goes away whatever the outcome: an indeterminate bar after a failure would
+        # keep animating as if something were still happening.
+        self.query_one("#download-bar", ProgressBar).display = False
+        self.query_one("#cancel-download").display = False
+        self._set_download_text(text)
         self.set_status(text)
+        self.query_one("#model-status").set_class(message.outcome == "failed", "failed")
         self.action_refresh()
 
     # -- delete -------------------------------------------------------------------------------
@@ -336,18 +355,27 @@ class ModelsScreen(Screen):
             self.notify(t("models.select_first"), severity="warning")
             return
 
+        local = m.source == "local"
+
         def done(yes: bool | None) -> None:
             if yes:
-                self._delete_worker(m.id)
+                self._delete_worker(str(m.path) if local else m.id, local)
 
-        self.app.push_screen(ConfirmDialog(t("models.delete_q", name=m.id, size=human_bytes(m.size_bytes))), done)
+        # A local folder is only forgotten (firefly never deletes the user's folders): say that,
+        # not "frees 1.3 MB" followed by "freed 0 B".
+        question = (
+            t("models.forget_q", name=str(m.path)) if local
+            else t("models.delete_q", name=m.id, size=human_bytes(m.size_bytes))
+        )
+        self.app.push_screen(ConfirmDialog(question), done)
 
     @work(thread=True, group="delete")
-    def _delete_worker(self, model_id: str) -> None:
+    def _delete_worker(self, model: str, local: bool) -> None:
         try:
-            freed = backend.remove(model_id)
+            freed = backend.remove(model)
         except BaseException as e:
             self.app.call_from_thread(self.set_status, backend.format_error(e))
             return
-        self.app.call_from_thread(self.set_status, t("models.deleted", name=model_id, size=human_bytes(freed)))
+        text = t("models.forgotten", name=model) if local else t("models.deleted", name=model, size=human_bytes(freed))
+        self.app.call_from_thread(self.set_status, text)
         self.app.call_from_thread(self.action_refresh)

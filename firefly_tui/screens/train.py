@@ -20,14 +20,14 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Header, Input, Label, ListItem, ListView, Log, Select, Static
+from textual.widgets import Button, Header, Input, Label, ListItem, ListView, Select, Static
 
 from .. import backend
 from ..i18n import STRINGS, t
 from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
 from ..widgets.loss_plot import LossPlot
-from .dialogs import ConfirmDialog
+from .dialogs import ButtonRow, ChoiceDialog, ConfirmDialog, DataCheckDialog, TextDialog
 from .models import human_seconds
 
 POLL_S = 0.5
@@ -92,6 +92,8 @@ class TrainScreen(Screen):
         Binding("ctrl+l", "start", "train.start"),
         Binding("ctrl+x", "stop", "train.stop", priority=True),
         Binding("ctrl+t", "chat_with_model", "train.chat"),
+        Binding("ctrl+r", "resume", "train.resume"),
+        Binding("ctrl+g", "show_command", "train.show_command"),
     ]
 
     class Checked(Message):
@@ -110,7 +112,8 @@ class TrainScreen(Screen):
         self.view: RunView | None = None
         self.checked_key: tuple | None = None
         self.check_text = ""
-        self.form_values: dict[str, str] = {}
+        # The form comes back as the user left it (an output folder is always a new one).
+        self.form_values: dict[str, str] = {k: v for k, v in backend.load_form_memory().items() if k != "out"}
         self.runs: list = []
         self.attached_once = False
 
@@ -122,7 +125,9 @@ class TrainScreen(Screen):
         default_out = str(runs_dir() / time.strftime("run-%Y%m%d-%H%M%S"))
         default_gpu = "0" if os.path.exists("/dev/nvidia0") else "cpu"
         yield Header()
-        with Horizontal():
+        # Side by side when wide; below 100 columns (the "-narrow" screen class) the form stacks
+        # above the chart and the whole body scrolls (app.tcss).
+        with Horizontal(id="train-body"):
             with VerticalScroll(id="train-form"):
                 yield Label(t("train.form"), classes="section")
                 with Grid(classes="form"):
@@ -150,10 +155,11 @@ class TrainScreen(Screen):
                     yield Select([("-", "0"), ("ZeRO-2", "2"), ("ZeRO-3", "3")], value=v.get("zero", "0"), allow_blank=False, id="f-zero")
                     yield Label(t("train.extra"))
                     yield Input(v.get("extra", ""), id="f-extra")
-                with Horizontal(classes="buttons"):
-                    yield Button(t("train.check"), id="check")
-                    yield Button(t("train.start"), id="start", variant="primary")
-                yield Static(self.check_text, id="check-summary")
+                with ButtonRow(classes="buttons"):
+                    yield Button(t("train.check"), id="check", compact=True)
+                    yield Button(t("train.start"), id="start", variant="primary", compact=True)
+                    yield Button(t("train.show_command"), id="show-command", compact=True)
+                yield Static(self.check_text, id="check-summary", markup=False)
                 yield Label(t("train.runs"), classes="section")
                 yield ListView(id="runs")
             with Vertical(id="train-panel"):
@@ -161,11 +167,15 @@ class TrainScreen(Screen):
                 yield Label(t("train.legend"), id="legend")
                 yield LossPlot(empty_text=t("train.no_data"), id="loss-plot")
                 yield Static("", id="run-stats")
-                with Horizontal(classes="buttons"):
-                    yield Button(t("train.stop"), id="stop", variant="error")
-                    yield Button(t("train.chat"), id="chat-final", variant="success")
+                with ButtonRow(id="run-buttons", classes="buttons"):
+                    yield Button(t("train.stop"), id="stop", variant="error", compact=True)
+                    yield Button(t("train.resume"), id="resume", compact=True)
+                    yield Button(t("train.chat"), id="chat-final", variant="success", compact=True)
+                    yield Button(t("train.clone"), id="clone", compact=True)
                 yield Label(t("train.log"), classes="section")
-                yield Log(id="run-log", max_lines=500)
+                # Static in a scroll view (not Log): long lines wrap, and re-wrap on resize.
+                with VerticalScroll(id="run-log"):
+                    yield Static("", id="run-log-text", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -176,6 +186,8 @@ class TrainScreen(Screen):
         if self.view is not None:
             self.view.log_size = -1
             self.render_view()
+        else:
+            self._set_run_buttons(None)
         self.set_interval(POLL_S, self.poll)
 
     async def relabel(self) -> None:
@@ -183,6 +195,16 @@ class TrainScreen(Screen):
         self.form_values = self._read_form()
         await self.recompose()
         self.on_mount()
+
+    def on_screen_suspend(self) -> None:
+        self._remember_form()
+
+    def _remember_form(self) -> None:
+        """Keep the form's values for the next start (the user's own file, written atomically)."""
+        try:
+            backend.save_form_memory(self._read_form())
+        except Exception as e:  # noqa: BLE001 - a read-only config folder must not break the form
+            self.log.warning(f"cannot remember the training form: {e}")
 
     def _read_form(self) -> dict[str, str]:
         out = {}
@@ -233,7 +255,7 @@ class TrainScreen(Screen):
             self.query_one("#run-title", Label).update(t("train.unavailable", error=backend.format_error(e)))
             return
         self.view = RunView(run_dir, tail)
-        self.query_one("#run-log", Log).clear()
+        self.query_one("#run-log-text", Static).update("")
         self.poll()
 
     def poll(self) -> None:
@@ -289,10 +311,23 @@ class TrainScreen(Screen):
             label = self.query_one("#run-title", Label)
             label.update(title)
             label.set_class(view.status == "error", "failed")
-            self.query_one("#stop", Button).disabled = view.status not in ("running", "waiting")
-            final = Path(view.final_path) if view.final_path else view.run_dir / "final"
-            self.query_one("#chat-final", Button).disabled = not (view.status == "done" and final.is_dir())
+            self._set_run_buttons(view)
         self._tail_log(view)
+
+    def _set_run_buttons(self, view: RunView | None) -> None:
+        """Which of Stop / Resume / Chat / Clone apply to the run on show."""
+        live = view is not None and view.status in ("running", "waiting")
+        self.query_one("#stop", Button).disabled = not live
+        self.query_one("#resume", Button).disabled = not (view is not None and self._resumable(view))
+        self.query_one("#chat-final", Button).disabled = view is None or live or not backend.run_models(view.run_dir)
+        self.query_one("#clone", Button).disabled = view is None
+
+    @staticmethod
+    def _resumable(view: RunView) -> bool:
+        """Stopped (or crashed) with a checkpoint to continue from, and no process on it now."""
+        if view.status not in ("stopped", "error"):
+            return False
+        return any(label != "final" for label, _ in backend.run_models(view.run_dir))
 
     def _tail_log(self, view: RunView) -> None:
         path = view.run_dir / backend.LOG_FILE
@@ -303,9 +338,8 @@ class TrainScreen(Screen):
         if size == view.log_size:
             return
         view.log_size = size
-        log = self.query_one("#run-log", Log)
-        log.clear()
-        log.write_lines(backend.tail_lines(path, 200))
+        self.query_one("#run-log-text", Static).update("\n".join(backend.tail_lines(path, 200)))
+        self.query_one("#run-log", VerticalScroll).scroll_end(animate=False)
 
     # -- form actions -------------------------------------------------------------------------
     def _request(self) -> backend.TrainRequest | None:
@@ -343,7 +377,10 @@ class TrainScreen(Screen):
             "check": self.action_check,
             "start": self.action_start,
             "stop": self.action_stop,
+            "resume": self.action_resume,
             "chat-final": self.action_chat_with_model,
+            "clone": self.action_clone,
+            "show-command": self.action_show_command,
         }.get(event.button.id)
         if action:
             action()
@@ -354,6 +391,7 @@ class TrainScreen(Screen):
             return
         self.check_text = t("train.checking")
         self.query_one("#check-summary", Static).update(self.check_text)
+        self._remember_form()
         self._check_worker(req)
 
     @work(thread=True, exclusive=True, group="check")
@@ -373,15 +411,22 @@ class TrainScreen(Screen):
         summary.set_class(not message.ok, "failed")
         self.checked_key = message.key if message.ok else None
 
+        def done(answer: str | None) -> None:
+            if answer == "start":
+                self.action_start()
+
+        # Where the user is looking: a dialog over the form, with Start right there when it is fine.
+        self.app.push_screen(DataCheckDialog(message.text, ok=message.ok), done)
+
     def action_start(self) -> None:
         req = self._request()
         if req is None:
             return
         if self.checked_key != self._check_key(req):
-            # The summary is shown before any launch: check now, start on the next press.
-            self.notify(t("train.check_first"), timeout=6)
+            # The summary is shown before any launch: check now (a dialog), start from there.
             self.action_check()
             return
+        self._remember_form()
         try:
             backend.launch_training(req)
         except Exception as e:  # noqa: BLE001
@@ -421,13 +466,107 @@ class TrainScreen(Screen):
             return True
         return False
 
-    def action_chat_with_model(self) -> None:
+    def action_resume(self) -> None:
+        """Continue a stopped run from its newest checkpoint (`firefly train --resume`)."""
         view = self.view
-        final = Path(view.final_path) if view and view.final_path else (view.run_dir / "final" if view else None)
-        if final is None or not final.is_dir():
-            self.notify(t("train.no_final", path=str(final or "final")), severity="warning")
+        if view is None:
+            self.notify(t("train.select_run"), severity="warning")
             return
-        self.app.chat_with_model(str(final))
+        if not self._resumable(view):
+            self.notify(t("train.not_resumable"), severity="warning")
+            return
+
+        def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                backend.launch_argv(backend.resume_argv(view.run_dir), view.run_dir)
+            except Exception as e:  # noqa: BLE001
+                self.notify(t("train.launch_failed", error=backend.format_error(e)), severity="error")
+                return
+            self.notify(t("train.resumed", path=view.run_dir.name))
+            self.attach(view.run_dir)
+            self._refresh_runs()
+
+        self.app.push_screen(ConfirmDialog(t("train.resume_q", path=view.run_dir.name)), done)
+
+    def action_clone(self) -> None:
+        """The shown run's settings into the form, with a new output folder."""
+        view = self.view
+        if view is None:
+            self.notify(t("train.select_run"), severity="warning")
+            return
+        try:
+            values = backend.run_form_values(view.run_dir)
+        except Exception as e:  # noqa: BLE001
+            self.notify(backend.format_error(e), severity="error")
+            return
+        values["out"] = str(view.run_dir.parent / time.strftime("run-%Y%m%d-%H%M%S"))
+        self._fill_form(values)
+        self.checked_key = None
+        self.notify(t("train.cloned", path=view.run_dir.name))
+
+    def _fill_form(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            for w in self.query(f"#f-{key}"):
+                if isinstance(w, Select):
+                    try:
+                        w.value = value
+                    except Exception:  # noqa: BLE001 - a value the select does not offer
+                        pass
+                else:
+                    w.value = value
+
+    def action_show_command(self) -> None:
+        """The exact `firefly train …` line of the form, to repeat the run in a script or on a server."""
+        req = self._request()
+        if req is None:
+            return
+        self.app.push_screen(TextDialog(t("train.command_title"), backend.command_line(req.argv())))
+
+    def action_chat_with_model(self) -> None:
+        """Chat with the run's final model, or pick one of its checkpoints (newest first)."""
+        view = self.view
+        if view is None:
+            self.notify(t("train.select_run"), severity="warning")
+            return
+        run_dir = view.run_dir
+        choices = backend.run_models(run_dir)
+        if view.final_path and Path(view.final_path).is_dir() and not any(label == "final" for label, _ in choices):
+            choices.insert(0, ("final", Path(view.final_path)))
+        if not choices:
+            self.notify(t("train.no_models", path=run_dir.name), severity="warning")
+            return
+        if len(choices) == 1 and choices[0][0] == "final":
+            self.app.chat_with_model(str(choices[0][1]), title=run_dir.name)
+            return
+        paths = {str(path): label for label, path in choices}
+
+        def done(picked: str | None) -> None:
+            if picked:
+                self._chat_with(run_dir, Path(picked), paths[picked])
+
+        note = "" if choices[0][0] == "final" else t("train.pick_model_note")
+        self.app.push_screen(
+            ChoiceDialog(t("train.pick_model"), [(str(p), f"{label}  ({p.name})") for label, p in choices], note=note),
+            done,
+        )
+
+    def _chat_with(self, run_dir: Path, path: Path, label: str) -> None:
+        if label == "final":
+            self.app.chat_with_model(str(path), title=run_dir.name)
+            return
+        self.notify(t("train.preparing_checkpoint", step=label))
+        self._checkpoint_worker(run_dir, path, label)
+
+    @work(thread=True, exclusive=True, group="checkpoint-model")
+    def _checkpoint_worker(self, run_dir: Path, checkpoint: Path, label: str) -> None:
+        try:
+            folder = backend.checkpoint_model(run_dir, checkpoint)
+        except Exception as e:  # noqa: BLE001
+            self.app.call_from_thread(self.notify, backend.format_error(e), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self.app.chat_with_model, str(folder), f"{run_dir.name} · {label}")
 
 
 def data_summary(report) -> str:

@@ -11,7 +11,15 @@ from textual.widgets import Footer
 
 
 class QuickFooter(Footer):
+    """Compact (one space between keys) and without Textual's "^p palette" entry: the navigation
+    line shows ^P, and at 80 columns every cell counts for the screen's own keys."""
+
     _recompose_pending = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("compact", True)
+        kwargs.setdefault("show_command_palette", False)
+        super().__init__(*args, **kwargs)
 
     def bindings_changed(self, screen) -> None:
         self._bindings_ready = True
