@@ -6,7 +6,7 @@ downloads. Any other hub id or a local folder works too; the catalog only adds a
 format and a description.
 
 Why these models:
-- The Firefly BLOOM models from the original project (the seeds): the chat models firefly-1b4,
+- The Firefly BLOOM models from the original Firefly project (YeungNLP): the chat models firefly-1b4,
   firefly-2b6 and firefly-2b6-v2, and the vocabulary-pruned bases bloom-1b4-zh and bloom-2b6-zh
   they were fine-tuned from (what `firefly train` starts from to reproduce Firefly).
 - Qwen2.5 Instruct 0.5B / 1.5B / 3B: current small chat models trained on a lot of Chinese and
@@ -19,6 +19,11 @@ Why these models:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+# What the Firefly project (github.com/yangjianxin1/Firefly) says about its models' use, plus the
+# licence of the BLOOM weights they are made from. User-facing: `firefly show`, the app's catalog.
+FIREFLY_LICENSE = "research use only, no commercial use (Firefly project terms); BLOOM weights: BigScience RAIL"
 
 
 @dataclass(frozen=True)
@@ -39,18 +44,18 @@ class CatalogEntry:
 _CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(
         "YeungNLP/firefly-1b4", "1.4B", 2.8, ("zh", "en"), "firefly-v1",
-        "Firefly chat model from the seeds: BLOOM with a pruned 46k vocabulary, 1.1M Chinese instructions.",
-        license="research only (see the seeds)",
+        "Chat model of the Firefly project (YeungNLP): BLOOM with a pruned 46k vocabulary, 1.1M Chinese instructions.",
+        license=FIREFLY_LICENSE,
     ),
     CatalogEntry(
         "YeungNLP/firefly-2b6", "2.6B", 5.2, ("zh", "en"), "firefly-v1",
         "Larger Firefly BLOOM chat model, 2.1M instructions; better at code, poetry and classical Chinese.",
-        license="research only (see the seeds)",
+        license=FIREFLY_LICENSE,
     ),
     CatalogEntry(
         "YeungNLP/firefly-2b6-v2", "2.6B", 5.2, ("zh", "en"), "firefly-v2",
         "Firefly 2.6B v2: trained multi-turn, prompt <s>q1</s>a1</s>q2</s>...",
-        license="research only (see the seeds)",
+        license=FIREFLY_LICENSE,
     ),
     CatalogEntry(
         "YeungNLP/bloom-1b4-zh", "1.4B", 2.8, ("zh", "en"), "firefly-v1",

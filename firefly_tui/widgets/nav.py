@@ -26,8 +26,8 @@ def nav_markup(active: str | None, *, title: bool = True, sidebar: bool = False)
         style = "reverse b" if mode == active else "u"
         parts.append(f"[@click=app.show('{mode}')][{style}]{label}[/{style}][/] ")
     if sidebar:
-        parts.append(f" [@click=app.toggle_sidebar][dim]^B[/dim] {escape(t('nav.sidebar'))}[/]")
-    parts.append(f"  [@click=app.toggle_language][dim]F6[/dim] {escape(t('nav.language'))}[/]")
+        parts.append(f" [@click=app.toggle_sidebar][dim]^B[/dim] {escape(t('nav.sidebar'))}[/] ")
+    parts.append(f" [@click=app.toggle_language][dim]F6[/dim] {escape(t('nav.language'))}[/]")
     parts.append(f"  [@click=app.command_palette][dim]^P[/dim] {escape(t('nav.commands'))}[/]")
     parts.append(f"  [@click=app.quit][dim]^Q[/dim] {escape(t('nav.quit'))}[/]")
     return "".join(parts)
