@@ -3,7 +3,13 @@
 One database file (`paths.chats_db()`), WAL journal, every write in its own transaction, so a
 kill in the middle of a write loses nothing that was already reported as saved. The schema
 carries a version (`PRAGMA user_version`) and is brought up to date by ordered migrations when
-the store opens. No UI code here: the app, the CLI and scripts share this module.
+the store opens. No UI code here: the app, the CLI and scripts share this module; the rules that
+keep a chat's history consistent with the model's session live in `conversation.py`.
+
+Every SQLite failure a user can cause (a damaged or newer file, a read-only file or folder, a full
+disk, another program holding the lock) becomes a `StoreError` with a hint; a file this program
+cannot use is never written to (the version is read before anything is changed). A damaged JSON
+value in one row reads as empty, so one bad row never hides the other chats.
 """
 
 from __future__ import annotations
@@ -78,6 +84,19 @@ class Conversation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _json_obj(text: str | None) -> dict[str, Any]:
+    """A JSON object column; damaged or non-object JSON (written by hand, by a bug) reads as {}."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
 class ChatStore:
     """The chat database. Thread-safe: one connection guarded by a lock (writes are tiny)."""
 
@@ -87,57 +106,122 @@ class ChatStore:
 
             path = chats_db()
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10
-            )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the folder {self.path.parent} for the chat history: {e.strerror or e}",
+                "make it writable, or set FIREFLY_HOME to a folder you can write to",
+            ) from None
+        self._db: sqlite3.Connection | None = None
+        with self._errors("open"):
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.row_factory = sqlite3.Row
+            # Read first, change nothing: a damaged file fails here (SQLITE_NOTADB) and a newer
+            # schema is refused before the journal mode (stored in the file) is touched.
+            self._check_version()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a transaction reported as committed survives a power cut, not just a kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"cannot open the chat database {self.path}: {e}",
-                "move the file away to start with an empty history",
-            ) from None
 
     # -- plumbing -----------------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn SQLite's failures into a StoreError that says what to do (nothing was changed)."""
+        try:
+            yield
+        except StoreError:
+            if doing == "open":
+                self._close_quietly()
+            raise
+        except sqlite3.Error as e:
+            if doing == "open":
+                self._close_quietly()
+            raise self._store_error(e, doing) from None
+
+    def _store_error(self, e: sqlite3.Error, doing: str) -> StoreError:
+        name = getattr(e, "sqlite_errorname", "") or ""
+        where = f"the chat database {self.path}"
+        if name.startswith("SQLITE_READONLY") or "readonly" in str(e):
+            return StoreError(
+                f"{where} is read-only, so this could not be saved ({doing})",
+                "make the file and its folder writable (nothing was changed)",
+            )
+        if name.startswith("SQLITE_FULL") or "disk is full" in str(e):
+            return StoreError(
+                f"the disk holding {where} is full, so this could not be saved ({doing})",
+                "free some disk space and try again (nothing was changed)",
+            )
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return StoreError(
+                f"{where} is busy: another program is writing to it ({doing})",
+                "close the other firefly window or command and try again",
+            )
+        if name.startswith("SQLITE_CANTOPEN"):
+            return StoreError(
+                f"cannot open {where}: {e}", "check that the file and its folder can be read and written"
+            )
+        if name.startswith("SQLITE_CONSTRAINT"):
+            return StoreError(f"this chat or message no longer exists ({doing})", "open the chat list again")
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or isinstance(e, sqlite3.DatabaseError):
+            return StoreError(
+                f"{where} is damaged or not a chat database ({e})",
+                f"move it away (e.g. rename it to {self.path.name}.bad) to start with an empty history; "
+                "firefly has not changed it",
+            )
+        return StoreError(f"the chat database failed ({doing}): {e}")  # pragma: no cover
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def _tx(self, doing: str = "saving") -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is saved, or none of it."""
-        with self._lock:
+        with self._lock, self._errors(doing):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
-    def _migrate(self) -> None:
+    @contextmanager
+    def _read(self, doing: str = "reading") -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(doing):
+            yield self._db
+
+    def _check_version(self) -> None:
         version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the chat database {self.path} has schema version {version}, "
                 f"this firefly knows up to {SCHEMA_VERSION}",
-                "upgrade firefly-tui",
+                "upgrade firefly-tui (pipx upgrade firefly-tui); the file was not changed",
             )
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
         for i in range(version, SCHEMA_VERSION):
-            with self._tx() as db:
+            with self._tx("upgrading the chat database") as db:
                 MIGRATIONS[i](db)
                 db.execute(f"PRAGMA user_version = {i + 1}")
 
     def schema_version(self) -> int:
-        with self._lock:
+        with self._read():
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._close_quietly()
 
     # -- conversations ------------------------------------------------------------------------
     @staticmethod
@@ -147,7 +231,7 @@ class ChatStore:
             title=row["title"],
             created=row["created"],
             updated=row["updated"],
-            settings=json.loads(row["settings"] or "{}"),
+            settings=_json_obj(row["settings"]),
         )
 
     @staticmethod
@@ -159,7 +243,7 @@ class ChatStore:
             content=row["content"],
             created=row["created"],
             partial=bool(row["partial"]),
-            meta=json.loads(row["meta"] or "{}"),
+            meta=_json_obj(row["meta"]),
         )
 
     def create_conversation(self, title: str, settings: dict[str, Any] | None = None) -> Conversation:
@@ -167,13 +251,13 @@ class ChatStore:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO conversations(title, created, updated, settings) VALUES (?,?,?,?)",
-                (title, now, now, json.dumps(settings or {}, ensure_ascii=False)),
+                (title, now, now, _dump(settings or {})),
             )
             cid = cur.lastrowid
         return Conversation(cid, title, now, now, dict(settings or {}))
 
     def get_conversation(self, conversation_id: int) -> Conversation | None:
-        with self._lock:
+        with self._read():
             row = self._db.execute(
                 "SELECT * FROM conversations WHERE id=?", (conversation_id,)
             ).fetchone()
@@ -181,7 +265,7 @@ class ChatStore:
 
     def list_conversations(self, search: str | None = None) -> list[Conversation]:
         """Newest first. `search` matches titles and message text (case-insensitive substring)."""
-        with self._lock:
+        with self._read():
             if search:
                 like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 rows = self._db.execute(
@@ -208,7 +292,7 @@ class ChatStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE conversations SET settings=? WHERE id=?",
-                (json.dumps(settings, ensure_ascii=False), conversation_id),
+                (_dump(settings), conversation_id),
             )
 
     def delete_conversation(self, conversation_id: int) -> None:
@@ -231,7 +315,7 @@ class ChatStore:
             cur = db.execute(
                 "INSERT INTO messages(conversation_id, role, content, created, partial, meta) "
                 "VALUES (?,?,?,?,?,?)",
-                (conversation_id, role, content, now, int(partial), json.dumps(meta, ensure_ascii=False)),
+                (conversation_id, role, content, now, int(partial), _dump(meta)),
             )
             db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conversation_id))
             mid = cur.lastrowid
@@ -252,7 +336,7 @@ class ChatStore:
             if meta is not None:
                 db.execute(
                     "UPDATE messages SET meta=? WHERE id=?",
-                    (json.dumps(meta, ensure_ascii=False), message_id),
+                    (_dump(meta), message_id),
                 )
 
     def delete_message(self, message_id: int) -> None:
@@ -267,8 +351,68 @@ class ChatStore:
                 (conversation_id, message_id),
             )
 
+    def answer(
+        self, question_id: int, text: str, *, partial: bool = False, meta: dict[str, Any] | None = None
+    ) -> StoredMessage:
+        """Store the reply to a user message in one transaction: every message after the question
+        goes (an old reply being replaced, and what followed it), the new reply comes, and the
+        question loses any earlier error mark."""
+        now = time.time()
+        meta = dict(meta or {})
+        with self._tx("saving the reply") as db:
+            row = db.execute("SELECT conversation_id, meta FROM messages WHERE id=?", (question_id,)).fetchone()
+            if row is None:
+                raise StoreError("the message being answered was deleted", "send it again")
+            cid = row["conversation_id"]
+            qmeta = _json_obj(row["meta"])
+            if "error" in qmeta:
+                qmeta.pop("error")
+                db.execute("UPDATE messages SET meta=? WHERE id=?", (_dump(qmeta), question_id))
+            db.execute("DELETE FROM messages WHERE conversation_id=? AND id>?", (cid, question_id))
+            cur = db.execute(
+                "INSERT INTO messages(conversation_id, role, content, created, partial, meta) "
+                "VALUES (?,?,?,?,?,?)",
+                (cid, "assistant", text, now, int(partial), _dump(meta)),
+            )
+            db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, cid))
+            mid = cur.lastrowid
+        return StoredMessage(mid, cid, "assistant", text, now, partial, meta)
+
+    def mark_message(self, message_id: int, **changes: Any) -> None:
+        """Merge `changes` into a message's meta (e.g. error="..."; a value of None removes a key)."""
+        with self._tx() as db:
+            row = db.execute("SELECT meta FROM messages WHERE id=?", (message_id,)).fetchone()
+            if row is None:
+                return
+            meta = _json_obj(row["meta"])
+            for key, value in changes.items():
+                if value is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = value
+            db.execute("UPDATE messages SET meta=? WHERE id=?", (_dump(meta), message_id))
+
+    def replace_from(
+        self, conversation_id: int, message_id: int, new: list[tuple[str, str, bool, dict[str, Any]]]
+    ) -> list[StoredMessage]:
+        """In one transaction, delete a message and every later one and append `new` messages
+        (role, content, partial, meta): an edit is saved whole or not at all."""
+        now = time.time()
+        out: list[StoredMessage] = []
+        with self._tx("saving the edit") as db:
+            db.execute("DELETE FROM messages WHERE conversation_id=? AND id>=?", (conversation_id, message_id))
+            for role, content, partial, meta in new:
+                cur = db.execute(
+                    "INSERT INTO messages(conversation_id, role, content, created, partial, meta) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (conversation_id, role, content, now, int(partial), _dump(meta)),
+                )
+                out.append(StoredMessage(cur.lastrowid, conversation_id, role, content, now, partial, dict(meta)))
+            db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conversation_id))
+        return out
+
     def messages(self, conversation_id: int) -> list[StoredMessage]:
-        with self._lock:
+        with self._read():
             rows = self._db.execute(
                 "SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conversation_id,)
             ).fetchall()

@@ -108,8 +108,8 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_failed_transaction_leaves_nothing(store):
     c = store.create_conversation("t")
-    with pytest.raises(sqlite3.IntegrityError):
-        store.add_message(c.id + 100, "user", "orphan")  # foreign key violation
+    with pytest.raises(StoreError, match="no longer exists"):
+        store.add_message(c.id + 100, "user", "orphan")  # foreign key violation: a clear error
     assert store.messages(c.id + 100) == []
 
 
