@@ -1,21 +1,40 @@
-"""Getting models from the Hugging Face Hub into the standard cache, and managing what is on disk.
+"""Getting models from the Hugging Face Hub into the standard cache, safely, with resume.
 
 Downloads land in the standard HF cache (`HF_HOME` / `HF_HUB_CACHE`, layout
 `models--org--name/{blobs,snapshots,refs}`), so models fetched by other tools are reused and ours
 work in theirs. `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured.
 
 What the library gives us and what we add:
-- huggingface_hub does the talking: `HfApi.model_info` (file list and sizes), `get_hf_file_metadata`
-  (the HEAD call: etag, commit, size, redirects), its shared HTTP session (proxies, offline hook,
-  user agent), its token handling and its error types, `scan_cache_dir` for the library listing.
-- We stream each blob ourselves into `blobs/<etag>.incomplete` and keep that file when a
-  download stops. huggingface_hub 2.x downloads into a per-process temporary name and deletes it
-  on any error, so a cancelled or crashed multi-GB download would restart from zero; ours resumes
-  with an HTTP Range request, in this process (dropped connection) or the next `pull`. It also
-  lets a `threading.Event` stop the download between received chunks, and gives progress events.
+- huggingface_hub does the talking: `HfApi.model_info` (file list, sizes, hashes),
+  `get_hf_file_metadata` (the HEAD call: etag, size, redirects that stay on the hub), its shared
+  HTTP session (proxies, offline hook, user agent), its token handling and error types, its name
+  rules (`validate_repo_id`, its relative-file-name check, via `names.py`) and its cache layout
+  (`repo_folder_name`, via `inventory.cache_folder`).
 - Only what a model needs is fetched: config, tokenizer files, generation config, chat template,
   license, and one copy of the weights (safetensors when present; the duplicate .bin/.h5/.msgpack/
-  .onnx/.gguf/.ckpt copies and sub-folders are skipped).
+  .onnx/.gguf/.ckpt copies are skipped). Only top-level files: a repo that keeps its weights in a
+  subfolder is refused (transformers loads a folder's top level; supporting subfolders would widen
+  what a hostile name can reach for no model we know of).
+
+Every value from the server is untrusted (see names.py): the commit id must be 40 hex, an ETag
+must be a sha256 or git blob sha1 to become a blob name, every file name (listing and weights
+index alike) passes one rule, the repo id the server echoes never changes where files go, and
+every path is resolved and checked to lie inside the repo's cache folder before anything is
+written, renamed or linked. A file's declared size bounds what is written (more is cut off and the
+file discarded); a file becomes a blob only after its bytes match its hash (sha256 for LFS files,
+git blob sha1 for the others); retries are bounded per file with backoff.
+
+The one place we deliberately differ from huggingface_hub: it downloads into a per-process
+temporary `blobs/<etag>.<random>.incomplete` and deletes it on any error, so a cancelled or crashed
+multi-GB download restarts from zero. We stream into a shared `blobs/<etag>.incomplete`, keep it
+when a download stops, and continue it with an HTTP Range request (in this process after a dropped
+connection, or in the next `pull` after Ctrl-C or kill -9). This is safe because (1) the file is
+only ever written while holding the same per-blob file lock huggingface_hub uses
+(`.locks/<repo folder>/<etag>.lock`), so two pulls (ours or the library's) never write it at once;
+(2) its name is the content hash, so a partial can only ever be continued as the same content; and
+(3) it becomes `blobs/<etag>` (by an atomic rename) only after the whole file is hashed and matches,
+so a reader never sees a partial or corrupt blob. A resumed file that fails its hash is started
+once more from zero. The library ignores our `.incomplete` name (and we ignore its random ones).
 """
 
 from __future__ import annotations
@@ -32,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .. import paths
+from .. import atomic, paths
 from ..errors import (
     DownloadCancelled,
     FireflyError,
@@ -43,12 +62,19 @@ from ..errors import (
     RemoteCodeError,
     UnsupportedModelError,
 )
+from ..units import human_bytes
+from . import names
 from .folder import LICENSE_PATTERN, PYTORCH_INDEX, SAFETENSORS_INDEX, SMALL_FILES, index_shards, needs_remote_code
-from .inventory import cache_folder, find_installed, local_summary, looks_like_hub_id, pending_blobs, register_local
+from .inventory import (
+    cache_folder, find_installed, local_summary, looks_like_hub_id, pending_blobs, register_local, valid_repo_id,
+)
 
 CONNECT_TIMEOUT_S = 4.0  # an unreachable hub must be reported within a few seconds
 READ_TIMEOUT_S = 30.0  # a stalled connection: retried with Range after this long
-MAX_RETRIES = 5  # consecutive failed attempts (no new byte) before giving up on a file
+MAX_FAILURES = 5  # attempts of one file that bring too few new bytes, before giving up on it
+MIN_PROGRESS_BYTES = 1 << 16  # an attempt that brings at least this much (or the rest) is progress, not a failure
+RETRY_BACKOFF_S = 0.5  # pause after the first failure of a file, doubled after each next one
+MAX_BACKOFF_S = 4.0
 PROGRESS_INTERVAL_S = 0.1
 SPEED_WINDOW_S = 5.0
 
@@ -107,10 +133,10 @@ def is_offline() -> bool:
     return constants.is_offline_mode()
 
 
-def _timeout(read: float = READ_TIMEOUT_S):
+def _timeout(read: float | None = None):
     import httpx2
 
-    return httpx2.Timeout(read, connect=CONNECT_TIMEOUT_S)
+    return httpx2.Timeout(READ_TIMEOUT_S if read is None else read, connect=CONNECT_TIMEOUT_S)
 
 
 
@@ -213,6 +239,106 @@ class _Progress:
             self.callback(self.event())
 
 
+# ---------------------------------------------------------------- what the hub says
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repo as the hub's listing describes it, after validation."""
+
+    name: str
+    size: int | None
+    sha256: str | None = None  # LFS files: the sha256 of the content
+    blob_id: str | None = None  # other files: the git blob sha1 of the content
+
+    @property
+    def expected_blob(self) -> str | None:
+        """The blob name (content hash) the listing promises; the ETag must agree with it."""
+        return self.sha256 or self.blob_id
+
+
+def _bad_hub(what: str) -> FireflyError:
+    return FireflyError(
+        f"{hub_endpoint()} {what}",
+        "this endpoint does not behave like a Hugging Face hub: check HF_ENDPOINT (unset it for "
+        "huggingface.co) or your proxy, then try again",
+    )
+
+
+def _cut(value: object, limit: int = 120) -> str:
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _model_info(repo_id: str, revision: str | None) -> Any:
+    """`HfApi.model_info` with files metadata; a body that is not a hub's JSON becomes our error."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        return HfApi(endpoint=hub_endpoint()).model_info(
+            repo_id, revision=revision, files_metadata=True, timeout=_timeout(15.0)
+        )
+    except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, httpx2.HTTPError, OSError):
+        raise  # the network and the hub's own errors: _hub_error words them
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _bad_hub(
+            f"answered the model info of {repo_id} with something that is not a hub's model info "
+            f"({type(e).__name__}: {_cut(e)})"
+        ) from None
+
+
+def _size_value(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad_hub(f"gave {names._show(value)} as the size of {what}, which is not a number of bytes")
+    return value
+
+
+def _listing(info: Any, repo_id: str) -> dict[str, RemoteFile]:
+    """The repo's files from model info, every name, size and hash checked (names.check_file_name)."""
+    siblings = info.siblings
+    if not isinstance(siblings, list):
+        raise _bad_hub(f"sent model info for {repo_id} without a file list")
+    where = f"the file list of {repo_id} from {hub_endpoint()}"
+    files: dict[str, RemoteFile] = {}
+    for s in siblings:
+        name = names.check_file_name(getattr(s, "rfilename", None), where=where)
+        lfs = s.lfs
+        if lfs:
+            sha = lfs.sha256.lower() if isinstance(lfs.sha256, str) else None
+            if sha is None or not names.SHA256_RE.fullmatch(sha):
+                raise _bad_hub(f"gave {names._show(lfs.sha256)} as the sha256 of {name} in {repo_id}, which is not a sha256")
+            files[name] = RemoteFile(name, _size_value(lfs.size, name), sha256=sha)
+        else:
+            blob = s.blob_id.lower() if isinstance(s.blob_id, str) else None
+            if s.blob_id is not None and (blob is None or not names.GIT_SHA1_RE.fullmatch(blob)):
+                raise _bad_hub(f"gave {names._show(s.blob_id)} as the git id of {name} in {repo_id}, which is not one")
+            files[name] = RemoteFile(name, _size_value(s.size, name), blob_id=blob)
+    return files
+
+
+# ---------------------------------------------------------------- paths inside the cache
+
+
+def _inside(storage: Path, path: Path, *, follow: bool = True) -> Path:
+    """`path`, after checking that it lies inside the repo's cache folder `storage`.
+
+    Resolves symlinks (all of them with `follow`, else only the parent's, for an entry we are about
+    to replace rather than open), so a link planted in the cache cannot send a write elsewhere.
+    """
+    root = storage.resolve()
+    target = path.resolve() if follow else path.parent.resolve() / path.name
+    if target != root and root not in target.parents:
+        raise FireflyError(
+            f"refusing to write {path}: it leads outside the model's cache folder {storage} (to {target})",
+            "a symbolic link in the cache points elsewhere; delete the model (firefly rm ID) and pull again",
+        )
+    return path
+
+
 # ---------------------------------------------------------------- downloading
 
 
@@ -258,6 +384,8 @@ def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
         return OfflineError(f"the hub at {endpoint} answered HTTP {status} for {repo_id}", f"try again later; {local_summary()}")
     if isinstance(e, HFValidationError):
         return ModelNotFoundError(f"{repo_id!r} is not a valid hub id: {e}", "ids look like org/name, e.g. YeungNLP/firefly-1b4")
+    if isinstance(e, (httpx2.UnsupportedProtocol, httpx2.TooManyRedirects)):
+        return _redirect_error(repo_id, e)
     if isinstance(e, OSError) and not isinstance(e, httpx2.TransportError):
         if e.errno == errno.ENOSPC:
             return FireflyError(
@@ -270,7 +398,14 @@ def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
             f"cannot reach the hub at {endpoint} ({type(e).__name__}: {e})",
             "check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; " + local_summary(),
         )
-    return FireflyError(f"download of {repo_id} failed: {e}")
+    return FireflyError(f"download of {repo_id} failed: {type(e).__name__}: {_cut(e)}")
+
+
+def _redirect_error(repo_id: str, e: BaseException | str) -> FireflyError:
+    return FireflyError(
+        f"the hub at {hub_endpoint()} redirected a download of {repo_id} somewhere firefly will not follow ({_cut(e)})",
+        "downloads follow only http(s) redirects, a few at most; check HF_ENDPOINT or your proxy",
+    )
 
 
 def _check_cancel(cancel: threading.Event | None, repo_id: str) -> None:
@@ -296,97 +431,171 @@ def _acquire_lock(lock_path: Path, cancel: threading.Event | None, repo_id: str)
             continue
 
 
-def _expected_hash(etag: str):
-    # LFS files (weights) are named by their sha256; git files by a sha1 we don't re-derive here.
-    return hashlib.sha256() if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+def _lock_path(storage: Path, blob: str) -> Path:
+    """huggingface_hub's lock for one blob: `.locks/<repo folder>/<blob>.lock` in the cache root."""
+    return paths.hf_cache_dir() / ".locks" / storage.name / f"{blob}.lock"
+
+
+def _hasher(blob: str, size: int):
+    """The hash a blob name promises: sha256 of the content (64 hex) or git's blob sha1 (40 hex).
+
+    git's id hashes a header with the length first, so the declared size goes in now; a body of
+    another length cannot match anyway.
+    """
+    if len(blob) == 64:
+        return hashlib.sha256()
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % size)
+    return h
+
+
+class _Retry(Exception):
+    """An attempt that ended without the whole file, worth another try (counted per file)."""
+
+
+def _content_range_start(value: str | None, size: int) -> int | None:
+    """The first byte of a `Content-Range: bytes N-M/T` answer, or None when it is not for this file."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    if not m or (m.group(3) != "*" and int(m.group(3)) != size):
+        return None
+    return int(m.group(1))
 
 
 def _stream_blob(
-    url: str, headers: dict[str, str], partial: Path, size: int | None, etag: str,
+    url: str, headers: dict[str, str], partial: Path, size: int, blob: str, name: str,
     progress: _Progress, cancel: threading.Event | None, repo_id: str,
 ) -> None:
-    """Download into `partial`, resuming from its current length with a Range request."""
+    """Download into `partial` until it holds exactly `size` bytes whose hash is `blob`.
+
+    Resumes from the partial's current length with a Range request. Never writes past `size`:
+    a server that sends more is cut off at once and the partial deleted. An attempt that brings
+    fewer than MIN_PROGRESS_BYTES new bytes is a failure; after MAX_FAILURES the file is given
+    up with the partial kept (a later `pull` resumes it). Between failures: RETRY_BACKOFF_S,
+    doubling, at most MAX_BACKOFF_S.
+    """
     import httpx2
     from huggingface_hub import get_session
     from huggingface_hub.utils import hf_raise_for_status
 
-    hasher = _expected_hash(etag)
     have = partial.stat().st_size if partial.exists() else 0
-    if size is not None and have > size:
+    if have > size:  # not a prefix of this file
         partial.unlink()
         progress.add(-have)
         have = 0
-    if hasher is not None and have:
+    hasher = _hasher(blob, size)
+    if have:
         with open(partial, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 hasher.update(block)
+    resumed_from, retried_from_zero = have, False
     failures = 0
-    while size is None or have < size:
+
+    def restart() -> None:
+        nonlocal have, hasher
+        with open(partial, "wb"):
+            pass
+        progress.add(-have)
+        have, hasher = 0, _hasher(blob, size)
+
+    while True:
         _check_cancel(cancel, repo_id)
+        if have == size:
+            if hasher.hexdigest() == blob:
+                return
+            if resumed_from and not retried_from_zero:  # the kept part may be what was wrong
+                retried_from_zero, resumed_from = True, 0
+                restart()
+                continue
+            partial.unlink(missing_ok=True)
+            progress.add(-have)
+            raise FireflyError(
+                f"{name} of {repo_id} from {hub_endpoint()} does not match its checksum ({len(blob) == 64 and 'sha256' or 'git sha1'} "
+                f"{blob[:12]}...); the download was deleted",
+                "the hub, a mirror or a proxy sent wrong bytes; try again, or check HF_ENDPOINT / your proxy",
+            )
+        start = have
         h = dict(headers, **{"Accept-Encoding": "identity"})
         if have:
             h["Range"] = f"bytes={have}-"
-        got_bytes = False
         try:
             with get_session().stream("GET", url, headers=h, timeout=_timeout(), follow_redirects=True) as r:
-                if r.status_code == 416 and have:  # our partial is longer than the file: start over
-                    partial.unlink()
-                    progress.add(-have)
-                    have, hasher = 0, _expected_hash(etag)
-                    continue
+                if r.status_code == 416 and have:  # our partial is not a prefix of what the server has
+                    restart()
+                    raise _Retry("the server refused to continue the file (HTTP 416)")
+                if r.status_code in (429, 500, 502, 503, 504):
+                    r.read()
+                    raise _Retry(f"HTTP {r.status_code}")
                 if r.status_code >= 400:
                     r.read()
                 hf_raise_for_status(r)
-                if have and r.status_code != 206:  # the server ignored Range: take it from the start
-                    progress.add(-have)
-                    have, hasher = 0, _expected_hash(etag)
-                    partial.write_bytes(b"")
+                if have and (r.status_code != 206 or _content_range_start(r.headers.get("Content-Range"), size) != have):
+                    restart()  # the server ignored our Range, or answered another one: take it from the start
+                    if r.status_code == 206:
+                        raise _Retry("the server answered another byte range than the one asked")
+                declared = r.headers.get("Content-Length")
+                if declared is not None and declared.strip().isdigit() and int(declared) > size - have:
+                    _discard_oversized(partial, progress, have)
+                    raise _oversized_error(name, repo_id, size)
                 with open(partial, "ab") as f:
                     for chunk in r.iter_bytes():
                         if cancel is not None and cancel.is_set():
                             break
+                        if have + len(chunk) > size:
+                            f.close()
+                            _discard_oversized(partial, progress, have)
+                            raise _oversized_error(name, repo_id, size)
                         f.write(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
+                        hasher.update(chunk)
                         have += len(chunk)
-                        got_bytes = True
                         progress.add(len(chunk))
-                    f.flush()
                 _check_cancel(cancel, repo_id)
-            if size is None:
-                break
-            if have < size:  # connection closed early without an error: resume
-                raise httpx2.RemoteProtocolError("connection closed before the end of the file")
-        except (httpx2.TransportError,) as e:
-            failures = 0 if got_bytes else failures + 1
-            if failures > MAX_RETRIES:
+            if have < size:
+                raise _Retry(f"the connection closed after {have} of {size} bytes")
+        except (httpx2.UnsupportedProtocol, httpx2.TooManyRedirects) as e:
+            raise _redirect_error(repo_id, e) from None
+        except (httpx2.TransportError, _Retry) as e:
+            if have - start < min(MIN_PROGRESS_BYTES, size - start):
+                failures += 1
+            if failures >= MAX_FAILURES:
                 raise OfflineError(
-                    f"the download of {repo_id} keeps failing ({type(e).__name__}: {e})",
-                    f"{have / 1e6:.1f} MB of this file are kept; run `firefly pull {repo_id}` to resume",
+                    f"the download of {name} of {repo_id} from {hub_endpoint()} keeps failing "
+                    f"({type(e).__name__}: {_cut(e)}); gave up after {failures} tries",
+                    f"{human_bytes(have)} of this file are kept; run `firefly pull {repo_id}` to resume "
+                    "(if it keeps failing, the hub or a proxy is misbehaving: check HF_ENDPOINT)",
                 ) from None
-            _sleep(min(0.5 * 2 ** max(failures - 1, 0), 4.0), cancel, repo_id)
-    if size is not None and have != size:
-        raise FireflyError(f"a file of {repo_id} is {have} bytes, the hub said {size}", "run `firefly pull` again")
-    if hasher is not None and hasher.hexdigest() != etag:
-        partial.unlink()
-        raise FireflyError(
-            f"a downloaded file of {repo_id} does not match its checksum (deleted)", "run `firefly pull` again"
-        )
+            if have - start < min(MIN_PROGRESS_BYTES, size - start):
+                _sleep(min(RETRY_BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S), cancel, repo_id)
+
+
+def _discard_oversized(partial: Path, progress: _Progress, have: int) -> None:
+    partial.unlink(missing_ok=True)
+    progress.add(-have)
+
+
+def _oversized_error(name: str, repo_id: str, size: int) -> FireflyError:
+    return FireflyError(
+        f"{hub_endpoint()} sent more than the {size} bytes it declared for {name} of {repo_id}; "
+        "the download was stopped and the partial file deleted",
+        "the hub, a mirror or a proxy is misbehaving; check HF_ENDPOINT or your proxy, then try again",
+    )
 
 
 def _sleep(seconds: float, cancel: threading.Event | None, repo_id: str) -> None:
     if cancel is not None:
         cancel.wait(seconds)
         _check_cancel(cancel, repo_id)
-    else:
+    elif seconds > 0:
         time.sleep(seconds)
 
 
-def _link(blob: Path, pointer: Path) -> None:
+def _link(storage: Path, blob: Path, pointer: Path) -> None:
     """The snapshot entry: a relative symlink to the blob, as huggingface_hub makes it (copy where
-    the file system has no symlinks)."""
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    if pointer.is_symlink() or pointer.exists():
+    the file system has no symlinks). Whatever was at `pointer` is replaced, never followed."""
+    _inside(storage, pointer.parent).mkdir(parents=True, exist_ok=True)
+    _inside(storage, pointer, follow=False)
+    if pointer.is_dir() and not pointer.is_symlink():
+        raise FireflyError(f"{pointer} is a folder where a file of the model belongs", "delete the model (firefly rm ID) and pull again")
+    if os.path.lexists(pointer):
         pointer.unlink()
     try:
         os.symlink(os.path.relpath(blob, pointer.parent), pointer)
@@ -394,83 +603,160 @@ def _link(blob: Path, pointer: Path) -> None:
         shutil.copyfile(blob, pointer)
 
 
+def _pointer_ok(storage: Path, pointer: Path) -> bool:
+    """A snapshot entry already there: a regular file, or a link that resolves to a file inside the cache."""
+    if not os.path.lexists(pointer):
+        return False
+    if not pointer.exists():
+        return False
+    try:
+        _inside(storage, pointer)
+    except FireflyError:
+        return False
+    return pointer.is_file()
+
+
 def _fetch_file(
-    repo_id: str, filename: str, commit: str, storage: Path,
+    repo_id: str, remote: RemoteFile, commit: str, storage: Path,
     progress: _Progress, cancel: threading.Event | None,
 ) -> Path:
     """One file of the snapshot `commit` into the cache (skipped when already there)."""
+    from urllib.parse import urljoin
+
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
-    pointer = storage / "snapshots" / commit / filename
-    if pointer.exists():
+    name = remote.name
+    pointer = storage / "snapshots" / commit / name
+    _inside(storage, pointer.parent)
+    if _pointer_ok(storage, pointer):
         return pointer
     endpoint = hub_endpoint()
-    url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+    url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
     meta = get_hf_file_metadata(url, timeout=_timeout(10.0), endpoint=endpoint)
-    if not meta.etag:
-        raise OfflineError(f"{endpoint} does not look like a Hugging Face hub (no ETag for {filename})", "check HF_ENDPOINT")
+    blob_id = names.blob_name(meta.etag, filename=f"{name} of {repo_id}", endpoint=endpoint)
+    if remote.expected_blob and remote.expected_blob != blob_id:
+        raise _bad_hub(
+            f"disagrees with itself about {name} of {repo_id}: its file list says {remote.expected_blob}, "
+            f"the download says {blob_id}"
+        )
+    size = remote.size
+    head_size = meta.size if isinstance(meta.size, int) and meta.size >= 0 else None
+    if size is not None and head_size is not None and head_size != size:
+        raise _bad_hub(f"disagrees with itself about the size of {name} of {repo_id}: {size} or {head_size} bytes")
+    size = size if size is not None else head_size
+    if size is None:
+        raise _bad_hub(f"did not say how big {name} of {repo_id} is, so its download could not be bounded")
+    location = urljoin(url, meta.location or url)
+    if _origin(location)[0] not in ("http", "https"):
+        raise _redirect_error(repo_id, f"to {names._show(location)}")
     headers = build_hf_headers()
-    location = meta.location or url
     if _origin(location) != _origin(url):
         headers.pop("authorization", None)  # a signed CDN url: the token stays on the hub
-    blob = storage / "blobs" / meta.etag
-    if not blob.exists():
-        lock = _acquire_lock(paths.hf_cache_dir() / ".locks" / storage.name / f"{meta.etag}.lock", cancel, repo_id)
+    blob = _inside(storage, storage / "blobs" / blob_id, follow=False)
+    _inside(storage, blob.parent)
+    if not _blob_ok(storage, blob, size):
+        lock = _acquire_lock(_lock_path(storage, blob_id), cancel, repo_id)
         try:
-            if not blob.exists():
-                partial = blob.with_name(blob.name + ".incomplete")
+            if not _blob_ok(storage, blob, size):
                 blob.parent.mkdir(parents=True, exist_ok=True)
-                _stream_blob(location, headers, partial, meta.size, meta.etag, progress, cancel, repo_id)
+                partial = _inside(storage, blob.with_name(blob.name + ".incomplete"))
+                _stream_blob(location, headers, partial, size, blob_id, name, progress, cancel, repo_id)
                 os.replace(partial, blob)
+            else:
+                progress.add(size)
         finally:
             lock.__exit__(None, None, None)
     else:
-        progress.add(blob.stat().st_size)
-    _link(blob, pointer)
+        progress.add(size)
+    _link(storage, blob, pointer)
     return pointer
+
+
+def _blob_ok(storage: Path, blob: Path, size: int) -> bool:
+    """A finished blob to reuse: a regular file inside the cache of the declared size (it was hashed
+    when it was written, by us or by huggingface_hub). A blob of another size is downloaded again."""
+    if blob.is_symlink() or not blob.is_file():
+        if blob.is_symlink():
+            raise FireflyError(
+                f"{blob} is a symbolic link, not a downloaded file",
+                "delete the model (firefly rm ID) and pull again",
+            )
+        return False
+    return blob.stat().st_size == size
 
 
 def _origin(url: str) -> tuple[str, str]:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    return parts.scheme, parts.netloc.lower()
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _already_have(storage: Path, commit: str, files: dict[str, int | None], blob_ids: set[str]) -> tuple[int, int]:
     """(bytes, files) of the plan already in the cache, partial blobs included, for a resumed pull."""
     done_bytes = done_files = 0
     for name, size in files.items():
-        if (storage / "snapshots" / commit / name).exists():
+        if _pointer_ok(storage, storage / "snapshots" / commit / name):
             done_files += 1
             done_bytes += size or 0
     for partial in pending_blobs(storage):
         # ours (`<etag>.incomplete`) of a planned file; the library's temporary files are not resumable
-        if partial.name.count(".") == 1 and partial.name.split(".")[0] in blob_ids:
+        if partial.name.count(".") == 1 and partial.name.split(".")[0] in blob_ids and not partial.is_symlink():
             done_bytes += partial.stat().st_size
     return done_bytes, done_files
 
 
-def plan_download(repo_id: str, *, revision: str | None = None, allow_remote_code: bool = False) -> tuple[DownloadPlan, Any]:
-    """Ask the hub for the repo's files (one API call) and choose what to fetch.
+def plan_download(
+    repo_id: str, *, revision: str | None = None, allow_remote_code: bool = False
+) -> tuple[DownloadPlan, dict[str, RemoteFile]]:
+    """Ask the hub for the repo's files (one API call), check what it says, and choose what to fetch.
 
-    Also returns every file's (size, blob id): the blob id is the name the cache stores it under
-    (sha256 for LFS files, the git id otherwise), which tells a resumable partial file apart.
+    Also returns every file as the listing describes it (size, content hash): the hash is the
+    name the cache stores it under, which tells a resumable partial file apart.
     """
-    from huggingface_hub import HfApi
+    info = _model_info(repo_id, revision)
+    commit = names.check_commit_id(info.sha, repo_id=repo_id, endpoint=hub_endpoint())
+    remote = _listing(info, repo_id)
+    wanted, skipped = select_files(remote, allow_remote_code=allow_remote_code)
+    echoed = info.id if isinstance(info.id, str) else ""
+    # The id the server echoes is used only for its spelling (case) of the same repo, never to
+    # choose another folder.
+    canonical = echoed if echoed.lower() == repo_id.lower() and valid_repo_id(echoed) else repo_id
+    plan = DownloadPlan(canonical, commit, {n: remote[n].size for n in wanted}, skipped)
+    return plan, remote
 
-    info = HfApi(endpoint=hub_endpoint()).model_info(
-        repo_id, revision=revision, files_metadata=True, timeout=_timeout(15.0)
-    )
-    files = {
-        s.rfilename: ((s.lfs.size, s.lfs.sha256) if s.lfs else (s.size, s.blob_id)) for s in (info.siblings or [])
-    }
-    if not info.sha:
-        raise OfflineError(f"{hub_endpoint()} did not say which commit {repo_id} is at", "check HF_ENDPOINT")
-    wanted, skipped = select_files(files, allow_remote_code=allow_remote_code)
-    plan = DownloadPlan(info.id or repo_id, info.sha, {n: files[n][0] for n in wanted}, skipped)
-    return plan, files
+
+def _storage_for(repo_id: str, canonical: str) -> Path:
+    """The cache folder of the repo the user asked for: an existing one of any case, else the
+    canonical spelling (the hub is case-insensitive, the cache folder names are not)."""
+    found = find_installed(repo_id)
+    if found is not None and found.source == "hub-cache":
+        folder = found.path if found.path.name.startswith("models--") else found.path.parent.parent
+        if folder.name.lower() == cache_folder(repo_id).name.lower():
+            return folder
+    return cache_folder(canonical)
+
+
+def _check_shards(index: Path, repo_id: str, remote: dict[str, RemoteFile]) -> list[str]:
+    """The weights index's shard names, by the same name rule as the listing, top level, with the
+    index's own extension, and all in the repo."""
+    shards = index_shards(index)
+    where = f"the weights index {index.name} of {repo_id}"
+    ext = ".safetensors" if index.name == SAFETENSORS_INDEX else ".bin"
+    for shard in shards:
+        names.check_file_name(shard, where=where)
+        if not names.is_top_level(shard):
+            raise UnsupportedModelError(
+                f"{where} keeps its weights in a subfolder ({names._show(shard)}); firefly downloads top-level files only",
+                "use a repo with the weights at its top level",
+            )
+        if not shard.endswith(ext):
+            raise InvalidModelError(f"{where} names {names._show(shard)}, which is not a {ext} file")
+    lost = [s for s in shards if s not in remote]
+    if lost:
+        raise InvalidModelError(f"{where} names files the repo does not have: {', '.join(map(names._show, lost[:5]))}")
+    return shards
 
 
 def pull(
@@ -498,6 +784,8 @@ def pull(
         return Path(repo_id).expanduser().resolve()
     if not looks_like_hub_id(repo_id):
         raise ModelNotFoundError(f"{repo_id!r} is not a hub id (org/name) or a folder", "example: firefly pull Qwen/Qwen2.5-0.5B-Instruct")
+    if revision is not None:
+        revision = names.check_revision(revision)
     _check_cancel(cancel, repo_id)
     entry = find_entry(repo_id)
     if entry and entry.needs_remote_code and not allow_remote_code:
@@ -513,9 +801,8 @@ def pull(
     tracker = _Progress(repo_id, progress)
     try:
         plan, remote = plan_download(repo_id, revision=revision, allow_remote_code=allow_remote_code)
-        sizes = {n: size for n, (size, _) in remote.items()}
+        storage = _storage_for(repo_id, plan.repo_id)
         repo_id = plan.repo_id
-        storage = cache_folder(repo_id)
         snapshot = storage / "snapshots" / plan.commit
         # The first files decide the rest: remote code is refused before any weight is fetched,
         # and the weights index names the shards.
@@ -526,42 +813,38 @@ def pull(
                 "GGUF-only or adapter-only repos are not supported; look for the full model",
             )
         for name in first:
-            _fetch_file(repo_id, name, plan.commit, storage, _Progress(repo_id, None), cancel)
+            _fetch_file(repo_id, remote[name], plan.commit, storage, _Progress(repo_id, None), cancel)
         _write_ref(storage, revision, plan.commit)
         if needs_remote_code(snapshot) and not allow_remote_code:
             raise _remote_code_error(repo_id)
         index = next((snapshot / n for n in (SAFETENSORS_INDEX, PYTORCH_INDEX) if n in plan.files), None)
         if index is not None:
-            wanted, plan.skipped = select_files(sizes, index_shards=index_shards(index), allow_remote_code=allow_remote_code)
-            plan.files = {n: sizes.get(n) for n in wanted}
-            lost = [n for n in plan.files if n not in sizes]
-            if lost:
-                raise InvalidModelError(f"{repo_id}: its weights index names files the repo does not have: {lost}")
+            shards = _check_shards(index, repo_id, remote)
+            wanted, plan.skipped = select_files(remote, index_shards=shards, allow_remote_code=allow_remote_code)
+            plan.files = {n: remote[n].size for n in wanted}
         if not any(n.endswith((".safetensors", ".bin")) for n in plan.files):
             raise UnsupportedModelError(
                 f"{repo_id} has no safetensors or PyTorch weights at the top of the repo",
-                "firefly loads transformers models; .gguf/.onnx/.h5-only repos are not supported",
+                "firefly loads transformers models; .gguf/.onnx/.h5-only repos and weights in subfolders are not supported",
             )
         if on_plan is not None:
             on_plan(plan)
-        blob_ids = {remote[n][1] for n in plan.files if n in remote and remote[n][1]}
+        blob_ids = {remote[n].expected_blob for n in plan.files if remote[n].expected_blob}
         done, files_done = _already_have(storage, plan.commit, plan.files, blob_ids)
         _check_disk_space(storage, plan.total_bytes - done, repo_id)
         tracker.start(plan.total_bytes, len(plan.files), done, files_done)
         order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))
         for name in order:
-            if (snapshot / name).exists():
+            if _pointer_ok(storage, snapshot / name):
                 continue
             tracker.file(name)
-            _fetch_file(repo_id, name, plan.commit, storage, tracker, cancel)
+            _fetch_file(repo_id, remote[name], plan.commit, storage, tracker, cancel)
             tracker.file(None, done=True)
     except FireflyError:
         raise
     except Exception as e:  # noqa: BLE001 - every library/network error becomes one of ours
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
         import httpx2
-
-        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
 
         if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
             raise
@@ -598,8 +881,10 @@ def _drop_stale_partials(storage: Path) -> None:
         if partial.name.count(".") != 1:
             continue  # the library's own temporary file: its process owns it
         etag = partial.name.split(".")[0]
+        if partial.is_symlink() or not (names.SHA256_RE.fullmatch(etag) or names.GIT_SHA1_RE.fullmatch(etag)):
+            continue  # not one of ours: left alone
         try:
-            with WeakFileLock(paths.hf_cache_dir() / ".locks" / storage.name / f"{etag}.lock", timeout=0.05):
+            with WeakFileLock(_lock_path(storage, etag), timeout=0.05):
                 partial.unlink(missing_ok=True)
         except Timeout:
             pass
@@ -613,10 +898,20 @@ def _remote_code_error(repo_id: str) -> RemoteCodeError:
 
 
 def _write_ref(storage: Path, revision: str | None, commit: str) -> None:
+    """`refs/<revision>` = commit, atomically (it repairs a ref that holds garbage). `revision` was
+    checked by names.check_revision, and the path is checked to stay in the cache folder anyway."""
     rev = revision or "main"
     if rev == commit:
         return
-    ref = storage / "refs" / rev
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    if not ref.is_file() or ref.read_text().strip() != commit:
-        ref.write_text(commit)
+    ref = _inside(storage, storage / "refs" / rev, follow=False)
+    _inside(storage, ref.parent)
+    if ref.is_dir() and not ref.is_symlink():
+        raise FireflyError(f"{ref} is a folder, where git keeps a commit id", "delete the model (firefly rm ID) and pull again")
+    try:
+        if ref.is_file() and not ref.is_symlink() and ref.read_bytes().strip() == commit.encode():
+            return
+    except OSError:
+        pass
+    if ref.is_symlink():
+        ref.unlink()
+    atomic.write_text(ref, commit)

@@ -13,6 +13,7 @@ from pathlib import Path
 from .. import atomic, paths
 from ..errors import FireflyError, ModelNotFoundError
 from .folder import FolderStatus, check_model_folder, folder_status
+from .names import COMMIT_RE
 
 
 @dataclass
@@ -71,15 +72,51 @@ def _tree_bytes(folder: Path) -> int:
     return total
 
 
-def _current_snapshot(storage: Path) -> Path | None:
+def read_ref(storage: Path, name: str = "main") -> tuple[str | None, str | None]:
+    """(commit, problem) of `refs/<name>` in a repo's cache folder.
+
+    The file is untrusted (another tool, a crash, a hostile mirror may have written it): only a
+    40-hex commit id is used; anything else is reported as the problem, never joined to a path.
+    """
+    ref = storage / "refs" / name
+    if not os.path.lexists(ref):
+        return None, None
+    if ref.is_symlink() or not ref.is_file():
+        return None, f"refs/{name} is not a plain file"
+    try:
+        raw = ref.read_bytes()[:200]
+    except OSError as e:
+        return None, f"refs/{name} cannot be read ({e.strerror or e})"
+    text = raw.decode("ascii", "replace").strip()
+    if not COMMIT_RE.fullmatch(text):
+        return None, f"refs/{name} holds {text[:40]!r}, not a commit id (damaged cache)"
+    return text, None
+
+
+def _current_snapshot(storage: Path) -> tuple[Path | None, str | None]:
+    """(snapshot folder, problem): the one refs/main names, else the newest snapshot.
+
+    A refs/main that holds garbage is a problem (the model is listed damaged), never a path.
+    Only snapshot folders named by a commit id and lying inside `storage` count.
+    """
     snaps = storage / "snapshots"
-    ref = storage / "refs" / "main"
-    if ref.is_file():
-        snap = snaps / ref.read_text().strip()
-        if snap.is_dir():
-            return snap
-    candidates = [p for p in snaps.iterdir() if p.is_dir()] if snaps.is_dir() else []
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    commit, problem = read_ref(storage)
+    if problem:
+        return None, problem
+    if commit is not None:
+        snap = snaps / commit
+        if snap.is_dir() and _within(storage, snap):
+            return snap, None
+    candidates = [
+        p for p in snaps.iterdir() if COMMIT_RE.fullmatch(p.name) and p.is_dir() and _within(storage, p)
+    ] if snaps.is_dir() else []
+    return (max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None), None
+
+
+def _within(storage: Path, path: Path) -> bool:
+    root = storage.resolve()
+    target = path.resolve()
+    return target == root or root in target.parents
 
 
 def _repo_id_from_folder(name: str) -> str | None:
@@ -88,11 +125,26 @@ def _repo_id_from_folder(name: str) -> str | None:
 
 
 def _cache_entry(repo_id: str, storage: Path) -> InstalledModel:
-    snap = _current_snapshot(storage)
-    status = folder_status(snap) if snap else FolderStatus(False, ["snapshot"])
-    pending = pending_blobs(storage)
-    missing = status.missing + (["unfinished download"] if pending else [])
+    snap, problem = _current_snapshot(storage)
+    if problem:
+        missing = [problem]
+    else:
+        status = folder_status(snap) if snap else FolderStatus(False, ["snapshot"])
+        missing = list(status.missing)
+    if pending_blobs(storage):
+        missing.append("unfinished download")
     return InstalledModel(repo_id, snap or storage, _tree_bytes(storage), not missing, "hub-cache", missing)
+
+
+def find_cache_folder(repo_id: str) -> Path | None:
+    """The cache folder of hub id `repo_id` if there is one, in any case (the hub is case-insensitive)."""
+    if not (looks_like_hub_id(repo_id) and valid_repo_id(repo_id)):
+        return None
+    storage = cache_folder(repo_id)
+    if not storage.is_dir() and storage.parent.is_dir():
+        wanted = storage.name.lower()
+        storage = next((p for p in storage.parent.iterdir() if p.name.lower() == wanted and p.is_dir()), storage)
+    return storage if storage.is_dir() else None
 
 
 def _registry_file() -> Path:
@@ -137,20 +189,14 @@ def unregister_local(path: str | os.PathLike) -> bool:
 
 
 def list_installed() -> list[InstalledModel]:
-    """Every model on this machine: the HF cache (with size and completeness), then local folders."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
+    """Every model on this machine: the HF cache (with size and completeness), then local folders.
 
+    The cache is read by its layout (`models--org--name`), not with `scan_cache_dir`, which leaves
+    a damaged repo out of its list; here a damaged one is listed incomplete with the reason.
+    """
     out: dict[str, InstalledModel] = {}
     cache = paths.hf_cache_dir()
     if cache.is_dir():
-        try:
-            repos = [r for r in scan_cache_dir(cache).repos if r.repo_type == "model"]
-        except CacheNotFound:
-            repos = []
-        for repo in repos:
-            out[repo.repo_id] = _cache_entry(repo.repo_id, Path(repo.repo_path))
-        # folders scan_cache_dir reports as corrupted, e.g. stopped before the first file finished
         for folder in sorted(cache.glob("models--*")):
             repo_id = _repo_id_from_folder(folder.name)
             if repo_id and repo_id not in out and folder.is_dir():
@@ -173,14 +219,9 @@ def find_installed(name: str) -> InstalledModel | None:
     """
     key = str(name).strip()
     as_path = Path(key).expanduser()
-    if looks_like_hub_id(key) and valid_repo_id(key):
-        storage = cache_folder(key)
-        if not storage.is_dir() and storage.parent.is_dir():
-            wanted = storage.name.lower()
-            storage = next((p for p in storage.parent.iterdir() if p.name.lower() == wanted and p.is_dir()), storage)
-        if storage.is_dir():
-            repo_id = _repo_id_from_folder(storage.name) or key
-            return _cache_entry(repo_id, storage)
+    storage = find_cache_folder(key)
+    if storage is not None:
+        return _cache_entry(_repo_id_from_folder(storage.name) or key, storage)
     if as_path.exists():
         resolved = as_path.resolve()
         for folder in registered_local():
@@ -221,14 +262,15 @@ def remove(repo_id_or_path: str | os.PathLike) -> int:
         if unregister_local(path):  # a registered folder that has been deleted since
             return 0
         raise ModelNotFoundError(f"{name!r} is neither a hub id (org/name) nor a registered folder", "see: firefly list")
-    storage = cache_folder(name)
-    if not storage.is_dir():
-        # the hub is case-insensitive; so is our lookup
-        match = next((m for m in list_installed() if m.source == "hub-cache" and m.id.lower() == name.lower()), None)
-        if match is None:
-            raise ModelNotFoundError(f"{name} is not downloaded", local_summary())
-        storage = cache_folder(match.id)
-        name = match.id
+    storage = find_cache_folder(name)
+    if storage is None:
+        raise ModelNotFoundError(f"{name} is not downloaded", local_summary())
+    if storage.is_symlink():
+        raise FireflyError(
+            f"the cache folder of {name} is a symbolic link ({storage} -> {os.readlink(storage)}); "
+            "firefly deletes only what lies in the cache, so it removed nothing",
+            f"delete the link ({storage}) and, if you no longer need them, the files it points to yourself",
+        )
     freed = _tree_bytes(storage)
     shutil.rmtree(storage)
     shutil.rmtree(paths.hf_cache_dir() / ".locks" / storage.name, ignore_errors=True)
@@ -248,6 +290,11 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         found = find_installed(name)
         if found is not None and found.complete:
             return found.path
+        if found is not None and any("damaged" in m or m.startswith("refs/") for m in found.missing):
+            raise ModelNotFoundError(
+                f"the cache of {name!r} is damaged: {'; '.join(found.missing)}",
+                f"repair it with: firefly pull {name} (or delete it: firefly rm {name})",
+            )
         if found is not None:
             raise ModelNotFoundError(
                 f"the download of {name!r} is incomplete ({', '.join(found.missing) or 'files missing'})",
