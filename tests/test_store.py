@@ -144,3 +144,110 @@ def test_hard_kill_loses_nothing_reported_saved(tmp_path):
     ids = {m.id for m in s.messages(1)}
     assert set(saved) <= ids
     s.close()
+
+
+# -- damaged, newer, read-only or full: a StoreError with a hint, and the file is not touched ---------
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_corrupt_file_is_a_clear_error_and_left_alone(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    path.write_bytes(b"not a database at all " * 200)
+    before = _snapshot(tmp_path)
+    with pytest.raises(StoreError, match="damaged") as e:
+        ChatStore(path)
+    assert "move it away" in e.value.hint
+    assert _snapshot(tmp_path) == before, "no byte changed, no -wal/-shm file created"
+
+
+def test_truncated_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    s = ChatStore(path)
+    c = s.create_conversation("t")
+    for i in range(200):
+        s.add_message(c.id, "user", "消息" * 100 + str(i))
+    s.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(StoreError, match="damaged"):
+        s = ChatStore(path)
+        s.list_conversations()
+        s.messages(c.id)
+
+
+def test_newer_schema_is_refused_without_touching_the_file(tmp_path):
+    path = tmp_path / "new.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE future (x)")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = _snapshot(tmp_path)
+    with pytest.raises(StoreError, match="schema version") as e:
+        ChatStore(path)
+    assert "upgrade" in e.value.hint
+    assert _snapshot(tmp_path) == before, "the journal mode (in the file header) was not switched to WAL"
+
+
+def test_bad_json_in_one_row_does_not_hide_the_others(store):
+    good = store.create_conversation("good", {"temperature": 0.5})
+    bad = store.create_conversation("bad")
+    m = store.add_message(bad.id, "user", "hi", meta={"x": 1})
+    store._db.execute("UPDATE conversations SET settings='{not json' WHERE id=?", (bad.id,))
+    store._db.execute("UPDATE messages SET meta=? WHERE id=?", ("[" * 100_000, m.id))
+    assert {c.title: c.settings for c in store.list_conversations()} == {"good": {"temperature": 0.5}, "bad": {}}
+    assert [(x.content, x.meta) for x in store.messages(bad.id)] == [("hi", {})]
+    assert store.get_conversation(good.id).settings == {"temperature": 0.5}
+    store._db.execute("UPDATE conversations SET settings='[1, 2]' WHERE id=?", (good.id,))
+    assert store.get_conversation(good.id).settings == {}, "JSON that is not an object reads as empty"
+
+
+def test_unwritable_home_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FIREFLY_HOME", str(blocker / "home"))
+    with pytest.raises(StoreError, match="cannot create the folder") as e:
+        ChatStore()
+    assert "FIREFLY_HOME" in e.value.hint
+
+
+def test_full_disk_is_a_clear_error_and_loses_nothing(store):
+    c = store.create_conversation("t")
+    store.add_message(c.id, "user", "kept")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+    with pytest.raises(StoreError, match="full") as e:
+        store.add_message(c.id, "assistant", "很长的回复" * 20_000)
+    assert "free some disk space" in e.value.hint
+    assert [m.content for m in store.messages(c.id)] == ["kept"]
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store.add_message(c.id, "assistant", "after")  # the store is usable again
+    assert [m.content for m in store.messages(c.id)] == ["kept", "after"]
+
+
+def test_read_only_store_on_add_message(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    s = ChatStore(path)
+    c = s.create_conversation("t")
+    s.add_message(c.id, "user", "kept")
+    s.close()
+    ro = ChatStore(path)
+    ro._db.execute("PRAGMA query_only = ON")  # writes refused as on a read-only file or mount
+    with pytest.raises(StoreError, match="read-only") as e:
+        ro.add_message(c.id, "assistant", "new")
+    assert "writable" in e.value.hint
+    assert [m.content for m in ro.messages(c.id)] == ["kept"]
+    ro.close()
+
+
+def test_answer_replaces_everything_after_the_question_in_one_step(store):
+    c = store.create_conversation("t")
+    q = store.add_message(c.id, "user", "q", meta={"error": "model missing", "keep": 1})
+    store.add_message(c.id, "assistant", "old")
+    store.add_message(c.id, "user", "later")
+    r = store.answer(q.id, "new", meta={"new_tokens": 3})
+    msgs = store.messages(c.id)
+    assert [(m.role, m.content) for m in msgs] == [("user", "q"), ("assistant", "new")]
+    assert msgs[0].meta == {"keep": 1} and msgs[1].id == r.id and msgs[1].meta == {"new_tokens": 3}
