@@ -236,7 +236,7 @@ def settings_used(lm, model_id: str | None, session) -> dict[str, Any]:
     cfg = session.config
     return {
         "model": model_id or getattr(lm, "name", None),
-        "prompt_format": getattr(session.lm.prompt_format, "name", None),
+        "prompt_format": getattr(getattr(session.lm, "prompt_format", None), "name", None),
         "system": session.system,
         "generation": {k: getattr(cfg, k) for k in (*GENERATION_KEYS, "do_sample", "seed")},
     }
@@ -537,6 +537,14 @@ def run_models(run_dir: Path) -> list[tuple[str, Path]]:
             continue
         out.append((f"step {step}", ckpt))
     return out
+
+
+def checkpoint_model(run_dir: Path, checkpoint: Path) -> Path:
+    """A model folder to chat with from one checkpoint of a run (made once, then reused)."""
+    quiet_progress_bars()
+    from firefly_core.training.checkpoint_model import checkpoint_model as _make
+
+    return _make(Path(run_dir), Path(checkpoint))
 
 
 def chat_for_model(store, model_path: str):
