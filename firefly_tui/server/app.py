@@ -1,0 +1,315 @@
+"""The HTTP side of `firefly serve`: a Starlette app speaking OpenAI's API over the served models.
+
+Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`, `POST /v1/completions`,
+`GET /health`. Every error, including 404/405 and an unexpected failure, is answered in OpenAI's
+shape (`{"error": {"message", "type", "param", "code"}}`), so clients raise their usual exceptions.
+
+A completion is an ASGI callable (`_CompletionResponse`) that submits a job to the model's queue and
+then waits on two things at once: the job's next event, and the client's `http.disconnect`. A client
+that goes away cancels its job, queued or running, so the model is free at once. Streamed replies
+wait for the job to start before sending the status line, so a load failure or a prompt longer than
+the context window is still a proper 4xx/5xx; an error after that is sent as an SSE `error` event,
+which the openai client raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .engine import Failed, Job, ServedModel, Started
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    finish_reason,
+    parse_chat_request,
+    parse_completion_request,
+)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # proxies must not hold tokens back
+]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+class ApiKeyMiddleware:
+    """With an API key set, every request must carry `Authorization: Bearer KEY` (else 401)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                missing = not given
+                e = ApiError(
+                    401,
+                    "no API key given: send the header 'Authorization: Bearer KEY'"
+                    if missing
+                    else "incorrect API key: use the key `firefly serve --api-key` was started with",
+                    code="invalid_api_key",
+                )
+                await error_response(e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _CompletionResponse:
+    """Run one completion job and answer it, whole or as Server-Sent Events."""
+
+    def __init__(self, served: ServedModel, request: ChatRequest | CompletionRequest) -> None:
+        self.served = served
+        self.request = request
+        self.chat = isinstance(request, ChatRequest)
+        prefix = "chatcmpl" if self.chat else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope, self.receive = scope, receive
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        job = Job(self.request, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        self.served.submit(job)
+        try:
+            if self.request.stream:
+                await self._stream(events, watcher, send)
+            else:
+                await self._whole(events, watcher, send)
+        except _ClientGone:
+            pass
+        finally:
+            job.cancel.set()  # a finished job ignores it; a queued or running one stops now
+            watcher.cancel()
+
+    @staticmethod
+    async def _next(events: asyncio.Queue, watcher: asyncio.Future) -> Any:
+        if not events.empty():
+            return events.get_nowait()
+        getter = asyncio.ensure_future(events.get())
+        await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        raise _ClientGone
+
+    async def _whole(self, events: asyncio.Queue, watcher: asyncio.Future, send: Send) -> None:
+        from firefly_core.generation.config import ReplyDone
+
+        prompt_tokens = 0
+        while True:
+            event = await self._next(events, watcher)
+            if isinstance(event, Failed):
+                await error_response(event.error)(self.scope, self.receive, send)
+                return
+            if isinstance(event, Started):
+                prompt_tokens = event.prompt_tokens
+            elif isinstance(event, ReplyDone):
+                break
+        if event.cancelled:
+            await error_response(_shutting_down())(self.scope, self.receive, send)
+            return
+        reason = finish_reason(event.stats.stop_reason)
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": event.text},
+                      "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": reason}
+        body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
+        body["usage"] = _usage(prompt_tokens, event.stats.new_tokens)
+        await JSONResponse(body)(self.scope, self.receive, send)
+
+    async def _stream(self, events: asyncio.Queue, watcher: asyncio.Future, send: Send) -> None:
+        from firefly_core.generation.config import ReplyDone, TextDelta
+
+        event = await self._next(events, watcher)
+        if isinstance(event, Failed):
+            await error_response(event.error)(self.scope, self.receive, send)
+            return
+        prompt_tokens = event.prompt_tokens if isinstance(event, Started) else 0
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        usage_field = {"usage": None} if self.request.include_usage else {}
+
+        async def emit(data: Any) -> None:
+            await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+
+        if self.chat:
+            await emit(_dumps(self._chunk({"role": "assistant", "content": ""}, None) | usage_field))
+        while True:
+            event = await self._next(events, watcher)
+            if isinstance(event, TextDelta):
+                delta = {"content": event.text} if self.chat else event.text
+                await emit(_dumps(self._chunk(delta, None) | usage_field))
+            elif isinstance(event, Failed):
+                await emit(_dumps(event.error.body()))
+                break
+            elif isinstance(event, ReplyDone):
+                if event.cancelled:
+                    await emit(_dumps(_shutting_down().body()))
+                    break
+                reason = finish_reason(event.stats.stop_reason)
+                await emit(_dumps(self._chunk({} if self.chat else "", reason) | usage_field))
+                if self.request.include_usage:
+                    final = self._envelope(self._chunk_object, [])
+                    final["usage"] = _usage(prompt_tokens, event.stats.new_tokens)
+                    await emit(_dumps(final))
+                await emit(b"[DONE]")
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def _chunk(self, delta: Any, reason: str | None) -> dict[str, Any]:
+        if self.chat:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+        return self._envelope(self._chunk_object, [choice])
+
+    def _envelope(self, obj: str, choices: list) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.served.id, "choices": choices}
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; the reply was stopped", "server_error", code="shutting_down")
+
+
+def create_app(
+    models: Sequence[ServedModel],
+    *,
+    api_key: str | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> ASGIApp:
+    """The ASGI app answering for `models` (the first is the default when a request names none)."""
+    if not models:
+        raise ValueError("serve at least one model")
+    served = list(models)
+    created = int(time.time())
+
+    def pick(name: str | None) -> ServedModel:
+        if name is None:
+            return served[0]
+        for m in served:
+            if name in (m.id, m.name):
+                return m
+        for m in served:
+            if name.casefold() in (m.id.casefold(), m.name.casefold()):
+                return m
+        raise ApiError(
+            404,
+            f"the model {name!r} is not served here; this server has: {', '.join(m.id for m in served)}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def card(m: ServedModel) -> dict[str, Any]:
+        return {"id": m.id, "object": "model", "created": created, "owned_by": "firefly"}
+
+    async def list_models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [card(m) for m in served]})
+
+    async def get_model(request: Request) -> JSONResponse:
+        return JSONResponse(card(pick(request.path_params["model"])))
+
+    async def read_json(request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
+        raw = await request.body()
+        if not raw.strip():
+            raise ApiError(400, "the request body is empty; send a JSON object")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+    async def chat_completions(request: Request) -> _CompletionResponse:
+        req = parse_chat_request(await read_json(request))
+        return _CompletionResponse(pick(req.model), req)
+
+    async def completions(request: Request) -> _CompletionResponse:
+        req = parse_completion_request(await read_json(request))
+        return _CompletionResponse(pick(req.model), req)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "models": [m.id for m in served]})
+
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)  # type: ignore[arg-type]
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; this server has /v1/models, /v1/chat/completions, /v1/completions"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(ApiError(exc.status_code, message))
+
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for m in served:
+            m.cancel_all()
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
+        lifespan=lifespan,
+    )
+    return ApiKeyMiddleware(app, api_key) if api_key else app

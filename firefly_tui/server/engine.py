@@ -1,0 +1,295 @@
+"""The served models: one queue and one worker thread per model, and the KV caches kept between requests.
+
+Requests for a model are answered one at a time, in arrival order (batch 1 is what our decode loop
+does well): each `ServedModel` has a FIFO of `Job`s and a thread that takes them in turn. A job
+gets its model from the process's model service (loaded on first use, shared with anything else in
+the process), renders the messages with the model's prompt format (`firefly_core.formats`, the same
+code `firefly chat` and training use), resolves the generation settings through
+`generation_config_for` (the same layers as `firefly chat`, the request's fields being the explicit
+overrides), and streams `generate_stream`'s events back under the service's per-model
+generation lock. A job whose client went away is cancelled between tokens (or skipped if it never
+started), so the model is free for the next request at once.
+
+KV-prefix reuse across requests: OpenAI clients resend the whole conversation each turn, so the
+worker keeps a few `PrefixCache`s ("slots", the same mechanism `ChatSession` keeps across turns) and
+gives each request the slot whose last prompt it extends (same conversation: only the new message
+and the tail of the last reply are prefilled). A request that extends no slot's last prompt takes an
+empty slot, else the least recently used one; so a second conversation, or a client's side request
+(a title, a summary), does not throw away the first conversation's cache.
+
+Torch is imported only inside the worker thread; importing this module is light.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import sys
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .protocol import ApiError, ChatMessage, ChatRequest, CompletionRequest
+
+DEFAULT_CACHE_SLOTS = 4
+
+
+@dataclass
+class Started:
+    """The job holds the model: its prompt is rendered and generation begins."""
+
+    prompt_tokens: int
+
+
+@dataclass
+class Failed:
+    """The job ended without a reply; `error` is what the client gets."""
+
+    error: ApiError
+
+
+@dataclass(eq=False)  # identity: jobs are kept in a set
+class Job:
+    """One request's work. `emit` is called on the worker thread with `Started`, then the
+    generation's `TextDelta`s and `ReplyDone` (or one `Failed`); it must be thread-safe."""
+
+    request: ChatRequest | CompletionRequest
+    emit: Callable[[Any], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Finished:
+    """A record of an answered job, kept for the log line and for tests."""
+
+    stop_reason: str
+    prompt_tokens: int
+    reused_tokens: int
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+
+
+@dataclass
+class _Slot:
+    prefix: Any  # generation.PrefixCache
+    anchor: int = 0  # length of the last prompt answered from this slot
+    last_used: int = 0
+
+
+class ServedModel:
+    """A model this server answers for, its job queue and its worker thread."""
+
+    def __init__(
+        self,
+        name: str,
+        model_id: str,
+        *,
+        overrides: dict[str, Any] | None = None,
+        cache_slots: int = DEFAULT_CACHE_SLOTS,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name  # as the user gave it (settings and catalog are keyed by it)
+        self.id = model_id  # as `firefly list` shows it, and as clients name it
+        self.overrides = dict(overrides or {})  # ModelRequest fields from the command line
+        self.cache_slots = max(1, cache_slots)
+        self.log = log or (lambda line: None)
+        self.finished: deque[Finished] = deque(maxlen=64)
+        self.changed = threading.Condition()  # notified when a job ends
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._slots: list[_Slot] = []
+        self._lm: Any = None  # the LoadedModel the slots belong to
+        self._clock = itertools.count(1)
+        self._current: Job | None = None
+        self._pending: set[Job] = set()
+        self._pending_lock = threading.Lock()
+
+    # -- public --------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it runs after the jobs queued before it."""
+        with self._pending_lock:
+            self._pending.add(job)
+        self._ensure_thread()
+        self._queue.put(job)
+
+    def load(self, status: Callable[[str], None] | None = None) -> Any:
+        """Load the model now (through the model service) and return the LoadedModel."""
+        from firefly_core.models.service import model_service
+
+        service = model_service()
+        request = service.request_for(self.name, **self.overrides)
+        return service.get(request, status=(lambda s: status(s.message)) if status else None)
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job (server shutdown)."""
+        with self._pending_lock:
+            jobs = list(self._pending)
+        for job in jobs:
+            job.cancel.set()
+
+    def stop(self) -> None:
+        """Cancel the jobs and let the worker thread end."""
+        self.cancel_all()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def wait_finished(self, count: int, timeout: float = 60.0) -> list[Finished]:
+        """Block until at least `count` jobs have finished (for tests and benchmarks)."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.finished) >= count, timeout)
+            return list(self.finished)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=f"serve:{self.id}", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._current = job
+            try:
+                if not job.cancel.is_set():  # the client is gone: nothing to do
+                    self._run(job)
+            except ApiError as e:
+                self._emit(job, Failed(e))
+            except BaseException as e:  # noqa: BLE001 - the worker must survive any request
+                self._emit(job, Failed(_api_error_for(e)))
+            finally:
+                self._current = None
+                with self._pending_lock:
+                    self._pending.discard(job)
+                with self.changed:
+                    self.changed.notify_all()
+
+    def _emit(self, job: Job, event: Any) -> None:
+        try:
+            job.emit(event)
+        except Exception:  # the receiving side is gone (event loop closed): stop this job
+            job.cancel.set()
+
+    def _run(self, job: Job) -> None:
+        from firefly_core.generation import ReplyDone, generate_stream
+        from firefly_core.generation.settings import generation_config_for
+        from firefly_core.models.service import model_service
+
+        service = model_service()
+        request = service.request_for(self.name, **self.overrides)
+        lm = service.get(request, status=lambda s: self.log(s.message), cancel=job.cancel)
+        if job.cancel.is_set():
+            return
+        config = generation_config_for(lm, self.name, overrides=job.request.generation_overrides())
+        ids = self._prompt_ids(lm, job.request)
+        context = int(getattr(lm, "context_length", 0) or 0)
+        if context and len(ids) >= context:
+            raise ApiError(
+                400,
+                f"the prompt is {len(ids)} tokens; this model's context window is {context} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        with service.generation_lock(lm):
+            slot = self._slot_for(lm, ids)
+            self._emit(job, Started(len(ids)))
+            for event in generate_stream(lm, ids, config, job.cancel, prefix_cache=slot.prefix):
+                if isinstance(event, ReplyDone):
+                    self._record(event.stats)
+                self._emit(job, event)
+
+    def _prompt_ids(self, lm: Any, request: ChatRequest | CompletionRequest) -> list[int]:
+        from firefly_core.errors import FireflyError
+
+        try:
+            if isinstance(request, CompletionRequest):
+                return list(lm.tokenizer.encode(request.prompt))
+            return render_chat(lm, self.name, request.messages)
+        except FireflyError as e:
+            raise ApiError(400, _say(e), param="messages") from None
+
+    def _slot_for(self, lm: Any, ids: list[int]) -> _Slot:
+        """The cache slot for a prompt (see the module docstring)."""
+        from firefly_core.generation import PrefixCache, decoder_for
+        from firefly_core.generation.cache import common_prefix_length
+
+        if lm is not self._lm:  # the service loaded the model anew: old caches belong to the old one
+            self._slots.clear()
+            self._lm = lm
+        extending = [s for s in self._slots if s.anchor and common_prefix_length(s.prefix.ids, ids) >= s.anchor]
+        if extending:
+            slot = max(extending, key=lambda s: (s.anchor, s.last_used))
+        elif len(self._slots) < self.cache_slots:
+            slot = _Slot(PrefixCache(decoder_for(lm).new_cache()))
+            self._slots.append(slot)
+        else:
+            slot = min(self._slots, key=lambda s: s.last_used)
+        slot.anchor = len(ids)
+        slot.last_used = next(self._clock)
+        return slot
+
+    def _record(self, stats: Any) -> None:
+        rec = Finished(
+            stats.stop_reason, stats.prompt_tokens, stats.reused_tokens, stats.new_tokens,
+            stats.ttft_s, stats.tokens_per_s,
+        )
+        with self.changed:
+            self.finished.append(rec)
+        self.log(
+            f"{self.id}: prompt {rec.prompt_tokens} ({rec.reused_tokens} reused) · {rec.new_tokens} tokens · "
+            f"{rec.tokens_per_s:.1f} tok/s · first token {rec.ttft_s * 1000:.0f} ms · {rec.stop_reason}"
+        )
+
+
+def render_chat(lm: Any, model_name: str, messages: list[ChatMessage]) -> list[int]:
+    """Prompt ids for a conversation, exactly as `firefly chat` renders it: the model's prompt
+    format, and the model's saved system prompt when the request brings none."""
+    from firefly_core.formats import Message
+    from firefly_core.models.settings import load_settings
+
+    msgs = [Message(m.role, m.content) for m in messages]
+    if msgs[0].role != "system":
+        system = load_settings().for_model(model_name).system
+        if system:
+            msgs.insert(0, Message("system", system))
+    return list(lm.prompt_format.render(lm.tokenizer, msgs, add_generation_prompt=True).ids)
+
+
+def _say(e: Any) -> str:
+    return f"{e.message} ({e.hint})" if getattr(e, "hint", None) else e.message
+
+
+def _api_error_for(e: BaseException) -> ApiError:
+    """A job's failure as the client sees it: our errors say what to do; anything else is a bug,
+    logged with its traceback and answered 500 without one."""
+    from firefly_core.errors import (
+        ConfigError,
+        FireflyError,
+        ModelNotFoundError,
+        OutOfMemoryError,
+        PromptTooLongError,
+    )
+
+    if isinstance(e, (ConfigError, PromptTooLongError)):
+        return ApiError(400, _say(e))
+    if isinstance(e, ModelNotFoundError):
+        return ApiError(404, _say(e), param="model", code="model_not_found")
+    if isinstance(e, OutOfMemoryError):
+        return ApiError(503, _say(e), "server_error", code="out_of_memory")
+    if isinstance(e, FireflyError):
+        return ApiError(500, _say(e), "server_error")
+    traceback.print_exception(e, file=sys.stderr)
+    return ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
