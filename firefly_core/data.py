@@ -20,10 +20,11 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import DataError
 from .formats import Message, PromptFormat
+from .records import BadRecord, lone_surrogate, read_records
 
 IGNORE_INDEX = -100
 FORMATS = ("firefly", "conversation", "messages")
@@ -178,12 +179,8 @@ def _parse_messages(obj: dict) -> tuple[str, list[Message]]:
     return kind, messages
 
 
-def parse_line(text: str) -> tuple[str, str, list[Message]]:
-    """(format, kind, messages) of one JSONL line; raises `ValueError` with the reason."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+def parse_record(obj: Any) -> tuple[str, str, list[Message]]:
+    """(format, kind, messages) of one parsed record; raises `ValueError` with the reason."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {_type_name(obj)}")
     try:
@@ -201,9 +198,24 @@ def parse_line(text: str) -> tuple[str, str, list[Message]]:
     )
 
 
+def parse_line(text: str) -> tuple[str, str, list[Message]]:
+    """(format, kind, messages) of one JSONL line; raises `ValueError` with the reason."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
+    bad = lone_surrogate(obj)
+    if bad:
+        raise ValueError(f"a string holds a lone surrogate ({bad}), which is not text")
+    return parse_record(obj)
+
+
 def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLine], int]:
-    """Read JSONL files: valid samples, bad lines (file:line and reason), and the number of
-    non-blank lines. Blank lines are skipped silently."""
+    """Read JSONL or JSON-array files: valid samples, bad lines (file:line and reason), and the
+    number of records. Blank lines are skipped silently; a broken line never stops the file
+    (`firefly_core.records` is the one reader)."""
     samples: list[Sample] = []
     bad: list[BadLine] = []
     lines = 0
@@ -211,26 +223,17 @@ def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLin
         path = Path(p)
         if not path.is_file():
             raise DataError(f"no data file at {path}", "give a .jsonl file (see: firefly data check --help)")
-        with path.open("r", encoding="utf-8", errors="strict") as f:
-            number = 0
-            while True:
-                try:
-                    raw = f.readline()
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}: not UTF-8 text after line {number}: {e.reason}") from None
-                if not raw:
-                    break
-                number += 1
-                text = raw.strip()
-                if not text:
-                    continue
-                lines += 1
-                try:
-                    fmt, kind, messages = parse_line(text)
-                except ValueError as e:
-                    bad.append(BadLine(str(path), number, str(e)))
-                    continue
-                samples.append(Sample(str(path), number, fmt, kind, messages))
+        for rec in read_records(path):
+            lines += 1
+            if isinstance(rec, BadRecord):
+                bad.append(BadLine(rec.path, rec.line, rec.reason))
+                continue
+            try:
+                fmt, kind, messages = parse_record(rec.value)
+            except ValueError as e:
+                bad.append(BadLine(rec.path, rec.line, str(e)))
+                continue
+            samples.append(Sample(rec.path, rec.line, fmt, kind, messages))
     return samples, bad, lines
 
 

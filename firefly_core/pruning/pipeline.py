@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import ConfigError, DataError, InvalidModelError, OutputExistsError
+from ..errors import ConfigError, DataError, InvalidModelError
 from ..models.inventory import resolve_model_path
+from ..outputs import check_output, replace_folder, temp_folder
+from ..records import iter_lines
 from . import corpus as corpus_mod
-from .report import REPORT_FILE, TOKEN_MAP_FILE, PruneProgress, PruneReport
+from .report import REPORT_FILE, SOURCE_TOKEN_MAP_FILE, TOKEN_MAP_FILE, PruneProgress, PruneReport
 from .select import choose, count_tokens, new_order
 from .tokenizer import (
     SourceTokenizer,
@@ -37,6 +38,7 @@ VERBATIM_FILES = ("special_tokens_map.json", "chat_template.jinja", "chat_templa
 VERBATIM_GLOBS = ("LICENSE*", "NOTICE*", "USE_POLICY*")
 
 Progress = Callable[[PruneProgress], None]
+_SPECIAL_SHAPE = re.compile(r"^<[|/]?[^\s<>]{1,40}[|]?>$")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -49,16 +51,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 def write_json(path: Path, obj: Any) -> None:
     # Plain writes: the whole folder is renamed into place at the end, which is what makes it atomic.
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def _make_temp_folder(out: Path) -> Path:
-    """An empty folder next to `out` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model folder should not be
-    return tmp
 
 
 def _token_id_fields(cfg: dict[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -82,46 +74,45 @@ def _remap_config_ids(cfg: dict[str, Any], old_to_new: dict[int, int]) -> dict[s
     return cfg
 
 
-def _check_output(out: Path, source: Path, force: bool) -> None:
-    src, dst = source.resolve(), out.resolve()
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise ConfigError(f"the output folder {out} overlaps the model folder {source}", "choose another --out")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"the output folder {out} is not empty", "choose another --out, or pass --force to replace it")
+def _looks_like_token(line: str) -> bool:
+    """A keep-file line written as a token rather than as text: byte-level markers (Ġ for a
+    space, Ċ for a newline, ĉ for a tab) or the shape of a special token (<s>, <|im_start|>)."""
+    return any(c in line for c in "ĠĊĉ") or bool(_SPECIAL_SHAPE.match(line))
 
 
-def _keep_file_ids(path: Path, src: SourceTokenizer, encode: Callable[[list[str]], list[list[int]]]) -> set[int]:
+def _keep_file_ids(
+    path: Path, src: SourceTokenizer, encode: Callable[[list[str]], list[list[int]]], warnings: list[str]
+) -> set[int]:
     """Ids named by a keep file: a line that is a token (e.g. `Ġthe`, `<s>`) keeps that token;
-    any other line is text, and all of its tokens are kept."""
+    any other line is text, and all of its tokens are kept. A line that looks like a token but
+    is not one is kept as text, and `warnings` says so."""
     if not Path(path).is_file():
         raise DataError(f"keep file {path} does not exist")
     ids: set[int] = set()
     texts: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            tid = src.token_id(line)
-            if tid is not None:
-                ids.add(tid)
-            else:
-                texts.append(line)
+    not_tokens: list[str] = []
+    for number, line, reason in iter_lines(Path(path)):
+        if reason is not None:
+            raise DataError(f"keep file {path}:{number}: {reason}", "save the keep file as UTF-8 text")
+        assert line is not None
+        if not line:
+            continue
+        tid = src.token_id(line)
+        if tid is not None:
+            ids.add(tid)
+            continue
+        if _looks_like_token(line):
+            not_tokens.append(f"{number}: {line!r}")
+        texts.append(line)
+    if not_tokens:
+        shown = ", ".join(not_tokens[:10]) + (f" and {len(not_tokens) - 10} more" if len(not_tokens) > 10 else "")
+        warnings.append(
+            f"keep file {path}: {len(not_tokens)} line(s) look like tokens but are not in the vocabulary "
+            f"(kept as text instead: their tokens are kept): {shown}"
+        )
     for row in encode(texts) if texts else []:
         ids.update(row)
     return ids
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def prune_vocabulary(
@@ -157,9 +148,11 @@ def prune_vocabulary(
     for p in corpus_paths:
         if not p.is_file():
             raise DataError(f"corpus file {p} does not exist")
-    out = Path(out).expanduser()
-
     source = resolve_model_path(model)
+    inputs = [*corpus_paths, *([Path(keep_file)] if keep_file is not None else [])]
+    # Before any work: an impossible, unwritable or overlapping --out is an error now, not later.
+    out = check_output(out, force=force, reads=[source], inputs=inputs)
+
     if not (source / "config.json").is_file():
         raise InvalidModelError(f"{source} has no config.json, so it is not a model folder")
     config = _read_json(source / "config.json")
@@ -171,11 +164,12 @@ def prune_vocabulary(
         raise InvalidModelError(
             f"the tokenizer has {src_tok.size} ids but the embedding only {vocab_tensors.rows} rows"
         )
-    _check_output(out, source, force)
-
+    original_ids, chain = _earlier_pruning(source, src_tok.size)
+    chain = [*chain, str(model)]
+    warnings: list[str] = []
     # Copy the tensors pruning does not change while the corpus is counted (the copy is kernel IO,
     # the counting is the tokenizer's threads): the two overlap instead of adding up.
-    tmp = _make_temp_folder(out)
+    tmp = temp_folder(out)
     writer = PrunedCheckpointWriter(ckpt, vocab_tensors, tmp)
     try:
         writer.start()
@@ -191,7 +185,7 @@ def prune_vocabulary(
                     raise InvalidModelError(f"the config names token id {tid}, which the tokenizer does not have")
                 floor_ids.add(tid)
         if keep_file is not None:
-            floor_ids |= _keep_file_ids(Path(keep_file), src_tok, encode)
+            floor_ids |= _keep_file_ids(Path(keep_file), src_tok, encode, warnings)
         parents = merge_parents(src_tok)
         if keep_top is not None:  # fail on a too-small size before reading the corpus
             choose(_zeros(src_tok.size), floor_ids, parents, keep_top=keep_top)
@@ -256,7 +250,12 @@ def prune_vocabulary(
             report_progress(PruneProgress("weights", done, writer.total, name))
 
         writer.finish(token_map, on_tensor)
-        (tmp / TOKEN_MAP_FILE).write_text(json.dumps(token_map) + "\n", encoding="utf-8")
+        # Position = new id, value = the id in the first original model: a pruned model pruned
+        # again composes the maps; the map to this run's source is kept beside it.
+        to_original = [original_ids[i] for i in token_map] if original_ids is not None else token_map
+        (tmp / TOKEN_MAP_FILE).write_text(json.dumps(to_original) + "\n", encoding="utf-8")
+        if original_ids is not None:
+            (tmp / SOURCE_TOKEN_MAP_FILE).write_text(json.dumps(token_map) + "\n", encoding="utf-8")
         tied = vocab_tensors.lm_head is None or bool(config.get("tie_word_embeddings", True))
         report = PruneReport(
             model=str(model),
@@ -275,16 +274,44 @@ def prune_vocabulary(
             tied=tied,
             dtype=ckpt.tensors[vocab_tensors.embedding].dtype,
             rule={"keep_top": keep_top, "min_count": min_count, "keep_file": str(keep_file) if keep_file else None},
+            pruned_from=chain,
+            warnings=warnings,
         )
         report.seconds = round(time.perf_counter() - t0, 3)
         write_json(tmp / REPORT_FILE, report.to_json())
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report_progress(PruneProgress("done", 1, 1))
     return report
+
+
+def _earlier_pruning(source: Path, size: int) -> tuple[list[int] | None, list[str]]:
+    """For a model that was itself pruned here: its token map to the first original model and
+    the chain of models it came from (from its token_map.json and prune_report.json)."""
+    path = source / TOKEN_MAP_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        ids = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise InvalidModelError(f"{path} is not valid JSON: {e}", "remove it if the model was not pruned") from None
+    if not isinstance(ids, list) or len(ids) != size or not all(type(i) is int and i >= 0 for i in ids):
+        raise InvalidModelError(
+            f"{path} is not a token map of this model ({size} non-negative ids expected)",
+            "remove it if the model was not pruned, or restore the one prune wrote",
+        )
+    chain: list[str] = []
+    report = source / REPORT_FILE
+    if report.is_file():
+        try:
+            data = json.loads(report.read_text("utf-8"))
+            chain = [str(m) for m in data.get("pruned_from", [])] or [str(data.get("model", ""))]
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError, TypeError):
+            chain = []
+    return ids, chain
 
 
 def _zeros(n: int):

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 REPORT_FILE = "prune_report.json"
-TOKEN_MAP_FILE = "token_map.json"
+TOKEN_MAP_FILE = "token_map.json"  # new id -> id in the first original model
+SOURCE_TOKEN_MAP_FILE = "token_map_source.json"  # new id -> id in this run's source (a pruned model)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class PruneReport:
     dtype: str
     rule: dict[str, Any] = field(default_factory=dict)  # keep_top / min_count / keep_file
     seconds: float = 0.0
+    pruned_from: list[str] = field(default_factory=list)  # the chain of models, first original first
+    warnings: list[str] = field(default_factory=list)  # things the user should know (keep file)
 
     @property
     def coverage(self) -> float:
@@ -67,5 +70,7 @@ class PruneReport:
                 f"  corpus      {self.corpus_tokens:,} tokens, {self.distinct_tokens_seen:,} distinct; "
                 f"{self.coverage:.4%} covered by the kept vocabulary",
                 f"  time        {self.seconds:.1f} s",
+                *(f"  from        {' -> '.join(self.pruned_from)}" for _ in [0] if len(self.pruned_from) > 1),
+                *(f"  warning     {w}" for w in self.warnings),
             ]
         )

@@ -22,6 +22,11 @@ UNSUPPORTED_HINT = (
 )
 
 
+# Bytes that never occur in UTF-8 text (overlong leads 0xC0/0xC1, 0xF5..0xFF beyond U+10FFFF):
+# a tokenizer may leave them out (DeepSeek-LLM does) and still encode every text.
+BYTES_NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
+
+
 def byte_alphabet() -> list[str]:
     """The 256 characters a byte-level BPE uses for the 256 bytes (GPT-2's bytes_to_unicode)."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -60,7 +65,10 @@ class SourceTokenizer:
         return tid
 
     def byte_ids(self) -> list[int]:
-        return [self.vocab[c] for c in byte_alphabet()]
+        """Ids of the byte-level base tokens the tokenizer has (from its vocabulary or, as
+        DeepSeek-LLM carries some, its added tokens)."""
+        ids = (self.token_id(c) for c in byte_alphabet())
+        return [i for i in ids if i is not None]
 
     def added_ids(self) -> list[int]:
         return [int(e["id"]) for e in self.added]
@@ -116,7 +124,12 @@ def read_tokenizer(folder: Path) -> SourceTokenizer:
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise UnsupportedModelError(f"{path}: BPE with subword prefixes/suffixes is not supported", UNSUPPORTED_HINT)
     vocab: dict[str, int] = {str(k): int(v) for k, v in model.get("vocab", {}).items()}
-    missing = [c for c in byte_alphabet() if c not in vocab]
+    added = list(data.get("added_tokens") or [])
+    added_contents = {e.get("content") for e in added}
+    missing = [
+        c for b, c in enumerate(byte_alphabet())
+        if c not in vocab and c not in added_contents and b not in BYTES_NOT_IN_UTF8
+    ]
     if missing:
         raise UnsupportedModelError(
             f"{path}: {len(missing)} of the 256 byte-level base tokens are missing, so not every text is encodable",
@@ -128,7 +141,6 @@ def read_tokenizer(folder: Path) -> SourceTokenizer:
     for m in raw_merges:
         a, b = m.split(" ", 1) if isinstance(m, str) else m
         merges.append((a, b))
-    added = list(data.get("added_tokens") or [])
     size = max([*vocab.values(), *(int(e["id"]) for e in added)]) + 1
     id_to_token: list[str | None] = [None] * size
     for tok, tid in vocab.items():
@@ -234,8 +246,12 @@ def build_tokenizer_json(src: SourceTokenizer, token_map: list[int]) -> dict[str
 def counting_tokenizer(src: SourceTokenizer):
     """The source tokenizer as a `tokenizers.Tokenizer`, built from the already parsed vocabulary
     and merges (about twice as fast as parsing tokenizer.json again in Rust for a 250k vocabulary).
-    Falls back to loading the file if this tokenizers version takes other BPE options."""
-    from tokenizers import Tokenizer, models
+
+    Added tokens are added after the model is set, so they get their real ids (added to a shell
+    with an empty vocabulary they would be renumbered 0..k-1 and counted under ordinary tokens'
+    ids); the ids are then checked against tokenizer.json, and any difference, or a BPE option
+    this tokenizers version does not take, falls back to loading the file."""
+    from tokenizers import AddedToken, Tokenizer, models
 
     model = src.data["model"]
     options = {
@@ -243,11 +259,23 @@ def counting_tokenizer(src: SourceTokenizer):
         for k in ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback", "ignore_merges")
         if model.get(k) is not None
     }
-    shell = dict(src.data, model={**model, "vocab": {}, "merges": []})
+    shell = dict(src.data, model={**model, "vocab": {}, "merges": []}, added_tokens=[])
     try:
         tok = Tokenizer.from_str(json.dumps(shell))
         tok.model = models.BPE(src.vocab, src.merges, **options)
-    except Exception:  # e.g. a BPE option this tokenizers version does not take: the slow way
+        for entry in sorted(src.added, key=lambda e: int(e["id"])):
+            added = AddedToken(
+                entry["content"],
+                single_word=bool(entry.get("single_word", False)),
+                lstrip=bool(entry.get("lstrip", False)),
+                rstrip=bool(entry.get("rstrip", False)),
+                normalized=bool(entry.get("normalized", not entry.get("special", False))),
+                special=bool(entry.get("special", False)),
+            )
+            (tok.add_special_tokens if entry.get("special", False) else tok.add_tokens)([added])
+        if any(tok.token_to_id(e["content"]) != int(e["id"]) for e in src.added):
+            raise ValueError("added token ids differ")
+    except Exception:  # the slow way, exact by construction
         tok = Tokenizer.from_file(str(src.path))
     tok.no_truncation()
     tok.no_padding()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..process import pid_alive
+
 EVENTS_FILE = "events.jsonl"
 EVENT_TYPES = ("start", "step", "eval", "checkpoint", "done", "error")
 
@@ -112,23 +114,6 @@ class RunSummary:
     last_loss: float | None
     started: float | None  # Unix time of the first start event
     message: str | None = None  # the error, when status is "error"
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether process `pid` still runs (a finished child of ours is reaped, not counted)."""
-    if not pid:
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except OSError:  # not our child, or already reaped
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def summarize(run_dir: Path, events: list[TrainEvent] | None = None) -> RunSummary | None:
