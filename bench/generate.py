@@ -154,6 +154,7 @@ def run_ours(lm, prompt, new_tokens):
     class FirstToken:  # the default decoder, noting when the prefill's logits are ready
         def __init__(self, inner):
             self.inner, self.at = inner, None
+            self.vocab_size, self.device = inner.vocab_size, inner.device
 
         def new_cache(self):
             return self.inner.new_cache()

@@ -21,6 +21,7 @@ class RecordingDecoder:
 
     def __init__(self, model):
         self.inner = ModelDecoder(model)
+        self.vocab_size, self.device = self.inner.vocab_size, self.inner.device
         self.logits: list[torch.Tensor] = []
 
     def new_cache(self):

@@ -213,6 +213,7 @@ def test_interrupted_forward_leaves_cache_consistent(lms):
 
     class Flaky:
         calls = 0
+        vocab_size, device = inner.vocab_size, inner.device
 
         def new_cache(self):
             return inner.new_cache()

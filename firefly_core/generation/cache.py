@@ -121,6 +121,15 @@ def crop_cache(cache: Any, length: int) -> None:
             layer.crop(length - have)
 
 
+def cache_argument(model: Any) -> str:
+    """The name of the KV-cache argument of `model.forward`: transformers 5 renamed
+    `past_key_values` to `cache`, and the old name warns (FutureWarning) on every call."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0

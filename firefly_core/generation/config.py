@@ -7,22 +7,26 @@ greedy decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
 
 STOP_REASONS = ("stop_token", "stop_string", "max_new_tokens", "cancelled", "context_full")
 
+# Fields marked `setting` are the ones a user chooses (saved per model, per chat, set by flags);
+# `generation.settings.GENERATION_KEYS` is derived from these marks, so the list lives here only.
+_SETTING = {"setting": True}
+
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 200
+    max_new_tokens: int = field(default=200, metadata=_SETTING)
     do_sample: bool = True
-    temperature: float = 0.35
-    top_p: float = 0.85
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.2
+    temperature: float = field(default=0.35, metadata=_SETTING)  # 0 = greedy
+    top_p: float = field(default=0.85, metadata=_SETTING)
+    top_k: int = field(default=0, metadata=_SETTING)  # 0 = off
+    repetition_penalty: float = field(default=1.2, metadata=_SETTING)
     stop_strings: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's own stop ids
     seed: int | None = None

@@ -39,6 +39,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from ..errors import PromptTooLongError
+from .cache import cache_argument
 
 Status = Callable[[str], None]
 
@@ -251,6 +252,7 @@ class CudaGraphDecoder:
             raise ValueError("CUDA graphs need the model on a CUDA device")
         self.status = status or (lambda _msg: None)
         self.num_layers = _num_layers(model.config)
+        self._cache_arg = cache_argument(model)
         out = model.get_output_embeddings()
         self.vocab_size = int(out.weight.shape[0]) if getattr(out, "weight", None) is not None else int(
             getattr(out, "out_features", model.config.vocab_size)
@@ -300,7 +302,7 @@ class CudaGraphDecoder:
                 self._step_sampled = True
                 return self.logits_buf
             self._step_sampled = False
-            out = self.model(input_ids=ids, past_key_values=slot.cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: slot.cache})
             return out.logits[:, -1, :].float()
         except BaseException:
             slot.set_length(before)  # as if the step never ran (the loop crops to its own count too)
@@ -313,7 +315,7 @@ class CudaGraphDecoder:
     # -- graph ------------------------------------------------------------------------------------
     def _step(self, slot: _Slot) -> None:
         """The decode step: forward one token, sample the next, all on the device (the graph body)."""
-        out = self.model(input_ids=self.ids_buf, past_key_values=slot.cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=self.ids_buf, use_cache=True, logits_to_keep=1, **{self._cache_arg: slot.cache})
         self.logits_buf.copy_(out.logits[:, -1, :])
         token = self.sampling.sample(self.logits_buf)
         self.token_buf.copy_(token)

@@ -9,18 +9,29 @@ serves four rows, and splits rows over OpenMP threads; it reads ~25 GB/s on the 
 the same for int8 weight-only layers (generation/quantize.py), where PyTorch's
 `_weight_int8pack_mm` reads only ~14.5 GB/s here.
 
-It is compiled on first use with torch's cpp_extension (cached under TORCH_EXTENSIONS_DIR, so only
-the first run pays ~20-40 s). Where that is impossible (no compiler or ninja, not x86 with AVX2, or
-FIREFLY_GEMV=0) decoding keeps PyTorch's kernel and `unavailable_reason()` says why.
+It is compiled on first use with torch's cpp_extension, once per install: the build folder
+(`build_directory()`, under TORCH_EXTENSIONS_DIR) is keyed by this package's version, torch's
+version and the Python prefix. The model service calls `prepare_kernels()` while loading, so the
+compile (~20-40 s, said as a status line) never lands inside a reply. A build cannot hang: our own
+lock file records the builder's pid, a lock left by a dead process (or torch's own `lock` file
+left by a killed compile) is broken, and a live builder is awaited at most FIREFLY_KERNEL_WAIT
+seconds before falling back. Small models (`kernels_pay`) and fp32 never build it. Where it is
+impossible (no compiler or ninja, not x86 with AVX2, FIREFLY_GEMV=0) decoding keeps PyTorch's
+kernel and the reason is reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import socket
 import sys
-from functools import lru_cache
-from typing import Any, Iterator
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -111,41 +122,219 @@ torch::Tensor gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
 """
 
 
-@lru_cache(maxsize=None)
-def _load() -> tuple[Any, str | None]:
-    """(compiled module, None) or (None, why not)."""
-    if os.environ.get("FIREFLY_GEMV", "1") == "0":
+# -- building and loading the kernels (once per process, bounded, never hanging) ----------------
+KERNEL_NAME = "firefly_gemv"
+# How long to wait for another process that is compiling the kernels before using PyTorch's.
+BUILD_WAIT_S = float(os.environ.get("FIREFLY_KERNEL_WAIT", "90"))
+# A build lock older than this is stale whatever its pid says (a compile takes ~20-60 s).
+STALE_LOCK_S = 15 * 60
+LOCK_FILE = "firefly-build.lock"  # ours: {"pid", "host", "started"}; torch's own is "lock"
+# Below this many bytes of linear weights the kernel does not pay: the weights sit in the CPU's
+# caches, PyTorch's GEMV is as fast, and a first-run compile would cost more than it saves.
+KERNEL_MIN_BYTES = 64 * 1024 * 1024
+
+_state_lock = threading.Lock()
+_state: tuple[Any, str | None] | None = None  # (module, None) or (None, why not), once decided
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("firefly-tui")
+    except Exception:  # running from a source tree without metadata
+        return "dev"
+
+
+def build_directory() -> Path:
+    """Where the kernels are compiled: under TORCH_EXTENSIONS_DIR (torch's default root otherwise),
+    in a folder keyed by this package's version, torch's version and the Python prefix, so two
+    installs (two venvs, two torch versions) never rebuild or load each other's kernels."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "torch_extensions")
+    prefix = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    key = f"{KERNEL_NAME}-{_package_version()}-torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{prefix}"
+    return Path(root) / key.replace("+", "_")
+
+
+def kernels_built(directory: Path | None = None) -> bool:
+    """Whether a compiled kernel library is already in the build folder (then loading takes ~1 s)."""
+    directory = directory or build_directory()
+    return any(directory.glob(f"{KERNEL_NAME}*.so")) or any(directory.glob(f"{KERNEL_NAME}*.pyd"))
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _lock_is_stale(path: Path) -> bool:
+    """A build lock whose process is gone (same host) or that is older than STALE_LOCK_S."""
+    from ..process import pid_alive
+
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # released meanwhile: not stale, just gone
+    if age > STALE_LOCK_S:
+        return True
+    holder = _read_lock(path)
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return age > 10  # half-written by a process that died right away
+    if holder.get("host") not in (None, socket.gethostname()):
+        return False  # another machine sharing this folder: only age tells
+    return not pid_alive(pid)
+
+
+def acquire_build_lock(
+    directory: Path,
+    wait_s: float,
+    *,
+    on_wait: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> bool:
+    """Take the build lock of `directory` (True), breaking a stale one; False when another live
+    process still holds it after `wait_s` seconds (or `cancel` was set)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _lock_is_stale(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                return False
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            time.sleep(0.2)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+        return True
+
+
+def release_build_lock(directory: Path) -> None:
+    path = directory / LOCK_FILE
+    if _read_lock(path).get("pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _compile(directory: Path) -> Any:
+    # The `ninja` the build needs is a dependency installed next to this Python (a pipx venv's
+    # bin folder is not on PATH).
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    from torch.utils.cpp_extension import load_inline
+
+    # We hold our own build lock, so torch's lock file here can only be left by a process that was
+    # killed while compiling: torch would wait for it forever.
+    with contextlib.suppress(FileNotFoundError):
+        (directory / "lock").unlink()
+    return load_inline(
+        KERNEL_NAME,
+        cpp_sources=_SOURCE,
+        functions=["gemv_bf16", "gemv_int8"],
+        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        verbose=False,
+    )
+
+
+def _decide(status: Callable[[str], None] | None, wait_s: float, cancel: threading.Event | None) -> tuple[Any, str | None]:
+    if os.environ.get("FIREFLY_GEMV", "") == "0":
         return None, "disabled by FIREFLY_GEMV=0"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return None, f"this CPU has no AVX2 (PyTorch reports {capability})"
-    # The `ninja` the build needs is a dependency installed next to this Python (a pipx venv's
-    # bin folder is not on PATH).
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        module = load_inline(
-            "firefly_gemv_bf16",
-            cpp_sources=_SOURCE,
-            functions=["gemv_bf16", "gemv_int8"],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
+    say = status or (lambda _m: None)
+    directory = build_directory()
+    built = kernels_built(directory)
+    if not acquire_build_lock(
+        directory,
+        wait_s,
+        on_wait=lambda: say(f"another firefly process is compiling the CPU kernels; waiting up to {wait_s:.0f} s"),
+        cancel=cancel,
+    ):
+        if cancel is not None and cancel.is_set():
+            return None, "cancelled while waiting for another process's kernel build"
+        return None, (
+            f"another firefly process was still compiling the CPU kernels after {wait_s:.0f} s "
+            f"(lock: {directory / LOCK_FILE})"
         )
+    try:
+        if not built:
+            say("compiling CPU kernels, once, ~30 s")
+        module = _compile(directory)
     except Exception as e:  # no compiler, no ninja, a build error: keep PyTorch's kernel
-        return None, f"the kernel could not be compiled ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        first = str(e).splitlines()[0] if str(e) else ""
+        return None, f"the kernel could not be compiled ({type(e).__name__}: {first})"
+    finally:
+        release_build_lock(directory)
     return module, None
 
 
+def prepare_kernels(
+    *,
+    status: Callable[[str], None] | None = None,
+    wait_s: float | None = None,
+    cancel: threading.Event | None = None,
+) -> str | None:
+    """Build (first run) or load the kernels, once per process; None when ready, else why decoding
+    uses PyTorch's kernels. Bounded: a build lock left by a dead process is broken, and another
+    live process's build is awaited at most `wait_s` seconds (FIREFLY_KERNEL_WAIT, default 90)."""
+    global _state
+    with _state_lock:
+        if _state is None:
+            result = _decide(status, BUILD_WAIT_S if wait_s is None else wait_s, cancel)
+            if result[1] is not None and result[1].startswith("cancelled"):
+                return result[1]  # not a decision: the next load tries again
+            _state = result
+        return _state[1]
+
+
+def _module() -> Any:
+    prepare_kernels()
+    return _state[0] if _state else None
+
+
 def unavailable_reason() -> str | None:
-    """None when the kernel is ready, else why decoding uses PyTorch's bf16 GEMV."""
-    return _load()[1]
+    """None when the kernel is ready, else why decoding uses PyTorch's bf16 GEMV (builds it first
+    if needed)."""
+    return prepare_kernels()
+
+
+def kernels_pay(model: Any) -> bool:
+    """Whether the kernel is worth using (and building) for `model`: bf16 on a CPU without fast
+    bf16 GEMM, and big enough (KERNEL_MIN_BYTES) that decode reads weights from memory.
+    FIREFLY_GEMV=1 forces it on for any bf16 model on such a CPU (tests, benchmarks); =0 off."""
+    from .prefill import _slow_half_gemm
+
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu" or param.dtype != torch.bfloat16 or not _slow_half_gemm(torch.bfloat16):
+        return False
+    flag = os.environ.get("FIREFLY_GEMV", "")
+    if flag in ("0", "1"):
+        return flag == "1"
+    linear_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+    return linear_bytes >= KERNEL_MIN_BYTES
 
 
 def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear` for one bf16 row on the CPU through the kernel; same shapes, bf16 result."""
-    module = _load()[0]
+    module = _module()
     y = module.gemv_bf16(x.reshape(-1).float().contiguous(), weight)
     if bias is not None:
         y = y + bias.float()
@@ -154,7 +343,7 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def gemv_int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """One row through int8 weights `q` ([out, in]) with per-row `scales`; fp32 result, [1, out]."""
-    module = _load()[0]
+    module = _module()
     return module.gemv_int8(x.reshape(-1).float().contiguous(), q, scales.float().contiguous())[None]
 
 
@@ -177,17 +366,8 @@ class _GemvLinear(TorchFunctionMode):
 
 
 def wants_gemv(model: Any) -> bool:
-    """True for bf16 models on CPUs without fast bf16 GEMM, once the kernel is compiled."""
-    from .prefill import _slow_half_gemm
-
-    param = next(model.parameters(), None)
-    return (
-        param is not None
-        and param.device.type == "cpu"
-        and param.dtype == torch.bfloat16
-        and _slow_half_gemm(torch.bfloat16)
-        and _load()[0] is not None
-    )
+    """True when the kernel pays for `model` (`kernels_pay`) and is ready (built on first use)."""
+    return kernels_pay(model) and prepare_kernels() is None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ torch's weights-only loader (transformers' default), `trust_remote_code` off unl
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from ..errors import FireflyError, InvalidModelError, OutOfMemoryError, RemoteCo
 from ..formats import PromptFormat, resolve_format
 from .folder import check_model_folder
 from .inventory import resolve_model_path
+
+# transformers' loading patches process-wide torch state (init functions, default dtype, meta
+# device contexts): two loads at once gave a silently random lm_head, then "Cannot copy out of meta
+# tensor" for every later load. Every load in the process goes through this one lock.
+_LOAD_LOCK = threading.RLock()
 
 OOM_HINT = (
     "try a smaller model, --dtype bfloat16 or float16, --device cpu, "
@@ -36,6 +42,14 @@ class LoadedModel:
     prompt_format: PromptFormat
     context_length: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # Set by the model service (firefly_core.models.service) when it prepares the model for chat:
+    # the decoder the loop uses (`generation.loop.decoder_for`), the engine behind it, and the lock
+    # that keeps generations one at a time. `dataclasses.replace` copies them, so a copy with
+    # another prompt format shares the decoder and the lock.
+    decoder: Any = field(default=None, repr=False, compare=False)
+    engine: str = "torch"
+    generation_lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+    notes: tuple[str, ...] = ()  # what the preparation decided and why ("PyTorch kernels: …")
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -104,11 +118,33 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with _LOAD_LOCK:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise RemoteCodeError(f"the tokenizer of {path} needs remote code", "pass --trust-remote-code if you trust it") from None
         raise InvalidModelError(f"cannot load the tokenizer in {path}: {e}") from None
+
+
+def embedding_rows(model) -> int:
+    """How many token ids the model can take (rows of its input embedding)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+
+
+def check_vocabulary(model, tokenizer, name: Any) -> None:
+    """Refuse, at load, a tokenizer that can produce ids the model has no embedding row for (a
+    pruned model with the wrong tokenizer, say): otherwise the first such token in a chat is an
+    IndexError mid-reply. More rows than tokens is normal (padded vocabularies)."""
+    rows = embedding_rows(model)
+    tokens = len(tokenizer)
+    if tokens > rows:
+        raise InvalidModelError(
+            f"{name}: its tokenizer has {tokens} tokens but the model has only {rows} embedding rows",
+            "the tokenizer does not belong to these weights (after pruning, use the pruned folder's "
+            "tokenizer); fix the model folder",
+        )
 
 
 def load_model(
@@ -141,12 +177,13 @@ def load_model(
     tokenizer = load_tokenizer(path, trust_remote_code)
     has_safetensors = any(path.glob("*.safetensors"))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dt,
-            use_safetensors=has_safetensors,
-            trust_remote_code=trust_remote_code,
-        )
+        with _LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=dt,
+                use_safetensors=has_safetensors,
+                trust_remote_code=trust_remote_code,
+            )
         model.to(dev)
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(f"not enough memory on {dev} to load {name_or_path}", OOM_HINT) from None
@@ -157,6 +194,7 @@ def load_model(
             raise OutOfMemoryError(f"not enough memory on {dev} to load {name_or_path}", OOM_HINT) from None
         raise
     model.eval()
+    check_vocabulary(model, tokenizer, name_or_path)
     gen_defaults = model.generation_config.to_diff_dict() if model.generation_config else {}
     lm = LoadedModel(
         model=model,

@@ -31,6 +31,11 @@ class ModelSettings:
     max_new_tokens: int | None = None
     system: str | None = None
     trust_remote_code: bool = False
+    # Engine choices (owned by the model service, firefly_core.models.service); None = automatic.
+    engine: str | None = None  # "torch" | "llamacpp"
+    quantize: str | None = None  # torch: "int8"; llama.cpp: "bf16" | "f16" | "q8_0" | "q4_k_m"
+    cuda_graph: bool | None = None  # None = on where it works
+    threads: int | None = None  # decode threads; None = chosen by the service
 
     def validate(self, where: str = "model settings") -> None:
         from ..formats import FORMAT_NAMES
@@ -65,10 +70,23 @@ class ModelSettings:
             raise bad("system", "is not text")
         if not isinstance(self.trust_remote_code, bool):
             raise bad("trust_remote_code", "must be true or false")
+        from .service import ENGINES, QUANTIZE_CHOICES
+
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ConfigError(f"{where}: unknown engine {self.engine!r}", f"choose one of: {', '.join(ENGINES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise ConfigError(
+                f"{where}: unknown quantization {self.quantize!r}", f"choose one of: {', '.join(QUANTIZE_CHOICES)}"
+            )
+        if self.cuda_graph is not None and not isinstance(self.cuda_graph, bool):
+            raise bad("cuda_graph", "must be true or false")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise bad("threads", "must be a whole number, 1 or more")
 
     def generation_overrides(self) -> dict[str, Any]:
         """The generation fields the user set, ready for GenerationConfig(**...)."""
-        names = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+        from ..generation.settings import GENERATION_KEYS as names
+
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -1,0 +1,355 @@
+"""The model service: the one owner of loaded models in this process.
+
+Every front end (`firefly chat`, the app, the API server) gets its models here, never from
+`load_model` directly, because loading is not thread-safe (transformers patches process-wide torch
+state) and because preparing a model for chat (device and dtype, int8 weights, llama.cpp, CUDA-graph
+capture, the CPU kernels, the decode thread count) must happen once, the same way for all of them.
+
+- `get(request)` is serialized by one lock: a second request for the same model waits for the first
+  and gets the same object; a request for another model waits its turn. A waiting or running load
+  can be cancelled (`cancel` event), checked between steps.
+- Each step is reported as a `LoadStatus` ("compiling CPU kernels, once, ~30 s") that the CLI and
+  the app show as-is.
+- `generation_lock(lm)`: one generation at a time per model (a decoder's cache and sampling state
+  are not shareable between two replies running at once).
+- Only the two most recently used models stay loaded (a user switching models in the app should not
+  hold every model they ever opened in memory); `unload()` frees them explicitly.
+
+This module imports no torch at import time: the UI imports `ModelRequest` and `LoadStatus`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+from ..errors import ConfigError, FireflyError
+
+ENGINES = ("torch", "llamacpp")
+TORCH_QUANTIZE = ("int8",)
+LLAMACPP_QUANTIZE = ("bf16", "f16", "q8_0", "q4_k_m")
+QUANTIZE_CHOICES = TORCH_QUANTIZE + LLAMACPP_QUANTIZE
+KEEP_LOADED = 2  # models kept after use (least recently used is dropped first)
+# Below this many bytes of linear weights read per token, one decode thread is fastest: the work
+# per step is too small to split, and on a busy machine OpenMP's spinning workers made a tiny
+# model decode ~20x slower with 2 threads than with 1 (measured in bench/threads.py).
+SMALL_MODEL_BYTES = 64 * 1024 * 1024
+
+
+class LoadCancelled(FireflyError):
+    """A load was cancelled before it finished (nothing is kept)."""
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What to load and how; None fields mean "the automatic choice"."""
+
+    model: str  # folder or hub id, as the user gave it
+    device: str | None = None
+    dtype: str | None = None
+    prompt_format: str | None = None
+    trust_remote_code: bool = False
+    engine: str | None = None  # "torch" | "llamacpp" | None = auto
+    quantize: str | None = None  # torch: "int8"; llamacpp: "bf16" | "f16" | "q8_0" | "q4_k_m"
+    cuda_graph: bool | None = None  # None = on where it works
+    threads: int | None = None  # decode threads (torch and llama.cpp); None = chosen by us
+
+    def validate(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("no model given", "pass a model folder or a downloaded hub id")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}", f"use one of: {', '.join(ENGINES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise ConfigError(f"unknown quantization {self.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
+        if self.engine == "torch" and self.quantize in LLAMACPP_QUANTIZE:
+            raise ConfigError(
+                f"quantization {self.quantize!r} is a llama.cpp format", "use --engine llamacpp, or --quantize int8 with torch"
+            )
+        if self.engine == "llamacpp" and self.quantize in TORCH_QUANTIZE:
+            raise ConfigError(
+                f"quantization {self.quantize!r} is for the torch engine",
+                f"with llama.cpp use one of: {', '.join(LLAMACPP_QUANTIZE)}",
+            )
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a whole number, 1 or more (got {self.threads!r})")
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """One step of a load, shown by the CLI and the app as-is."""
+
+    model: str
+    step: str  # "load" | "quantize" | "llamacpp" | "cuda_graph" | "kernels" | "threads" | "ready"
+    message: str
+
+
+StatusCallback = Callable[[LoadStatus], None]
+
+
+def default_threads(lm: Any) -> int:
+    """Decode threads when nobody chose: 1 for small models (see SMALL_MODEL_BYTES), else every CPU
+    this process may run on (decode is bandwidth-bound, and one core alone does not saturate it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return 1 if _weight_bytes(lm.model) < SMALL_MODEL_BYTES else max(1, cpus)
+
+
+def _weight_bytes(model: Any) -> int:
+    """Bytes of 2-D weights (what a decode step reads), embeddings included (tied heads read them)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+
+
+class ModelService:
+    """Owns the loaded models of this process; see the module docstring."""
+
+    def __init__(self, keep: int = KEEP_LOADED) -> None:
+        self._lock = threading.Lock()  # one load at a time; also guards _models
+        self._models: OrderedDict[tuple, Any] = OrderedDict()
+        self.keep = keep
+
+    # -- requests -------------------------------------------------------------------------------
+    def request_for(self, model: str, **overrides: Any) -> ModelRequest:
+        """The request for `model` from the user's saved per-model settings, then `overrides`
+        (None = keep the saved value). Unknown names are an error."""
+        from .settings import load_settings
+
+        names = {f.name for f in fields(ModelRequest)} - {"model"}
+        unknown = set(overrides) - names
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        saved = load_settings().for_model(model)
+        request = ModelRequest(
+            model=str(model),
+            prompt_format=saved.prompt_format,
+            trust_remote_code=bool(saved.trust_remote_code),
+            engine=saved.engine,
+            quantize=saved.quantize,
+            cuda_graph=saved.cuda_graph,
+            threads=saved.threads,
+        )
+        request = replace(request, **{k: v for k, v in overrides.items() if v is not None})
+        request.validate()
+        return request
+
+    # -- loading --------------------------------------------------------------------------------
+    def get(
+        self,
+        request: ModelRequest | str,
+        *,
+        status: StatusCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """The LoadedModel for `request`, loaded and prepared for chat once, shared by every caller
+        that asks for the same thing. Raises LoadCancelled when `cancel` is set before it is ready."""
+        if isinstance(request, str):
+            request = self.request_for(request)
+        request.validate()
+
+        def say(step: str, message: str) -> None:
+            if status is not None:
+                status(LoadStatus(request.model, step, message))
+
+        def check_cancel() -> None:
+            if cancel is not None and cancel.is_set():
+                raise LoadCancelled(f"loading {request.model} was cancelled")
+
+        self._acquire(cancel, request)
+        try:
+            key = self._key(request)
+            lm = self._models.get(key)
+            if lm is not None:
+                self._models.move_to_end(key)
+                return lm
+            check_cancel()
+            lm = self._load(request, say, check_cancel, cancel)
+            self._models[key] = lm
+            while len(self._models) > max(1, self.keep):
+                self._models.popitem(last=False)
+            return lm
+        finally:
+            self._lock.release()
+
+    def generation_lock(self, lm: Any) -> threading.Lock:
+        """The lock that keeps generations with `lm` one at a time (held by whoever generates)."""
+        return lm.generation_lock
+
+    def loaded(self) -> list[Any]:
+        """The models held now, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
+
+    def unload(self, model: str | None = None) -> None:
+        """Forget `model` (every request for it), or every model; memory is freed once no caller
+        holds it any more."""
+        with self._lock:
+            for key in [k for k in self._models if model is None or k[0] == self._model_key(model)]:
+                del self._models[key]
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    # -- internals ------------------------------------------------------------------------------
+    def _acquire(self, cancel: threading.Event | None, request: ModelRequest) -> None:
+        """Take the service lock, giving up if `cancel` is set while another load runs."""
+        while not self._lock.acquire(timeout=0.1):
+            if cancel is not None and cancel.is_set():
+                raise LoadCancelled(f"loading {request.model} was cancelled")
+
+    @staticmethod
+    def _model_key(model: str) -> str:
+        """Requests name a model by hub id or folder; the same folder is the same model."""
+        from .inventory import resolve_model_path
+
+        try:
+            return str(resolve_model_path(model).resolve())
+        except FireflyError:
+            return str(model)
+
+    def _key(self, request: ModelRequest) -> tuple:
+        return (self._model_key(request.model),) + tuple(
+            getattr(request, f.name) for f in fields(ModelRequest) if f.name != "model"
+        )
+
+    def _load(self, request: ModelRequest, say: Callable[[str, str], None], check_cancel, cancel) -> Any:
+        from .catalog import prompt_format_for
+        from .loading import load_model
+
+        quiet_loading()
+        say("load", f"loading {request.model} …")
+        lm = load_model(
+            request.model,
+            device=request.device,
+            dtype=request.dtype,
+            prompt_format=request.prompt_format,
+            catalog_format=prompt_format_for(request.model),
+            trust_remote_code=request.trust_remote_code,
+        )
+        check_cancel()
+        prepare_for_chat(lm, request, say, cancel)
+        check_cancel()
+        say("ready", describe(lm))
+        return lm
+
+
+def quiet_loading() -> None:
+    """No tqdm bars or info lines from transformers while loading: they would draw over the REPL
+    and the app (our status lines say what happens)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def resolve_engine(request: ModelRequest, device_type: str) -> tuple[str, str | None]:
+    """(engine, why not llama.cpp) for a request: llama.cpp when asked, or automatically on CPU and
+    Apple GPUs when it is usable and no torch-only option (int8) is asked for; torch otherwise."""
+    if request.engine == "torch":
+        return "torch", None
+    if request.engine is None and (device_type not in ("cpu", "mps") or request.quantize in TORCH_QUANTIZE):
+        return "torch", None
+    reason = llamacpp_unavailable()
+    if reason is None:
+        return "llamacpp", None
+    if request.engine == "llamacpp":
+        raise FireflyError(f"the llama.cpp engine is not usable here: {reason}", "use --engine torch")
+    return "torch", reason
+
+
+def llamacpp_unavailable() -> str | None:
+    """None when firefly's llama.cpp engine can run here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("firefly_core.generation.llamacpp") is None:
+        return "this firefly has no llama.cpp engine"
+    from ..generation import llamacpp
+
+    return llamacpp.available()
+
+
+def prepare_for_chat(lm: Any, request: ModelRequest, say: Callable[[str, str], None], cancel=None) -> None:
+    """Make `lm` ready to chat, once: pick the engine and attach its decoder (`lm.decoder`), with
+    int8 weights, CUDA-graph capture or the CPU kernels as the request and the machine allow.
+    Each decision that falls back says why (in `lm.notes` and as a status line)."""
+    notes: list[str] = []
+    engine, why_not = resolve_engine(request, lm.device.type)
+    threads = request.threads or default_threads(lm)
+    if engine == "llamacpp":
+        from ..generation.llamacpp import attach_llamacpp
+
+        attach_llamacpp(lm, quantize=request.quantize, threads=threads, status=lambda m: say("llamacpp", m), cancel=cancel)
+        lm.engine = "llamacpp"
+        lm.notes = tuple(notes)
+        return
+    if why_not and request.engine is None and lm.device.type == "cpu":
+        notes.append(f"llama.cpp not used: {why_not}")
+    from ..generation.loop import ModelDecoder
+
+    if request.quantize:
+        from ..generation.quantize import apply_quantization
+
+        say("quantize", f"int8 weights for {request.model} …")
+        report = apply_quantization(lm, request.quantize)
+        if report is not None:
+            say("quantize", report.summary())
+    if lm.device.type == "cuda" and request.cuda_graph is not False:
+        from ..generation.cuda_graph import enable_fast_decode
+
+        plan = enable_fast_decode(lm, status=lambda m: say("cuda_graph", m))
+        if plan.reason:
+            notes.append(f"CUDA graph off: {plan.reason}")
+    elif lm.device.type == "cpu":
+        from ..generation.gemv import kernels_pay, prepare_kernels
+
+        fast_gemv = False
+        if kernels_pay(lm.model) or request.quantize in TORCH_QUANTIZE:
+            reason = prepare_kernels(status=lambda m: say("kernels", m), cancel=cancel)
+            if reason is None:
+                fast_gemv = kernels_pay(lm.model)
+            else:
+                notes.append(f"PyTorch's decode kernels: {reason}")
+                say("kernels", f"using PyTorch's decode kernels: {reason}")
+        import torch
+
+        torch.set_num_threads(threads)
+        lm.decoder = ModelDecoder(lm.model, fast_gemv=fast_gemv, threads=threads)
+    if lm.decoder is None:
+        lm.decoder = ModelDecoder(lm.model)
+    lm.engine = "torch"
+    lm.notes = tuple(notes)
+
+
+def describe(lm: Any) -> str:
+    """One line for a ready model: name, device, dtype, engine, format."""
+    dtype = str(lm.dtype).removeprefix("torch.")
+    decoder = getattr(lm, "decoder", None)
+    extra = []
+    if getattr(decoder, "threads", None):
+        extra.append(f"{decoder.threads} thread{'s' if decoder.threads != 1 else ''}")
+    if getattr(decoder, "fast_gemv", False):
+        extra.append("firefly CPU kernels")
+    return " · ".join([lm.name, str(lm.device), dtype, lm.engine, lm.prompt_format.name, *extra])
+
+
+_SERVICE: ModelService | None = None
+_SERVICE_LOCK = threading.Lock()
+
+
+def model_service() -> ModelService:
+    """The one ModelService of this process."""
+    global _SERVICE
+    with _SERVICE_LOCK:
+        if _SERVICE is None:
+            _SERVICE = ModelService()
+        return _SERVICE
