@@ -47,7 +47,8 @@ class FireflyApp(App):
         Binding("f2", "show('chat')", "nav.chat", show=False),
         Binding("f3", "show('models')", "nav.models", show=False),
         Binding("f4", "show('train')", "nav.train", show=False),
-        Binding("f6", "toggle_language", "nav.language", show=False),
+        # priority: a focused TextArea (the composer) binds F6 to "select line"
+        Binding("f6", "toggle_language", "nav.language", show=False, priority=True),
         Binding("ctrl+b", "toggle_sidebar", "nav.sidebar"),
         Binding("ctrl+q", "quit", "nav.quit", priority=True, show=False),
     ]

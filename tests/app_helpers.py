@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-from dataclasses import dataclass
 
 from rich.console import Console
 
@@ -32,67 +31,53 @@ def screen_text(app) -> str:
     return console.export_text()
 
 
-# -- a scripted, slow reply stream (duck-typed like TextDelta / ReplyDone) ------------------------
-@dataclass
-class FakeDelta:
-    text: str
-
-
-@dataclass
-class FakeStats:
-    prompt_tokens: int = 3
-    reused_tokens: int = 0
-    new_tokens: int = 0
-    ttft_s: float = 0.01
-    tokens_per_s: float = 100.0
-    total_s: float = 0.1
-    stop_reason: str = "max_new_tokens"
-    context_used: int = 0
-    context_length: int = 128
-
-
-@dataclass
-class FakeDone:
-    text: str
-    stats: FakeStats
-    cancelled: bool
-
-
+# -- a scripted, slow reply stream (the real event types, so core's Conversation records it) ----
 class SlowSession:
     """A ChatSession stand-in that emits one piece every `delay` seconds until cancelled.
 
-    Used only where a test needs a reply that does not end on its own (cancel); everything else
-    uses the real tiny models.
+    Used only where a test needs a reply that does not end on its own (cancel) or a reply a tiny
+    random model cannot be made to give (an empty one); everything else uses the real tiny models.
     """
 
     def __init__(self, pieces: list[str], delay: float = 0.05, forever: bool = True) -> None:
+        from firefly_core.generation.config import GenerationConfig
+
         self.pieces = pieces
         self.delay = delay
         self.forever = forever
         self.messages: list = []
+        self.system = None
+        self.lm = None
+        self.config = GenerationConfig()
         self.started = threading.Event()
 
     def _stream(self, cancel):
+        from firefly_core.formats import Message
+        from firefly_core.generation.config import ReplyDone, ReplyStats, TextDelta
+
+        def stats(i: int, reason: str) -> ReplyStats:
+            return ReplyStats(prompt_tokens=3, reused_tokens=0, new_tokens=i, ttft_s=0.01, tokens_per_s=100.0,
+                              total_s=0.1, stop_reason=reason, context_used=3 + i, context_length=128)
+
         text, i = "", 0
         self.started.set()
         while self.forever or i < len(self.pieces):
             if cancel is not None and cancel.is_set():
-                return_done = FakeDone(text, FakeStats(new_tokens=i, context_used=3 + i, stop_reason="cancelled"), True)
-                yield return_done
+                self.messages.append(Message("assistant", text))
+                yield ReplyDone(text, stats(i, "cancelled"), True)
                 return
             piece = self.pieces[i % len(self.pieces)]
             text += piece
             i += 1
-            yield FakeDelta(piece)
+            yield TextDelta(piece)
             time.sleep(self.delay)
-        yield FakeDone(text, FakeStats(new_tokens=i, context_used=3 + i), False)
+        self.messages.append(Message("assistant", text))
+        yield ReplyDone(text, stats(max(i, 1), "stop_token"), False)
 
     def send(self, text, cancel=None):
-        return self._stream(cancel)
+        from firefly_core.formats import Message
 
-    regenerate = lambda self, cancel=None: self._stream(cancel)  # noqa: E731
-
-    def edit_last_user(self, text, cancel=None):
+        self.messages.append(Message("user", text))
         return self._stream(cancel)
 
 
@@ -105,3 +90,17 @@ async def wait_screen(pilot, cls, timeout: float = 10.0):
     )
     await pilot.pause()
     return app.screen
+
+
+# -- training runs as another process leaves them (APP-SHELL) -------------------------------------
+def write_events(run_dir, events: list[dict]) -> None:
+    """Append events to RUN_DIR/events.jsonl as the trainer writes them: one JSON object a line.
+    The file is the contract between the trainer's process and the app, so tests write it directly."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "events.jsonl", "a", encoding="utf-8") as f:
+        for event in events:
+            f.write(json.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False) + "\n")

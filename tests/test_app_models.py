@@ -110,3 +110,209 @@ async def test_download_progress_cancel_resume_delete(store, online, bloom_dir):
         await pilot.click("#yes")
         await wait_until(pilot, lambda: "Deleted" in screen.status_text, timeout=10)
         await wait_until(pilot, lambda: not any(m.id == REPO for m in screen.installed))
+
+
+# -- the frame: navigation, narrow terminals, start-up errors, quitting, the command palette -------
+NARROW = (80, 24)
+
+
+def visible(widget) -> bool:
+    """On screen: displayed, with a region inside the terminal."""
+    app = widget.app
+    r = widget.region
+    return widget.display and r.width > 0 and r.height > 0 and r.right <= app.size.width and r.bottom <= app.size.height
+
+
+async def test_navigation_keys_and_tabs_are_visible_at_80x24(store):
+    from textual.widgets import Footer
+
+    from firefly_tui.screens.train import TrainScreen
+    from firefly_tui.widgets.nav import NavBar
+
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=NARROW) as pilot:
+        for key, cls in (("f3", ModelsScreen), ("f4", TrainScreen), ("f2", ChatScreen)):
+            await pilot.press(key)
+            screen = await wait_screen(pilot, cls)
+            await wait_until(pilot, lambda: screen.query(NavBar), what="the navigation line")
+            top = screen_text(app).splitlines()[0]
+            for label in ("F2 Chat", "F3 Models", "F4 Train", "F6 中文", "^P", "^Q Quit"):
+                assert label in top, (label, top)
+            assert len(screen.query(NavBar)) == 1 and len(screen.query(Footer)) == 1
+        # the tabs are clickable: click "F3 Models" in the top line
+        x = screen_text(app).splitlines()[0].index("F3 Models")
+        await pilot.click(NavBar, offset=(x + 1, 0))
+        await wait_screen(pilot, ModelsScreen)
+        # after a language switch the line follows the language (and there is still one)
+        await pilot.press("f6")
+        await wait_until(pilot, lambda: "F3 模型" in screen_text(app).splitlines()[0])
+        assert len(app.screen.query(NavBar)) == 1
+
+
+async def test_sidebar_folds_at_80_columns_and_ctrl_b_shows_it(store):
+    store.create_conversation("第一个对话")
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=NARROW) as pilot:
+        chat = await wait_screen(pilot, ChatScreen)
+        sidebar = chat.query_one("#sidebar")
+        await wait_until(pilot, lambda: not sidebar.display, what="the sidebar to fold")
+        assert "^B Chat list" in screen_text(app).splitlines()[0]
+        await pilot.press("ctrl+b")
+        await wait_until(pilot, lambda: sidebar.display and sidebar.region.width > 0)
+        assert "第一个对话" in screen_text(app)
+        await pilot.press("ctrl+b")
+        await wait_until(pilot, lambda: not sidebar.display)
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=(140, 45)) as pilot:
+        chat = await wait_screen(pilot, ChatScreen)
+        sidebar = chat.query_one("#sidebar")
+        await pilot.pause()
+        assert sidebar.display and sidebar.region.width > 0  # wide: shown, and Ctrl+B hides it
+        await pilot.press("ctrl+b")
+        await wait_until(pilot, lambda: not sidebar.display)
+
+
+async def test_use_a_local_folder_is_reachable_at_80x24_from_welcome_and_models(store, fresh_home):
+    app = FireflyApp(store=store, welcome=True, language="en", settings=None)
+    async with app.run_test(size=NARROW) as pilot:
+        welcome = await wait_screen(pilot, WelcomeScreen)
+        assert visible(welcome.query_one("#use-local"))
+        await pilot.click("#use-local")
+        dialog = await wait_screen(pilot, PromptDialog)
+        assert "local model folder" in screen_text(app)
+        await pilot.press("escape")
+        models = await wait_screen(pilot, ModelsScreen)
+        button = models.query_one("#local")
+        assert visible(button), button.region
+        await pilot.click("#local")
+        await wait_screen(pilot, PromptDialog)
+        assert dialog is not app.screen
+
+
+async def test_corrupt_store_is_shown_with_its_hint_and_never_touched(fresh_home):
+    from firefly_core.paths import chats_db
+
+    db = chats_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    junk = b"this is not a database" * 100
+    db.write_bytes(junk)
+    from firefly_core.errors import FireflyError
+    from firefly_core.store import ChatStore as Store
+
+    with pytest.raises(FireflyError) as raised:  # the oracle: what the store itself says
+        Store(db)
+    app = FireflyApp(language="en")
+    async with app.run_test(size=NARROW) as pilot:
+        from firefly_tui.screens.dialogs import ErrorDialog
+
+        dialog = await wait_screen(pilot, ErrorDialog)
+        assert "chat history cannot be opened" in dialog.text
+        assert raised.value.message in dialog.text and raised.value.hint in dialog.text
+        assert not dialog.query("#continue")  # nothing to show without the store: only Quit
+        await pilot.click("#quit")
+        await wait_until(pilot, lambda: app._exit, what="the exit")
+    assert app.return_code == 1
+    assert db.read_bytes() == junk
+
+
+async def test_invalid_config_is_shown_and_the_app_goes_on_without_saving(store, fresh_home):
+    from firefly_core.paths import config_file
+    from firefly_tui.screens.dialogs import ErrorDialog
+
+    cfg = config_file()
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_bytes(b'{"active_model": ')
+    app = FireflyApp(store=store, language="en")
+    async with app.run_test(size=(120, 36)) as pilot:
+        dialog = await wait_screen(pilot, ErrorDialog)
+        assert "settings file cannot be read" in dialog.text and "config.json" in dialog.text
+        await pilot.click("#continue")
+        await wait_screen(pilot, WelcomeScreen)  # no settings: no active model
+        await pilot.press("escape")
+        await wait_screen(pilot, ChatScreen)
+        await pilot.press("f6")  # a language switch would save settings: not with a broken file
+        await wait_until(pilot, lambda: "F3 模型" in screen_text(app))
+    assert cfg.read_bytes() == b'{"active_model": '
+
+
+async def test_quit_while_a_run_trains_says_it_keeps_going(store, fresh_home, capfd):
+    import subprocess
+    import sys
+    import time as _time
+
+    from app_helpers import write_events
+
+    from firefly_core.paths import runs_dir
+
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_events(runs_dir() / "run-busy", [{"type": "start", "pid": trainer.pid, "total_steps": 10}])
+        app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+        async with app.run_test(size=NARROW) as pilot:
+            await wait_screen(pilot, ChatScreen)
+            started = _time.monotonic()
+            await pilot.press("ctrl+q")
+            await wait_until(pilot, lambda: app._exit, timeout=5, what="the exit")
+            assert _time.monotonic() - started < 2
+        assert "run-busy keeps going" in capfd.readouterr().err  # printed once the app has closed
+        assert trainer.poll() is None  # the run itself is untouched
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+async def test_command_palette_follows_the_language_and_helps(store):
+    app = FireflyApp(store=store, welcome=False, language="zh", settings=None)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await wait_screen(pilot, ChatScreen)
+        commands = list(app.get_system_commands(screen))
+        titles = [c.title for c in commands]
+        assert "更换配色主题" in titles and "退出流萤" in titles and "使用本地模型文件夹" in titles
+        for c in commands:
+            assert not any(word in c.title for word in ("Theme", "Quit", "Keys", "Screenshot")), c.title
+            assert c.help and c.help != c.title, c.title
+
+
+def test_no_internal_wording_in_what_users_read():
+    from firefly_core.models.catalog import catalog
+    from firefly_tui.i18n import STRINGS
+
+    texts = [e.note for e in catalog()] + [e.license for e in catalog()]
+    texts += [s for pair in STRINGS.values() for s in pair]
+    assert not [s for s in texts if "seed" in s.lower()]
+    firefly = [e for e in catalog() if e.id.startswith("YeungNLP/firefly")]
+    assert firefly and all("Firefly project" in e.license and "research" in e.license for e in firefly)
+
+
+async def test_delete_of_a_local_folder_says_it_only_forgets_it(store, bloom_dir, fresh_home):
+    from firefly_core.models.inventory import register_local
+
+    register_local(bloom_dir)
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        table = screen.query_one("#installed")
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("delete")
+        dialog = await wait_screen(pilot, ConfirmDialog)
+        question = str(dialog.query_one(".question").render())
+        assert "only forgets" in question and "frees" not in question
+        await pilot.click("#yes")
+        await wait_until(pilot, lambda: "Removed" in screen.status_text, timeout=10)
+        assert "still on disk" in screen.status_text and "freed" not in screen.status_text
+        await wait_until(pilot, lambda: table.row_count == 0)
+    assert (bloom_dir / "config.json").is_file()
+
+
+async def test_failed_download_stops_the_progress_bar(store, online):
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        screen.start_download("test-org/does-not-exist")
+        bar = screen.query_one("#download-bar")
+        assert bar.display
+        await wait_until(pilot, lambda: screen.downloading is None, timeout=30, what="the failure")
+        assert "failed" in screen.status_text.lower()
+        assert not bar.display and not screen.query_one("#cancel-download").display
+        assert "failed" in str(screen.query_one("#download-text").render()).lower()
