@@ -172,7 +172,8 @@ def _uvicorn_server(config: Any, on_exit: Callable[[], None]) -> Any:
 
     class Server(uvicorn.Server):
         """uvicorn's server, which also stops the running replies when asked to exit, so Ctrl-C
-        does not wait for a long reply to finish."""
+        does not wait for a long reply to finish. uvicorn re-raises the signal it handled once it
+        has shut down; a stop the user asked for is a clean exit here (status 0), so we drop it."""
 
         def __init__(self, config: Any, on_exit: Callable[[], None]) -> None:
             super().__init__(config)
@@ -181,6 +182,9 @@ def _uvicorn_server(config: Any, on_exit: Callable[[], None]) -> Any:
         def handle_exit(self, sig: int, frame: Any) -> None:
             self._on_exit()
             super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     return Server(config, on_exit)
 
