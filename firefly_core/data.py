@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .formats import Message, PromptFormat
 from .records import BadRecord, lone_surrogate, read_records
 
@@ -316,6 +316,8 @@ def rendered_pieces(fmt: PromptFormat, tokenizer, messages: Sequence[Message]) -
 def check_files(paths, tokenizer=None, prompt_format: PromptFormat | None = None, max_length: int = 512) -> DataReport:
     """Validate data files: counts per format and kind, bad lines; with a tokenizer also token
     lengths, truncation, a histogram and one rendered example."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ConfigError(f"--max-length must be a whole number of at least 1, not {max_length!r}")
     samples, bad, lines = read_samples(paths)
     report = DataReport(
         files=[str(p) for p in paths],

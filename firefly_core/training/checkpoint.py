@@ -8,12 +8,14 @@ once complete, so a crash mid-save never leaves a checkpoint that looks valid.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
+from ..errors import FireflyError
 
 STATE_FILE = "trainer_state.json"
 
@@ -44,18 +46,48 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text("utf-8"))
 
 
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e).lower()  # torch and safetensors wrap the OS error in their own exceptions
+    return "no space left" in text or "disk quota" in text or "file write failed" in text
+
+
+def _write_failed(e: BaseException, run_dir: Path, step: int) -> FireflyError:
+    previous = latest_checkpoint(run_dir)
+    kept = (f"the previous checkpoint {previous.name} is intact: continue with --resume"
+            if previous else "no checkpoint was saved yet")
+    if _disk_full(e):
+        return FireflyError(f"the disk is full: checkpoint step {step} could not be written to {run_dir}",
+                            f"free some space, then {kept}")
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+    return FireflyError(f"checkpoint step {step} could not be written to {run_dir}: {reason}", kept)
+
+
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save on every process (DeepSpeed needs all of them); the main one publishes the folder."""
+    """Save on every process (DeepSpeed needs all of them); the main one publishes the folder.
+    A failed write (a full disk) removes the partial folder and raises a FireflyError that says
+    which checkpoint is still intact."""
     final = checkpoint_path(run_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # One run writes here (the run folder is locked): any other unfinished one is a leftover.
+        for stale in final.parent.glob(".step-*.tmp") if final.parent.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            write_json(tmp / STATE_FILE, {"step": step, **state})
+    except Exception as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError)) or _disk_full(e):
+            raise _write_failed(e, run_dir, step) from None
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, {"step": step, **state})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

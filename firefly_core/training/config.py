@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,37 @@ class TrainConfig:
         write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
 
 
+def _type_error(key: str, hint: Any, value: Any) -> str | None:
+    """Why `value` does not fit the field type `hint`, or None when it does."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+    elif hint is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif hint is int:
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif hint is float:
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif hint is str:
+        ok, want = isinstance(value, str), "a string"
+    else:
+        return None
+    if ok:
+        return None
+    shown = json.dumps(value, default=str)
+    return f"{key} must be {want}, not {shown[:60]}"
+
+
 def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -134,8 +164,11 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: unknown option {key!r}", "see: firefly train --help")
         if name == "data" and isinstance(value, str):
             value = [value]
-        if name == "gpu":
+        if name == "gpu" and isinstance(value, (int, str)) and not isinstance(value, bool):
             value = str(value)
+        problem = _type_error(key, hints[name], value)
+        if problem:
+            raise ConfigError(f"{source}: {problem}", "see: firefly train --help for each option's type")
         out[name] = value
     return out
 
@@ -146,12 +179,24 @@ def load_config(toml_path: str | Path | None = None, overrides: dict[str, Any] |
     values: dict[str, Any] = {}
     if toml_path:
         path = Path(toml_path)
+        hint = "give a train.toml file with the same keys as the options (see: firefly train --help)"
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder, not a TOML file", hint)
         try:
-            values.update(_coerce(tomllib.loads(path.read_text("utf-8")), str(path)))
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
+            raise ConfigError(f"no config file at {path}", hint) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}", hint) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                              "save it as UTF-8") from None
+        try:
+            values.update(_coerce(tomllib.loads(text), str(path)))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is not valid TOML: nested too deeply") from None
     values.update(_coerce({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
     try:
         return TrainConfig(**values)
@@ -164,4 +209,11 @@ def load_saved(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_FILE}, so it is not a training run folder")
-    return TrainConfig(**json.loads(path.read_text("utf-8")))
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**_coerce({k: v for k, v in data.items() if k in known}, str(path)))
+    except (ValueError, RecursionError, TypeError) as e:
+        raise ConfigError(f"{path} is damaged: {e}", "start a new run in another --out folder") from None

@@ -1,19 +1,25 @@
-"""The metrics stream of a run: RUN_DIR/events.jsonl, its writer, an incremental reader, run summaries.
+"""The metrics stream of a run: typed events, RUN_DIR/events.jsonl, its writer, an incremental
+reader, and run summaries.
 
-One JSON object per line, each with "type" (start|step|eval|checkpoint|done|error) and "time"
-(Unix seconds). A "done" event carries "status": "completed" or "stopped" (interrupted, with a
-checkpoint to resume from). Readers never trust the last line to be complete: a writer may be in
-the middle of it.
+Each event is a dataclass (`StartEvent`, `StepEvent`, `EvalEvent`, `CheckpointEvent`, `DoneEvent`,
+`ErrorEvent`) written as one JSON object per line with its "type" and "time" (Unix seconds). A
+`DoneEvent` has `status` "completed" or "stopped" (interrupted, with a checkpoint to resume from).
+The file comes from another process and may be torn or edited, so readers never trust it: a
+half-written last line waits for the next poll, a broken line is skipped, and a field whose value
+has the wrong type is dropped (its default stays), so a reader can format every field it gets.
+
+No torch here: the app imports this module at start-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..process import pid_alive
 
@@ -23,28 +29,161 @@ EVENT_TYPES = ("start", "step", "eval", "checkpoint", "done", "error")
 
 @dataclass
 class TrainEvent:
-    type: str
-    data: dict[str, Any] = field(default_factory=dict)
+    """Base of the typed events. `data` (every field but the type, as JSON) is kept for readers
+    written against the untyped events; new code uses the fields."""
+
+    type: ClassVar[str] = ""
+    time: float = 0.0
 
     @property
-    def time(self) -> float:
-        return float(self.data.get("time", 0.0))
-
-    @property
-    def step(self) -> int | None:
-        return self.data.get("step")
-
-    @property
-    def loss(self) -> float | None:
-        return self.data.get("loss")
+    def data(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_json(self) -> str:
         return json.dumps({"type": self.type, **self.data}, ensure_ascii=False)
 
-    @classmethod
-    def from_obj(cls, obj: dict[str, Any]) -> "TrainEvent":
-        obj = dict(obj)
-        return cls(type=str(obj.pop("type", "")), data=obj)
+    @staticmethod
+    def from_obj(obj: dict[str, Any]) -> "TrainEvent | None":
+        """The typed event of one parsed line; None for an unknown type."""
+        cls = EVENT_CLASSES.get(str(obj.get("type", "")))
+        if cls is None:
+            return None
+        hints = _hints(cls)
+        values = {k: v for k, v in obj.items() if k in hints and _accepts(hints[k], v)}
+        if "time" in values:
+            values["time"] = float(values["time"])
+        return cls(**values)
+
+
+@dataclass
+class StartEvent(TrainEvent):
+    """A run (or a resumed run) has loaded its data and model and starts stepping."""
+
+    type: ClassVar[str] = "start"
+    pid: int | None = None
+    run_dir: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    prompt_format: str = ""
+    start_step: int = 0
+    resumed_from: str | None = None
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    warmup_steps: int = 0
+    world_size: int = 1
+    train_samples: int = 0
+    eval_samples: int = 0
+    bad_lines: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+    truncated: int = 0
+    cut_away: int = 0
+    cut_away_where: list[str] = field(default_factory=list)
+    supervised_tokens: int = 0
+    trainable_params: int = 0
+    device: str = ""
+    mixed_precision: str = ""
+    distributed: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged checkpoint skipped on resume
+
+
+@dataclass
+class StepEvent(TrainEvent):
+    """One optimizer step (every `log_every` steps). Losses are rounded to 4 decimals."""
+
+    type: ClassVar[str] = "step"
+    step: int = 0
+    total: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    lr: float = 0.0
+    grad_norm: float | None = None
+    supervised_tokens: int = 0
+    computed_tokens: int = 0
+    padding_tokens: int = 0
+    tokens_per_s: float = 0.0
+    elapsed: float = 0.0
+    eta: float = 0.0
+    memory: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalEvent(TrainEvent):
+    type: ClassVar[str] = "eval"
+    step: int = 0
+    loss: float | None = None
+    perplexity: float | None = None
+    samples: int = 0
+
+
+@dataclass
+class CheckpointEvent(TrainEvent):
+    type: ClassVar[str] = "checkpoint"
+    step: int = 0
+    path: str = ""
+
+
+@dataclass
+class DoneEvent(TrainEvent):
+    """The run ended: "completed" (final_path holds the model) or "stopped" (resume from checkpoint)."""
+
+    type: ClassVar[str] = "done"
+    status: str = "completed"
+    step: int = 0
+    total: int = 0
+    final_path: str | None = None
+    checkpoint: str | None = None
+    signal: str | None = None
+    message: str | None = None
+    elapsed: float | None = None
+    last_loss: float | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "stopped"
+
+
+@dataclass
+class ErrorEvent(TrainEvent):
+    """The run failed: `message` and `hint` as the CLI prints them, the traceback's last lines."""
+
+    type: ClassVar[str] = "error"
+    message: str = ""
+    hint: str | None = None
+    step: int | None = None
+    traceback: list[str] = field(default_factory=list)
+
+
+EVENT_CLASSES: dict[str, type[TrainEvent]] = {
+    c.type: c for c in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, DoneEvent, ErrorEvent)
+}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        _HINTS[cls] = {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
+    return _HINTS[cls]
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a value read from the file fits the field's type (bools are not numbers here)."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if args and origin not in (list, dict):  # a union such as `float | None`
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list or hint is list:
+        return isinstance(value, list) and (not args or all(_accepts(args[0], v) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
 
 
 class EventWriter:
@@ -55,10 +194,9 @@ class EventWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", encoding="utf-8")
 
-    def emit(self, type: str, **data: Any) -> TrainEvent:
-        if type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type!r}")
-        event = TrainEvent(type, {"time": round(time.time(), 3), **data})
+    def emit(self, event: TrainEvent) -> TrainEvent:
+        if not event.time:
+            event.time = round(time.time(), 3)
         self._f.write(event.to_json() + "\n")
         self._f.flush()
         return event
@@ -81,7 +219,7 @@ class EventTail:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
             return []
         end = chunk.rfind(b"\n")
         if end < 0:
@@ -93,10 +231,10 @@ class EventTail:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 continue  # a line torn by a crash mid-write; the rest of the file is still good
-            if isinstance(obj, dict):
-                events.append(TrainEvent.from_obj(obj))
+            if isinstance(obj, dict) and (event := TrainEvent.from_obj(obj)) is not None:
+                events.append(event)
         return events
 
 
@@ -118,27 +256,28 @@ class RunSummary:
 
 def summarize(run_dir: Path, events: list[TrainEvent] | None = None) -> RunSummary | None:
     events = read_events(run_dir) if events is None else events
-    starts = [e for e in events if e.type == "start"]
+    starts = [i for i, e in enumerate(events) if isinstance(e, StartEvent)]
     if not starts:
         return None
-    last_start = max(i for i, e in enumerate(events) if e.type == "start")
-    after = events[last_start:]
-    steps = [e for e in events if e.type == "step"]
+    start = events[starts[-1]]
+    assert isinstance(start, StartEvent)
+    steps = [e for e in events if isinstance(e, StepEvent)]
     status, message = "running", None
-    for e in after:
-        if e.type == "done":
-            status = "stopped" if e.data.get("status") == "stopped" else "done"
-        elif e.type == "error":
-            status, message = "error", e.data.get("message")
-    if status == "running" and not pid_alive(events[last_start].data.get("pid")):
+    for e in events[starts[-1]:]:
+        if isinstance(e, DoneEvent):
+            status = "stopped" if e.stopped else "done"
+        elif isinstance(e, ErrorEvent):
+            status, message = "error", e.message
+    if status == "running" and not pid_alive(start.pid):
         status, message = "error", "the training process ended without a final event (killed?)"
     return RunSummary(
         path=Path(run_dir),
         status=status,
-        step=steps[-1].data.get("step", 0) if steps else events[last_start].data.get("start_step", 0),
-        total=int(events[last_start].data.get("total_steps", 0)),
-        last_loss=steps[-1].data.get("loss") if steps else None,
-        started=starts[0].time,
+        step=steps[-1].step if steps else start.start_step,
+        total=start.total_steps,
+        last_loss=steps[-1].loss if steps else None,
+        started=events[starts[0]].time,
+        message=message,
     )
 
 

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..outputs import replace_folder, temp_folder
+
 
 # Jinja twins of formats.FireflyV1/V2 (system text before the first user message, blank line
 # between), written into the final tokenizer when it has no template of its own: transformers'
@@ -39,12 +41,23 @@ def _base_dtype(base_cfg: dict[str, Any]):
 
 
 def save_final_model(model, state_dict, tokenizer, fmt, base_path: Path, out: Path, base_cfg: dict[str, Any]) -> Path:
-    """Write `model` (or `state_dict` gathered from ZeRO-3) to `out`, replacing it atomically."""
-    from transformers import GenerationConfig
+    """Write `model` (or `state_dict` gathered from ZeRO-3) to `out`, replacing it atomically.
+    Callers decide whether `out` may be replaced (`outputs.check_output`, `run_dir`)."""
 
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_folder(out)
+    try:
+        _write_model_folder(model, state_dict, tokenizer, fmt, base_path, tmp, base_cfg)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, out)
+    return out
+
+
+def _write_model_folder(model, state_dict, tokenizer, fmt, base_path: Path, tmp: Path, base_cfg: dict[str, Any]) -> None:
+    from transformers import GenerationConfig
+
     dtype = _base_dtype(base_cfg)
     if state_dict is not None:
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -64,7 +77,3 @@ def save_final_model(model, state_dict, tokenizer, fmt, base_path: Path, out: Pa
     if tokenizer.pad_token_id is not None:
         gen.pad_token_id = tokenizer.pad_token_id
     gen.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out

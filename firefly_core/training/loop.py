@@ -23,9 +23,11 @@ from typing import Callable, Iterable
 
 from ..models.catalog import prompt_format_for
 from ..errors import FireflyError, OutOfMemoryError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .events import EventWriter, TrainEvent
+from .distributed import build_accelerator, resolve_precision  # noqa: F401  (resolve_precision: re-export)
+from .events import CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, EventWriter, StartEvent, StepEvent, TrainEvent
+from .quiet import quiet_libraries
 
 OOM_SUGGESTIONS = (
     "lower --batch-size and raise --grad-accum to keep the same effective batch; "
@@ -103,17 +105,6 @@ class _StopFlag:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """accelerate's mixed_precision for our --precision (auto: bf16/fp16 on GPUs, fp32 on CPU)."""
-    if precision == "auto":
-        if cuda:
-            import torch
-
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "no"
-    return {"fp32": "no"}.get(precision, precision)
-
-
 def _memory() -> dict[str, float]:
     import resource
 
@@ -133,28 +124,6 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
-def _build_accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    from .launch import deepspeed_plugin
-
-    cpu = config.devices() == ["cpu"]
-    import torch
-
-    mp = resolve_precision(config.precision, not cpu and torch.cuda.is_available())
-    plugin = deepspeed_plugin(config, mp) if config.deepspeed else None
-    return Accelerator(
-        # DeepSpeed picks its own device (DS_ACCELERATOR=cpu on CPU); accelerate's cpu flag would
-        # silently bypass it.
-        cpu=cpu and plugin is None,
-        mixed_precision=mp,
-        gradient_accumulation_steps=config.grad_accum,
-        deepspeed_plugin=plugin,
-        dataloader_config=DataLoaderConfiguration(),
-    )
-
-
 def split_eval(n: int, config: TrainConfig) -> tuple[list[int], list[int]]:
     """Indices of training and evaluation samples when the eval set is a fraction of the data."""
     if config.eval_file or config.eval_fraction <= 0 or n < 2:
@@ -167,19 +136,19 @@ def split_eval(n: int, config: TrainConfig) -> tuple[list[int], list[int]]:
 def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = ()) -> RunResult:
     """Train as configured; every process of a run calls this. Events go to RUN_DIR/events.jsonl
     (main process) and to `callbacks`."""
-    import torch
-
     config.validate()
+    quiet_libraries()
     run_dir = Path(config.out)
-    accelerator = _build_accelerator(config)
+    setup = build_accelerator(config)
+    accelerator = setup.accelerator
     main = accelerator.is_main_process
     writer = EventWriter(run_dir) if main else None
     callbacks = list(callbacks)
 
-    def emit(type: str, **data) -> None:
+    def emit(event: TrainEvent) -> None:
         if writer is None:
             return
-        event = writer.emit(type, **data)
+        writer.emit(event)
         for cb in callbacks:
             cb(event)
 
@@ -189,7 +158,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterab
     try:
         return _train(config, accelerator, run_dir, resume, emit, stop, progress)
     except FireflyError as e:
-        emit("error", message=e.message, hint=e.hint, traceback=[])
+        emit(ErrorEvent(message=e.message, hint=e.hint, step=progress["step"] + 1 if progress["step"] >= 0 else None))
         raise
     except BaseException as e:
         tb = traceback.format_exc().splitlines()[-15:]
@@ -199,40 +168,18 @@ def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterab
                 f"out of memory {where} (batch size {config.batch_size}, max length {config.max_length})",
                 OOM_SUGGESTIONS,
             )
-            emit("error", message=err.message, hint=err.hint, step=progress["step"] + 1, traceback=tb)
+            emit(ErrorEvent(message=err.message, hint=err.hint, step=progress["step"] + 1, traceback=tb))
             raise err from None
         if isinstance(e, KeyboardInterrupt):
-            emit("error", message="interrupted twice: stopped without a checkpoint", traceback=tb)
+            emit(ErrorEvent(message="interrupted twice: stopped without a checkpoint", traceback=tb))
         else:
-            emit("error", message=f"{e.__class__.__name__}: {e}", traceback=tb)
+            emit(ErrorEvent(message=f"{e.__class__.__name__}: {e}", traceback=tb))
         raise
     finally:
         stop.restore()
         if writer:
             writer.close()
-        _release(accelerator)
-
-
-def _release(accelerator) -> None:
-    """Leave the process as we found it, so another run can start in it (tests, notebooks):
-    accelerate's state is a process-wide singleton, and a one-process DeepSpeed run opened a
-    process group of its own."""
-    if accelerator.num_processes != 1:
-        return
-    import torch.distributed as dist
-
-    from .launch import SINGLE_PROCESS_ENV
-
-    while SINGLE_PROCESS_ENV:
-        os.environ.pop(SINGLE_PROCESS_ENV.pop(), None)
-    from accelerate.state import AcceleratorState
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-        ds_comm = sys.modules.get("deepspeed.comm.comm")
-        if ds_comm is not None:
-            ds_comm.cdb = None  # DeepSpeed's handle on the group just destroyed
-    AcceleratorState._reset_state(reset_partial_state=True)
+        setup.release()
 
 
 def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFlag, progress: dict) -> RunResult:
@@ -248,6 +195,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     from ..models.loading import load_tokenizer
     from .final import save_final_model
     from .lora import ADAPTER_DIR, apply_lora
+    from .run_dir import FINAL_DIR
 
     main = accelerator.is_main_process
     world = accelerator.num_processes
@@ -301,19 +249,14 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
 
     start_step = 0
     resumed_from = None
+    notes: list[str] = []
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"nothing to resume: {run_dir} has no checkpoint", "start without --resume")
-        state = load_checkpoint(accelerator, ckpt)
+        ckpt, state, notes = _resume_from(accelerator, run_dir)
         start_step = int(state["step"])
         resumed_from = str(ckpt)
     accelerator.step = 0  # accumulation counter: each optimizer step is exactly grad_accum micro-batches
 
-    emit(
-        "start",
+    emit(StartEvent(
         pid=os.getpid(),
         run_dir=str(run_dir),
         config=config.to_dict(),
@@ -336,7 +279,8 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         device=str(accelerator.device),
         mixed_precision=str(accelerator.mixed_precision),
         distributed=str(accelerator.distributed_type),
-    )
+        notes=notes,
+    ))
 
     device = accelerator.device
     losses: dict[int, float] = {}
@@ -383,8 +327,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         now = time.time()
         if step % config.log_every == 0 or step == total_steps or step == start_step + 1:
             elapsed = now - session_start
-            emit(
-                "step",
+            emit(StepEvent(
                 step=step,
                 total=total_steps,
                 epoch=round(step / plan.steps_per_epoch, 4),
@@ -398,11 +341,11 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
                 elapsed=round(now - started, 3),
                 eta=round(elapsed / done_steps * (total_steps - step), 1),
                 memory=_memory(),
-            )
+            ))
         eval_every = config.eval_every or config.save_every
         if eval_set and (step % eval_every == 0 or step == total_steps):
             ev = evaluate(model, accelerator, eval_set, config.batch_size, pad_id)
-            emit("eval", step=step, loss=round(ev, 6), perplexity=round(math.exp(min(ev, 50)), 4), samples=len(eval_set))
+            emit(EvalEvent(step=step, loss=round(ev, 6), perplexity=round(math.exp(min(ev, 50)), 4), samples=len(eval_set)))
             model.train()
         stopping = _agreed_stop(accelerator, stop)
         if step % config.save_every == 0 or stopping or step == total_steps:
@@ -412,15 +355,15 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
                  "total_steps": total_steps, "loss": loss, "time": time.time()},
                 config.keep_checkpoints,
             )
-            emit("checkpoint", step=step, path=str(checkpoint))
+            emit(CheckpointEvent(step=step, path=str(checkpoint)))
         if stopping:
             name = signal.Signals(stop.signal).name if stop.signal else "signal"
-            emit("done", status="stopped", step=step, total=total_steps, signal=name, checkpoint=str(checkpoint),
-                 message=f"stopped by {name} at step {step}; continue with --resume")
+            emit(DoneEvent(status="stopped", step=step, total=total_steps, signal=name, checkpoint=str(checkpoint),
+                           message=f"stopped by {name} at step {step}; continue with --resume"))
             return RunResult("stopped", step, total_steps, None, checkpoint, losses)
 
     # ---- the final model folder
-    final = run_dir / "final"
+    final = run_dir / FINAL_DIR
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model) if config.deepspeed == 3 else None
     if main:
@@ -431,10 +374,34 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
             unwrapped = unwrapped.merge_and_unload()
         save_final_model(unwrapped, state_dict, tokenizer, fmt, model_path, final, base_cfg)
     accelerator.wait_for_everyone()
-    emit("done", status="completed", step=step, total=total_steps, final_path=str(final),
-         elapsed=round(time.time() - started, 3), last_loss=losses.get(step))
+    last = losses.get(step)
+    emit(DoneEvent(status="completed", step=step, total=total_steps, final_path=str(final),
+                   elapsed=round(time.time() - started, 3), last_loss=None if last is None else round(last, 6)))
     accelerator.end_training()
     return RunResult("completed", step, total_steps, final, checkpoint, losses)
+
+
+def _resume_from(accelerator, run_dir: Path):
+    """Load the newest checkpoint that loads; a damaged newer one is skipped and named in the
+    returned notes (shown by the CLI and the app). Every process loads the same one."""
+    from ..errors import ConfigError
+
+    notes: list[str] = []
+    found = list_checkpoints(run_dir)
+    for ckpt in reversed(found):
+        try:
+            return ckpt, load_checkpoint(accelerator, ckpt), notes
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # a truncated or corrupt file: try the previous checkpoint
+            reason = str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__
+            notes.append(f"checkpoint {ckpt.name} is damaged ({reason}); resuming from an earlier one")
+    if not found:
+        raise ConfigError(f"nothing to resume: {run_dir} has no checkpoint", "start without --resume")
+    raise ConfigError(
+        f"no checkpoint of {run_dir} could be loaded: " + "; ".join(notes),
+        "start the run again without --resume in a new --out folder",
+    )
 
 
 def _agreed_stop(accelerator, stop: _StopFlag) -> bool:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 OPEN, CLOSE = "⟦", "⟧"  # marks trained tokens in the rendered example
+SAMPLE_CHARS = 2000  # the rendered example is cut here: a 10 MB sample must not flood the terminal
 
 
 def register(subparsers) -> None:
@@ -22,10 +23,43 @@ def register(subparsers) -> None:
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--model", help="model folder or hub id whose tokenizer and prompt format to use")
     c.add_argument("--format", dest="prompt_format", help="prompt format (default: the model's own)")
-    c.add_argument("--max-length", type=int, default=512, help="max tokens per sample (default 512)")
-    c.add_argument("--show", type=int, default=20, help="bad lines to list (default 20)")
+    c.add_argument("--max-length", type=_positive, default=512, help="max tokens per sample (default 512)")
+    c.add_argument("--show", type=_not_negative, default=20, help="bad lines to list (default 20)")
     c.add_argument("--strict", action="store_true", help="exit with status 1 when any line is bad")
     c.set_defaults(handler=run_check)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _cut(pieces: list[tuple[str, bool]], limit: int) -> tuple[str, int]:
+    """The marked-up example, at most about `limit` characters of text, and how many were left out."""
+    out, used, total = [], 0, sum(len(t) for t, _ in pieces)
+    for text, trained in pieces:
+        room = limit - used
+        if room <= 0:
+            break
+        part = text[:room]
+        used += len(part)
+        out.append(f"{OPEN}{part}{CLOSE}" if trained else part)
+    return "".join(out), total - used
 
 
 def format_report(report, show: int = 20) -> str:
@@ -64,7 +98,8 @@ def format_report(report, show: int = 20) -> str:
     if report.example:
         s = report.samples[0]
         lines.append(f"sample {s.path}:{s.line} as trained ({OPEN}trained{CLOSE}):")
-        lines.append("".join(f"{OPEN}{text}{CLOSE}" if trained else text for text, trained in report.example))
+        text, left_out = _cut(report.example, SAMPLE_CHARS)
+        lines.append(text + (f" … ({left_out:,} more characters not shown)" if left_out else ""))
     return "\n".join(lines)
 
 

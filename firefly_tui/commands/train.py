@@ -76,6 +76,7 @@ def register(subparsers) -> None:
     m.add_argument("--out", required=True, help="folder for the merged model")
     m.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     m.add_argument("--trust-remote-code", action="store_true")
+    m.add_argument("--force", action="store_true", help="replace a non-empty --out folder (never the run or the base model)")
     m.set_defaults(handler=run_merge)
 
 
@@ -93,7 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     from firefly_core.errors import ConfigError
     from firefly_core.training.config import load_config
-    from firefly_core.training.launch import launch, resolve_resume
+    from firefly_core.training.launch import launch
+    from firefly_core.training.run_dir import resolve_resume
 
     overrides = _overrides(args)
     if args.resume:
@@ -108,7 +110,21 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     status = result if isinstance(result, str) else result.status
-    return 0 if status in ("completed", "stopped") else 1
+    # A stopped run is not a finished one: scripts can tell (130, as for Ctrl-C) and --resume it.
+    return {"completed": 0, "stopped": STOPPED_EXIT}.get(status, 1)
+
+
+STOPPED_EXIT = 130
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 class ConsoleProgress:
@@ -132,41 +148,46 @@ class ConsoleProgress:
         self.task = self.progress.add_task("train", total=total, completed=start, stats="")
 
     def __call__(self, event) -> None:
-        d = event.data
+        from firefly_core.training.events import CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, StartEvent, StepEvent
+
         p = self.console.print
-        if event.type == "start":
-            if d.get("resumed_from"):
-                p(f"resuming from step {d['start_step']} ({d['resumed_from']})")
-            p(f"prompt format {d['prompt_format']}, {d['train_samples']} training samples, "
-              f"{d['eval_samples']} eval samples, {d['supervised_tokens']} supervised tokens, "
-              f"{d['total_steps']} steps ({d['steps_per_epoch']} per epoch), warmup {d['warmup_steps']}, "
-              f"{d['world_size']} process(es) on {d['device']}, precision {d['mixed_precision']}")
-            if d.get("bad_lines"):
-                p(f"[yellow]skipped {d['bad_lines']} bad line(s):[/]")
-                for line in d.get("bad_examples", []):
+        if isinstance(event, StartEvent):
+            d = event
+            for note in d.notes:
+                p(f"[yellow]{escape(note)}[/]")
+            if d.resumed_from:
+                p(f"resuming from step {d.start_step} ({d.resumed_from})", markup=False)
+            p(f"prompt format {d.prompt_format}, {d.train_samples} training samples, "
+              f"{d.eval_samples} eval samples, {d.supervised_tokens} supervised tokens, "
+              f"{d.total_steps} steps ({d.steps_per_epoch} per epoch), warmup {d.warmup_steps}, "
+              f"{d.world_size} process(es) on {d.device}, precision {d.mixed_precision}", markup=False)
+            if d.bad_lines:
+                p(f"[yellow]skipped {d.bad_lines} bad line(s):[/]")
+                for line in d.bad_examples:
                     p(f"  {line}", markup=False)
-            if d.get("truncated"):
-                p(f"{d['truncated']} sample(s) cut at --max-length {d['config']['max_length']}")
-            if d.get("cut_away"):
-                p(f"[yellow]warning: {d['cut_away']} sample(s) have no trained token within --max-length "
-                  f"and are skipped (first: {', '.join(d.get('cut_away_where', []))})[/]")
-            self._bar(d["total_steps"], d["start_step"])
-        elif event.type == "step" and self.progress is not None:
-            stats = (f"loss {d['loss']:.4f}  lr {d['lr']:.2e}  {d['tokens_per_s']:.0f} tok/s")
-            self.progress.update(self.task, completed=d["step"], stats=stats)
-        elif event.type == "eval":
-            p(f"eval at step {d['step']}: loss {d['loss']:.4f}, perplexity {d['perplexity']:.2f}")
-        elif event.type == "checkpoint":
-            p(f"checkpoint {d['path']}", markup=False)
-        elif event.type == "done":
+            if d.truncated:
+                p(f"{d.truncated} sample(s) cut at --max-length {d.config.get('max_length')}", markup=False)
+            if d.cut_away:
+                p(f"[yellow]warning: {d.cut_away} sample(s) have no trained token within --max-length "
+                  f"and are skipped (first: {escape(', '.join(d.cut_away_where))})[/]")
+            self._bar(d.total_steps, d.start_step)
+        elif isinstance(event, StepEvent) and self.progress is not None:
+            stats = f"loss {_num(event.loss, '.4f')}  lr {event.lr:.2e}  {event.tokens_per_s:.0f} tok/s"
+            self.progress.update(self.task, completed=event.step, stats=stats)
+        elif isinstance(event, EvalEvent):
+            p(f"eval at step {event.step}: loss {_num(event.loss, '.4f')}, perplexity {_num(event.perplexity, '.2f')}")
+        elif isinstance(event, CheckpointEvent):
+            p(f"checkpoint {event.path}", markup=False)
+        elif isinstance(event, DoneEvent):
             self.close()
-            if d.get("status") == "stopped":
-                p(f"{d.get('message')}", markup=False)
+            if event.stopped:
+                p(f"{event.message}", markup=False)
             else:
-                p(f"done: {d['step']} steps, last loss {d.get('last_loss')}, model at {d['final_path']}", markup=False)
-        elif event.type == "error":
+                p(f"done: {event.step} steps, last loss {_num(event.last_loss, '.4f')}, model at {event.final_path}",
+                  markup=False)
+        elif isinstance(event, ErrorEvent):
             self.close()
-            for line in d.get("traceback", [])[-5:]:
+            for line in event.traceback[-5:]:
                 p(line, markup=False)
 
     def close(self) -> None:
@@ -180,6 +201,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
     from firefly_core.training.lora import merge_adapter
 
-    out = merge_adapter(Path(args.source), Path(args.out), base=args.base, trust_remote_code=args.trust_remote_code)
+    out = merge_adapter(Path(args.source), Path(args.out), base=args.base, trust_remote_code=args.trust_remote_code,
+                        force=args.force)
     print(f"merged model saved to {out}", file=sys.stderr)
     return 0
