@@ -599,6 +599,9 @@ def _link(storage: Path, blob: Path, pointer: Path) -> None:
         pointer.unlink()
     try:
         os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except FileExistsError:  # another pull linked it between our unlink and symlink
+        if os.path.realpath(pointer) != os.path.realpath(blob):
+            raise FireflyError(f"{pointer} changed while firefly was writing it", "run `firefly pull` again") from None
     except OSError:
         shutil.copyfile(blob, pointer)
 

@@ -32,7 +32,9 @@ def is_commit_id(value: object) -> bool:
 
 
 def check_commit_id(value: object, *, repo_id: str, endpoint: str) -> str:
-    """The commit a hub says a repo is at: exactly 40 lowercase hex characters (it names a folder)."""
+    """The commit a hub says a repo is at: exactly 40 hex characters (lowercased: it names a folder)."""
+    if isinstance(value, str):
+        value = value.lower()
     if not is_commit_id(value):
         raise UnsafeNameError(
             f"{endpoint} gave {_show(value)} as the commit of {repo_id}, which is not a commit id (40 hex characters)",
