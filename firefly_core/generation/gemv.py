@@ -138,12 +138,9 @@ _state: tuple[Any, str | None] | None = None  # (module, None) or (None, why not
 
 
 def _package_version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import __version__
 
-        return version("firefly-tui")
-    except Exception:  # running from a source tree without metadata
-        return "dev"
+    return __version__
 
 
 def build_directory() -> Path:

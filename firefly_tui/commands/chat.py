@@ -15,7 +15,10 @@ import sys
 import threading
 from typing import Any
 
+from firefly_core.models.service import ENGINES, QUANTIZE_CHOICES  # torch-free
+
 FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
+
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = "commands: /reset (forget the conversation), /exit (quit), /help; Ctrl-C stops a reply"
 
@@ -42,8 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same replies")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code")
-    p.add_argument("--quantize", choices=("int8",), help="int8 weights on CPU: about 2x faster replies, "
-                   "a small quality cost (see README)")
+    p.add_argument("--engine", choices=ENGINES, help="decode with PyTorch or llama.cpp (default: llama.cpp "
+                   "on CPU when it is installed, else PyTorch)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="int8: int8 weights with PyTorch on CPU "
+                   "(faster replies, a small quality cost, see README); bf16/f16/q8_0/q4_k_m: llama.cpp formats")
+    p.add_argument("--threads", type=int, help="decode threads (default: 1 for small models, else all CPUs)")
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, decode eagerly instead of "
                    "replaying a captured CUDA graph")
     p.add_argument("--no-stats", action="store_true", help="do not print speed after each reply")
@@ -52,37 +58,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _active_model() -> str:
     from firefly_core.errors import ConfigError
+    from firefly_core.models.settings import load_settings
 
-    no_model = ConfigError(
-        "no model given and no active model is set",
-        "pass --model PATH_OR_ID (a model folder or a downloaded hub id)",
-    )
-    try:
-        from firefly_core.models.settings import load_settings
-    except ImportError:
-        raise no_model from None
     model = load_settings().active_model
     if not model:
-        raise no_model
+        raise ConfigError(
+            "no model given and no active model is set",
+            "pass --model PATH_OR_ID (a model folder or a downloaded hub id)",
+        )
     return model
 
 
-def _model_settings(model: str) -> Any:
-    try:
-        from firefly_core.models.settings import load_settings
-
-        return load_settings().for_model(model)
-    except ImportError:
-        return None
-
-
-def build_config(args: argparse.Namespace, saved: Any = None):
-    """GenerationConfig from the seeds' defaults, then the model's saved settings, then the flags."""
-    from firefly_core.generation import GenerationConfig
-
-    overrides: dict[str, Any] = {}
-    if saved is not None:
-        overrides.update(saved.generation_overrides())
+def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings the command line sets (the top layer of resolve_generation_config)."""
     flags = {
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -91,57 +79,78 @@ def build_config(args: argparse.Namespace, saved: Any = None):
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
     }
-    overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.greedy:
-        overrides["do_sample"] = False
-    return GenerationConfig().with_overrides(**overrides)
+        flags["do_sample"] = False
+    return {k: v for k, v in flags.items() if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    from firefly_core.models.catalog import prompt_format_for
-    from firefly_core.chat import ChatSession
-    from firefly_core.models.loading import load_model
+def model_request(model: str, args: argparse.Namespace):
+    """The model service's request: the user's saved per-model settings, then the flags."""
+    from firefly_core.models.service import model_service
 
-    model = args.model or _active_model()
-    saved = _model_settings(model)
-    config = build_config(args, saved)
-    interactive = sys.stdin.isatty()
-    tty_out = sys.stdout.isatty()
-    if interactive:
-        print(f"{DIM}loading {model} ...{RESET}", file=sys.stderr, flush=True)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a progress bar for a local read is noise in a REPL
-    lm = load_model(
+    return model_service().request_for(
         model,
         device=args.device,
         dtype=args.dtype,
-        prompt_format=args.format or (saved.prompt_format if saved else None),
-        catalog_format=prompt_format_for(model),
-        trust_remote_code=args.trust_remote_code or bool(saved and saved.trust_remote_code),
+        prompt_format=args.format,
+        trust_remote_code=True if args.trust_remote_code else None,
+        engine=args.engine,
+        quantize=args.quantize,
+        cuda_graph=False if args.no_cuda_graph else None,
+        threads=args.threads,
     )
-    _fast_decode(lm, args, interactive)
-    system = args.system if args.system is not None else (saved.system if saved else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from firefly_core.chat import ChatSession
+    from firefly_core.errors import FireflyError
+    from firefly_core.generation.settings import generation_config_for, resolve_generation_config
+    from firefly_core.models.service import model_service
+    from firefly_core.models.settings import load_settings
+
+    model = args.model or _active_model()
+    flags = generation_flags(args)
+    resolve_generation_config(model, overrides=flags)  # a bad flag fails now, not after a long load
+    request = model_request(model, args)
+    interactive = sys.stdin.isatty()
+    tty_out = sys.stdout.isatty()
+    talk = interactive or sys.stderr.isatty()
+
+    def show(status: Any) -> None:
+        """Each load step as it happens (a first-run kernel compile takes a while: say so)."""
+        if talk and status.step != "ready":
+            _note(status.message)
+
+    service = model_service()
+    lm = service.get(request, status=show)
+    config = generation_config_for(lm, model, overrides=flags)
+    saved = load_settings().for_model(model)
+    system = args.system if args.system is not None else saved.system
     session = ChatSession(lm, system=system, config=config)
     if interactive:
-        print(
-            f"{DIM}{lm.name} · {lm.device} · {str(lm.dtype).removeprefix('torch.')} · "
-            f"{lm.prompt_format.name} · {HELP}{RESET}",
-            file=sys.stderr,
-            flush=True,
-        )
+        from firefly_core.models.service import describe
+
+        for note in lm.notes:
+            print(f"{DIM}{note}{RESET}", file=sys.stderr, flush=True)
+        print(f"{DIM}{describe(lm)} · {HELP}{RESET}", file=sys.stderr, flush=True)
     show_stats = tty_out and not args.no_stats
+    failed = False
     while True:
-        line = _read_line(interactive)
+        try:
+            line = _read_line(interactive)
+        except FireflyError as e:  # undecodable input: say which line, keep going
+            _print_error(e)
+            failed = True
+            continue
         if line is None:
             if interactive:
                 print(file=sys.stderr)
-            return 0
+            return 1 if failed else 0
         text = line.strip()
         if not text:
             continue
         if text in ("/exit", "/quit"):
-            return 0
+            return 1 if failed else 0
         if text == "/reset":
             session.reset()
             if interactive:
@@ -151,48 +160,72 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=sys.stderr, flush=True)
             continue
         try:
-            _stream_reply(session, text, show_stats)
+            with service.generation_lock(lm):
+                _stream_reply(session, text, show_stats)
         except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        except FireflyError as e:  # e.g. a message longer than the context: this turn ends, not the chat
+            _print_error(e)
+            failed = True
 
 
-def _fast_decode(lm: Any, args: argparse.Namespace, interactive: bool) -> None:
-    """int8 weights when asked (CPU); on CUDA the graph-captured decode step unless turned off."""
-    say = (lambda s: print(f"{DIM}{s}{RESET}", file=sys.stderr, flush=True)) if interactive else None
-    if args.quantize:
-        from firefly_core.generation.quantize import apply_quantization
+def _note(message: str) -> None:
+    """A dim line on stderr (plain when stderr is not a terminal)."""
+    dim, reset = (DIM, RESET) if sys.stderr.isatty() else ("", "")
+    print(f"{dim}{message}{reset}", file=sys.stderr, flush=True)
 
-        report = apply_quantization(lm, args.quantize)
-        if say:
-            say(report.summary())
-    elif lm.device.type == "cuda" and not args.no_cuda_graph:
-        from firefly_core.generation.cuda_graph import enable_fast_decode
 
-        enable_fast_decode(lm, status=say)
-    if lm.device.type == "cpu":
-        # Build the decoder now, so a first-run compile of the CPU decode kernels (generation/gemv.py,
-        # ~20-40 s once, then cached) happens while "loading", not inside the first reply.
-        from firefly_core.generation import decoder_for
-        from firefly_core.generation.gemv import unavailable_reason
+def _print_error(e: Any) -> None:
+    print(f"error: {e.message}", file=sys.stderr, flush=True)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr, flush=True)
 
-        decoder_for(lm)
-        if say and str(lm.dtype) == "torch.bfloat16" and unavailable_reason():
-            say(f"using PyTorch's decode kernel: {unavailable_reason()}")
+
+def decode_input(raw: bytes, line_no: int) -> str:
+    """A line of input as text: UTF-8, else GB18030 (a lossless superset of GBK, what Chinese
+    Windows tools write), else a clear error; never strings with surrogates for the tokenizer."""
+    from firefly_core.errors import FireflyError
+
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        raise FireflyError(
+            f"input line {line_no} is neither UTF-8 nor GBK/GB18030 text; it was skipped",
+            "convert the input to UTF-8 first, e.g. iconv -f YOUR_ENCODING -t UTF-8",
+        ) from None
+    _note(f"(input line {line_no} is not UTF-8; read it as GBK/GB18030)")
+    return text
+
+
+_line_no = 0
 
 
 def _read_line(interactive: bool) -> str | None:
-    """The next line of input, or None at end of input. Ctrl-C at the prompt only clears the line."""
+    """The next line of input, or None at end of input. Ctrl-C at the prompt only clears the line.
+    Bytes that are not UTF-8 are decoded by `decode_input` (or refused with a clear error)."""
+    global _line_no
+    _line_no += 1
     if not interactive:
-        line = sys.stdin.readline()
-        return line if line else None
+        raw = sys.stdin.buffer.readline()
+        return decode_input(raw, _line_no) if raw else None
     while True:
         try:
-            return input("\x1b[1m>\x1b[0m ")
+            line = input("\x1b[1m>\x1b[0m ")
         except EOFError:
             return None
         except KeyboardInterrupt:
             print(f"\n{DIM}(/exit or Ctrl-D to quit){RESET}", file=sys.stderr, flush=True)
+            continue
+        except UnicodeDecodeError as e:  # a terminal that sends non-UTF-8 bytes
+            return decode_input(e.object, _line_no)
+        if any("\ud800" <= ch <= "\udfff" for ch in line):  # surrogateescape'd bytes from a C locale
+            return decode_input(line.encode("utf-8", "surrogateescape"), _line_no)
+        return line
 
 
 def _stream_reply(session: Any, text: str, show_stats: bool) -> None:
