@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from app_helpers import screen_text, wait_screen, wait_until
+from app_helpers import screen_text, wait_screen, wait_until, write_events
 
 from firefly_core.paths import runs_dir
 from firefly_core.store import ChatStore
-from firefly_core.training.events import EventWriter
 from firefly_tui import backend
 from firefly_tui.app import FireflyApp
 from firefly_tui.screens.chat import ChatScreen
-from firefly_tui.screens.dialogs import ConfirmDialog
+from firefly_tui.screens.dialogs import ChoiceDialog, ConfirmDialog, DataCheckDialog, TextDialog
 from firefly_tui.screens.train import TrainScreen
 from firefly_tui.widgets.loss_plot import LossPlot
 
@@ -43,8 +42,21 @@ async def open_train(pilot) -> TrainScreen:
     return await wait_screen(pilot, TrainScreen)
 
 
-def write_run(run_dir: Path, steps: int, *, total: int = 20, pid: int | None = None, done: bool = False) -> EventWriter:
-    w = EventWriter(run_dir)
+class JsonlRun:
+    """Writes RUN_DIR/events.jsonl line by line, as the trainer's process does (the file is the contract)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def emit(self, type: str, **data) -> None:
+        write_events(self.run_dir, [{"type": type, **data}])
+
+    def close(self) -> None:
+        pass
+
+
+def write_run(run_dir: Path, steps: int, *, total: int = 20, pid: int | None = None, done: bool = False) -> JsonlRun:
+    w = JsonlRun(run_dir)
     w.emit("start", pid=pid, total_steps=total, start_step=0)
     for s in range(1, steps + 1):
         w.emit("step", step=s, total=total, loss=3.0 / s, lr=1e-4, tokens_per_s=1234.5, eta=60.0 - s,
@@ -74,7 +86,7 @@ async def test_panel_reattaches_tails_and_chats_with_final(store, fresh_home, bl
             await wait_until(pilot, lambda: len(plot.train) == 3)
             stats = str(screen.query_one("#run-stats").render())
             assert "step 3/20" in stats and "1234.5 tok/s" in stats and "rss 1.25 GB" in stats and "ETA 57s" in stats
-            assert "step 3 loss 1.0" in "\n".join(screen.query_one("#run-log").lines)
+            assert "step 3 loss 1.0" in str(screen.query_one("#run-log-text").render())
             assert not screen.query_one("#stop").disabled
             # the run goes on: the panel follows the file
             for s in range(4, 9):
@@ -95,6 +107,12 @@ async def test_panel_reattaches_tails_and_chats_with_final(store, fresh_home, bl
             assert isinstance(app.screen, ChatScreen)
             conv = store.get_conversation(app.screen.conversation_id)
             assert conv.settings == {"model": str(old / "final")}
+            # a second "chat with this run" reopens that chat instead of making another
+            await pilot.press("f4")
+            await wait_screen(pilot, TrainScreen)
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.conversation_id == conv.id)
+            assert [c.settings.get("model") for c in store.list_conversations()].count(str(old / "final")) == 1
         w.close()
     finally:
         sleeper.kill()
@@ -115,20 +133,20 @@ async def test_process_gone_without_final_event_is_an_error(store, fresh_home):
 
 STOPPABLE = textwrap.dedent(
     """
-    import signal, sys, time
-    sys.path.insert(0, {core!r})
-    from firefly_core.training.events import EventWriter
-    w = EventWriter({run!r})
-    w.emit("start", pid=__import__("os").getpid(), total_steps=1000, start_step=0)
+    import json, os, signal, time
+    f = open(os.path.join({run!r}, "events.jsonl"), "a")
+    def emit(type, **data):
+        f.write(json.dumps(dict(type=type, time=time.time(), **data)) + chr(10)); f.flush()
+    emit("start", pid=os.getpid(), total_steps=1000, start_step=0)
     stop = []
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     step = 0
     while not stop:
         step += 1
-        w.emit("step", step=step, total=1000, loss=1.0 / step)
+        emit("step", step=step, total=1000, loss=1.0 / step)
         time.sleep(0.05)
-    w.emit("checkpoint", step=step, path="ckpt")
-    w.emit("done", status="stopped", step=step, total=1000, message="stopped by SIGINT")
+    emit("checkpoint", step=step, path="ckpt")
+    emit("done", status="stopped", step=step, total=1000, message="stopped by SIGINT")
     """
 )
 
@@ -138,7 +156,7 @@ async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path)
     (The trainer's own reaction to SIGINT, a checkpoint and a "stopped" event, is its own tests' job.)"""
     run = runs_dir() / "run-stop"
     run.mkdir(parents=True)
-    script = STOPPABLE.format(core=str(Path(__file__).resolve().parent.parent), run=str(run))
+    script = STOPPABLE.format(run=str(run))
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         app = make_app(store)
@@ -151,8 +169,15 @@ async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path)
             await pilot.pause(0.3)
             assert proc.poll() is None
             await pilot.press("ctrl+x")
-            await wait_screen(pilot, ConfirmDialog)
-            await pilot.click("#yes")
+            dialog = await wait_screen(pilot, ConfirmDialog)
+            assert dialog.focused.id == "no"  # the safe answer first; the arrow keys move as the row looks
+            await pilot.press("left")
+            assert dialog.focused.id == "yes"
+            await pilot.press("right")
+            assert dialog.focused.id == "no"
+            await pilot.press("right")
+            assert dialog.focused.id == "yes"
+            await pilot.press("enter")
             await wait_until(pilot, lambda: screen.view.status == "stopped", timeout=20)
             assert "stopped by SIGINT" in str(screen.query_one("#run-title").render())
         assert proc.wait(10) == 0
@@ -172,12 +197,12 @@ async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, m
         screen.query_one("#f-model").value = str(bloom_dir)
         screen.query_one("#f-data").value = str(bad)
         screen.query_one("#f-out").value = str(tmp_path / "run")
-        await pilot.press("ctrl+l")  # start: checks first
-        summary = screen.query_one("#check-summary")
-        await wait_until(pilot, lambda: "samples" in str(summary.render()), timeout=30)
-        text = str(summary.render())
+        await pilot.press("ctrl+l")  # start: checks first, and shows the summary where the user looks
+        dialog = await wait_screen(pilot, DataCheckDialog, timeout=30)
+        text = dialog.text
         assert "2 lines, 1 samples, 1 bad" in text and "bad.jsonl:2" in text
+        assert "2 lines, 1 samples, 1 bad" in screen_text(app)  # on screen, not below the fold
         assert launched == []
-        await pilot.press("ctrl+l")  # second press launches
+        await pilot.press("ctrl+l")  # Start from the dialog launches
         await wait_until(pilot, lambda: launched)
         assert launched[0].data == [str(bad)] and launched[0].model == str(bloom_dir)
