@@ -64,3 +64,31 @@ class DownloadCancelled(FireflyError):
 
 class HubAccessError(FireflyError):
     """The hub refused access (gated or private model, bad token): the hint says how to get it."""
+
+
+class StorageError(FireflyError, OSError):
+    """A file or folder firefly must write cannot be written: no permission, a read-only file
+    system, a full disk, a file where a folder should be. Also an OSError, so code that already
+    handles OS failures keeps working; the hint says what to do."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError, path: object, doing: str = "write") -> "StorageError":
+        import errno as _errno
+
+        code = error.errno
+        reason = error.strerror or str(error)
+        if code in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+            hint = "the disk is full: free some space and try again (nothing was changed)"
+        elif code == _errno.EROFS:
+            hint = "it is on a read-only file system: set FIREFLY_HOME to a folder you can write to"
+        elif code in (_errno.EACCES, _errno.EPERM):
+            hint = "you may not write there: fix its permissions, or set FIREFLY_HOME to a folder you can write to"
+        elif code in (_errno.ENOTDIR, _errno.EEXIST):
+            hint = "a file is where a folder should be: move it away, or set FIREFLY_HOME elsewhere"
+        else:
+            hint = "check the disk and the folder's permissions, then try again"
+        err = cls(f"cannot {doing} {path}: {reason}", hint)
+        err.errno = code  # OSError's fields, for code that looks at them
+        err.strerror = error.strerror
+        err.filename = str(path)
+        return err

@@ -23,12 +23,14 @@ def read_json(
     error: type[FireflyError] = FireflyError,
     hint: str | None = None,
     max_bytes: int = MAX_JSON_BYTES,
+    if_empty: Any = ...,
 ) -> Any:
     """The parsed contents of `path`; `error(message, hint)` for anything unreadable.
 
     `what` names the file for the user ("the settings file", "config.json of the model").
     FileNotFoundError is left to the caller: a missing file often means "use the defaults".
-    A UTF-8 byte-order mark is accepted (editors on Windows write one).
+    A UTF-8 byte-order mark is accepted (editors on Windows write one). A file holding only
+    white space gives `if_empty` when one is passed (a settings file just created by hand).
     """
     path = Path(path)
     try:
@@ -38,6 +40,8 @@ def read_json(
         data = path.read_bytes()
     except FileNotFoundError:
         raise
+    except NotADirectoryError as e:  # a file where a parent folder should be: no such file
+        raise FileNotFoundError(e.errno, e.strerror, str(path)) from None
     except IsADirectoryError:
         raise error(f"{what} {path} is a folder, not a file", hint) from None
     except OSError as e:
@@ -46,6 +50,8 @@ def read_json(
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise error(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})", hint) from None
+    if if_empty is not ... and not text.strip():
+        return if_empty
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

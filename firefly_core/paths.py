@@ -36,6 +36,12 @@ def data_dir() -> Path:
     return home / "data" if home else Path(_dirs().user_data_dir)
 
 
+def cache_dir() -> Path:
+    """Files firefly can rebuild (GGUF copies of models for llama.cpp): safe to delete."""
+    home = _home_override()
+    return home / "cache" if home else Path(_dirs().user_cache_dir)
+
+
 def runs_dir() -> Path:
     """Default parent folder of training runs started from the app."""
     return data_dir() / "runs"
@@ -58,5 +64,11 @@ def hf_cache_dir() -> Path:
 
 
 def ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    """Create `path` (and its parents) if needed; StorageError with a hint if it cannot be."""
+    from .errors import StorageError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError.from_os_error(e, path, "create the folder") from None
     return path

@@ -153,8 +153,10 @@ def safetensors_header(file: Path) -> dict[str, dict[str, Any]]:
             if len(head) < 8:
                 raise _invalid(file, f"is {'empty' if size == 0 else 'truncated'} ({size} bytes)", hint)
             (n,) = struct.unpack("<Q", head)
-            if n < 2 or n > MAX_SAFETENSORS_HEADER or n > size - 8:
-                raise _invalid(file, f"is not a safetensors file (its header length {n:,} does not fit in {size:,} bytes)", hint)
+            if n < 2 or n > MAX_SAFETENSORS_HEADER:
+                raise _invalid(file, f"is not a safetensors file (it starts with a header length of {n:,} bytes)", hint)
+            if n > size - 8:
+                raise _invalid(file, f"is truncated (its header alone needs {n + 8:,} bytes, the file has {size:,})", hint)
             raw = f.read(n)
     except OSError as e:
         raise _invalid(file, f"cannot be read: {e.strerror or e}") from None

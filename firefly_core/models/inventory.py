@@ -4,14 +4,14 @@ resolving a name (hub id or folder) to a model folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import atomic, paths
-from ..errors import FireflyError, ModelNotFoundError
+from ..errors import ConfigError, FireflyError, ModelNotFoundError
+from ..jsonfile import read_json
 from .folder import FolderStatus, check_model_folder, folder_status
 from .names import COMMIT_RE
 
@@ -152,19 +152,30 @@ def _registry_file() -> Path:
 
 
 def registered_local() -> list[Path]:
-    """The local model folders the user added (they may have been moved since)."""
+    """The local model folders the user added (they may have been moved since).
+
+    The file is checked, not trusted: anything but {"folders": [path, ...]} is a clear error
+    (before, {"folders": "abc"} listed models "a", "b" and "c")."""
+    file = _registry_file()
+    hint = ('fix it by hand (it holds {"folders": ["/path/to/model", ...]}), or delete it to forget '
+            "the local folders (the folders themselves are not touched)")
     try:
-        data = json.loads(_registry_file().read_text("utf-8"))
-        return [Path(p) for p in data.get("folders", [])]
+        data = read_json(file, what="the list of local models", error=ConfigError, hint=hint,
+                         max_bytes=16 * 1024 * 1024, if_empty={})
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, AttributeError) as e:
-        raise FireflyError(
-            f"the list of local models {_registry_file()} is damaged: {e}", "fix or delete that file"
-        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the list of local models {file} is damaged: it holds a JSON {type(data).__name__}, "
+                          "not an object", hint)
+    folders = data.get("folders", [])
+    if not isinstance(folders, list) or not all(isinstance(p, str) and p.strip() for p in folders):
+        raise ConfigError(f"the list of local models {file} is damaged: \"folders\" is not a list of folder paths",
+                          hint)
+    return [Path(p) for p in folders]
 
 
 def _save_registry(folders: list[Path]) -> None:
+    """Write the list atomically (StorageError with a hint when its folder is not writable)."""
     atomic.write_json(_registry_file(), {"folders": [str(p) for p in dict.fromkeys(folders)]})
 
 

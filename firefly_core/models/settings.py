@@ -7,7 +7,6 @@ version) are kept on save. A damaged file is reported with its path, never silen
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from .. import atomic, paths
 from ..errors import ConfigError
+from ..jsonfile import read_json
 
 SCHEMA_VERSION = 1
 
@@ -149,21 +149,22 @@ def settings_to_dict(s: UserSettings) -> dict[str, Any]:
 
 
 def load_settings(path: Path | None = None) -> UserSettings:
-    """The saved settings, or defaults when there is no file yet."""
+    """The saved settings, or defaults when there is no file yet.
+
+    A file that cannot be used (not UTF-8, not JSON, nested too deeply, wrong types) is a
+    ConfigError naming it; it is never rewritten or replaced here."""
     path = Path(path) if path else paths.config_file()
     try:
-        text = path.read_text("utf-8")
+        data = read_json(
+            path,
+            what="the settings file",
+            error=ConfigError,
+            hint="fix it by hand, or move it away to start from defaults (firefly has not changed it)",
+            max_bytes=16 * 1024 * 1024,
+            if_empty={},
+        )
     except FileNotFoundError:
         return UserSettings()
-    except OSError as e:
-        raise ConfigError(f"cannot read the settings file {path}: {e.strerror}") from None
-    try:
-        data = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"the settings file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-            "fix it by hand, or move it away to start from defaults",
-        ) from None
     return settings_from_dict(data, str(path))
 
 
