@@ -524,6 +524,10 @@ def test_rm_of_a_symlinked_cache_folder_is_a_clear_error_that_deletes_nothing(on
     moved.parent.mkdir()
     storage.rename(moved)
     storage.symlink_to(moved, target_is_directory=True)
+    # a cache folder moved to another disk and linked back is still used (paths resolve inside it)
+    online.requests.clear()
+    assert hub.pull("test-org/tiny-bloom") == storage / "snapshots" / online.repos["test-org/tiny-bloom"].sha
+    assert not [r for r in online.requests if r.method == "GET" and not r.path.startswith("/api/")]
     before = _walk(moved)
     code, out, err = _cli(capsys, "rm", "test-org/tiny-bloom", "--yes")
     assert code == 1 and "symbolic link" in err and "Traceback" not in err
@@ -544,7 +548,7 @@ def test_a_cache_whose_refs_main_holds_garbage(online, capsys, fresh_home, bloom
     code, out, err = _cli(capsys, "list")
     assert code == 0 and "Traceback" not in err
     [line] = [ln for ln in out.splitlines() if "test-org/tiny-bloom" in ln]
-    assert "INCOMPLETE" in line
+    assert "INCOMPLETE, damaged" in line
     code, out, err = _cli(capsys, "show", "test-org/tiny-bloom")
     assert code == 0 and "refs/main" in out
     with pytest.raises(ModelNotFoundError) as e:

@@ -66,7 +66,8 @@ from ..units import human_bytes
 from . import names
 from .folder import LICENSE_PATTERN, PYTORCH_INDEX, SAFETENSORS_INDEX, SMALL_FILES, index_shards, needs_remote_code
 from .inventory import (
-    cache_folder, find_installed, local_summary, looks_like_hub_id, pending_blobs, register_local, valid_repo_id,
+    cache_folder, find_cache_folder, find_installed, local_summary, looks_like_hub_id, pending_blobs,
+    register_local, valid_repo_id,
 )
 
 CONNECT_TIMEOUT_S = 4.0  # an unreachable hub must be reported within a few seconds
@@ -733,12 +734,7 @@ def plan_download(
 def _storage_for(repo_id: str, canonical: str) -> Path:
     """The cache folder of the repo the user asked for: an existing one of any case, else the
     canonical spelling (the hub is case-insensitive, the cache folder names are not)."""
-    found = find_installed(repo_id)
-    if found is not None and found.source == "hub-cache":
-        folder = found.path if found.path.name.startswith("models--") else found.path.parent.parent
-        if folder.name.lower() == cache_folder(repo_id).name.lower():
-            return folder
-    return cache_folder(canonical)
+    return find_cache_folder(repo_id) or cache_folder(canonical)
 
 
 def _check_shards(index: Path, repo_id: str, remote: dict[str, RemoteFile]) -> list[str]:

@@ -205,7 +205,12 @@ def run_list(args: argparse.Namespace) -> int:
     installed = inventory.list_installed()
     rows = []
     for m in installed:
-        status = "complete" if m.complete else "INCOMPLETE (firefly pull to resume)" if m.source == "hub-cache" else "INCOMPLETE"
+        if m.complete:
+            status = "complete"
+        elif m.source == "hub-cache" and any("damaged" in why for why in m.missing):
+            status = "INCOMPLETE, damaged (firefly pull repairs it)"
+        else:
+            status = "INCOMPLETE (firefly pull to resume)" if m.source == "hub-cache" else "INCOMPLETE"
         mark = "*" if active and active.lower() == m.id.lower() else " "
         rows.append((mark, m.id, human_bytes(m.size_bytes), status, m.source))
     if args.all:
