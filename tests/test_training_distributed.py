@@ -93,10 +93,13 @@ def test_ctrl_c_on_the_cli_checkpoints_and_resume_finishes(bloom_dir, tmp_path):
     assert step >= 2, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # stopped, not finished: scripts can tell
     done = read_events(run)[-1]
     assert done.type == "done" and done.data["status"] == "stopped"
     stopped_at = done.data["step"]
+    # Only our own output: no library deprecations, progress bars or DeepSpeed/accelerate chatter.
+    for noise in ("FutureWarning", "Removed shared tensor", "Setting accelerator", "Loading weights", "Writing model"):
+        assert noise not in err, (noise, err)
     assert f"stopped by SIGINT at step {stopped_at}; continue with --resume" in err
     assert (run / "checkpoints" / f"step-{stopped_at:08d}" / "trainer_state.json").is_file()
 
@@ -123,7 +126,7 @@ def test_ctrl_c_on_a_two_process_run_stops_every_worker_cleanly(bloom_dir, tmp_p
     assert stepped, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     assert "Traceback" not in err  # the launcher was not torn down; the workers just stopped
     done = read_events(run)[-1]
     assert done.type == "done" and done.data["status"] == "stopped"

@@ -30,7 +30,7 @@ from .distributed import (  # noqa: F401  (re-exported: the names launch has alw
     yaml_text as _yaml,
 )
 from .events import DoneEvent, ErrorEvent, EventTail, TrainEvent
-from .run_dir import RunLock, prepare_new_run, resolve_resume  # noqa: F401
+from .run_dir import RunLock, check_new_run, prepare_new_run, resolve_resume  # noqa: F401
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool) -> TrainConfig:
@@ -46,6 +46,8 @@ def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Cal
         require_deepspeed()
     _check_gpus(config)
     resolve_output(config.out)  # an impossible --out is an error before anything is created
+    if not resume:
+        check_new_run(config)  # before the lock file is made: a refused folder is left as it was
     with RunLock(Path(config.out)):
         prepare_run_dir(config, resume)
         if config.world_size == 1 and config.num_machines == 1:

@@ -56,9 +56,9 @@ def _model_folder(model: str) -> list[Path]:
     return [path] if path.is_dir() else []
 
 
-def prepare_new_run(config: TrainConfig) -> TrainConfig:
-    """Check --out for a new run (writable, not overlapping the model or the data, not someone
-    else's folder, not a run with checkpoints), create it and save the resolved config."""
+def check_new_run(config: TrainConfig) -> Path:
+    """Check --out for a new run without touching anything: writable, not overlapping the model
+    or the data, not someone else's folder, not a run with checkpoints. Returns the folder."""
     inputs = [*config.data, *([config.eval_file] if config.eval_file else [])]
     for path in inputs:  # a typo in --data is an error before the run folder exists
         if not Path(path).is_file():
@@ -77,6 +77,12 @@ def prepare_new_run(config: TrainConfig) -> TrainConfig:
                 f"the run folder {run_dir} already holds files that are not a training run's: {shown}",
                 "choose a new or empty --out folder (a run writes only into a folder it created)",
             )
+    return run_dir
+
+
+def prepare_new_run(config: TrainConfig) -> TrainConfig:
+    """`check_new_run`, then create the folder and save the resolved config."""
+    run_dir = check_new_run(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir)
     return config
