@@ -206,3 +206,122 @@ async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, m
         await pilot.press("ctrl+l")  # Start from the dialog launches
         await wait_until(pilot, lambda: launched)
         assert launched[0].data == [str(bad)] and launched[0].model == str(bloom_dir)
+
+
+def write_config(run_dir: Path, **values) -> dict:
+    """RUN_DIR/train_config.json as `firefly train` saves it (the resolved TrainConfig)."""
+    import dataclasses
+    import json
+
+    from firefly_core.training.config import TrainConfig
+
+    cfg = dataclasses.asdict(TrainConfig(**values))
+    (run_dir / "train_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return cfg
+
+
+async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_home, monkeypatch, tmp_path):
+    import shlex
+
+    run = runs_dir() / "run-stopped"
+    w = write_run(run, 4, total=10)
+    w.emit("checkpoint", step=4, path=str(run / "checkpoints" / "step-00000004"))
+    w.emit("done", status="stopped", step=4, total=10, message="stopped by SIGINT at step 4; continue with --resume")
+    ckpt = run / "checkpoints" / "step-00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"step": 4}')
+    data = tmp_path / "指令.jsonl"
+    write_config(run, model="YeungNLP/bloom-1b4-zh", data=[str(data)], out=str(run), gpu="cpu", lora=True, lr=1e-4,
+                 batch_size=2, max_steps=10, max_length=256, eval_fraction=0.1, save_every=2, gradient_checkpointing=True)
+    launched = []
+    monkeypatch.setattr(backend, "launch_argv", lambda argv, out: launched.append((argv, out)))
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "stopped")
+        assert not screen.query_one("#resume").disabled and screen.query_one("#stop").disabled
+        # resume: confirmed, then `firefly train --resume --out RUN`
+        await pilot.press("ctrl+r")
+        await wait_screen(pilot, ConfirmDialog)
+        await pilot.click("#yes")
+        await wait_until(pilot, lambda: launched)
+        assert launched == [(["train", "--resume", "--out", str(run)], run)]
+        # clone: the run's settings in the form, a new output folder, the rest as extra options
+        await pilot.click("#clone")
+        await wait_until(pilot, lambda: screen.query_one("#f-model").value == "YeungNLP/bloom-1b4-zh")
+        form = screen._read_form()
+        assert form["data"] == str(data) and form["mode"] == "lora" and form["lr"] == "0.0001"
+        assert form["batch"] == "2" and form["max_steps"] == "10" and form["max_length"] == "256" and form["gpu"] == "cpu"
+        assert form["out"] != str(run) and Path(form["out"]).parent == run.parent
+        assert shlex.split(form["extra"]) == ["--eval-fraction", "0.1", "--save-every", "2", "--gradient-checkpointing"]
+        # show command: the exact line, which parses back to the same options
+        await pilot.press("ctrl+g")
+        dialog = await wait_screen(pilot, TextDialog)
+        line = dialog.text
+        argv = shlex.split(line)
+        assert argv[0] == "firefly" and argv[1:] == screen._request().argv() and argv[1] == "train"
+        assert "--lora" in argv and "--gradient-checkpointing" in argv and str(data) in argv
+        await pilot.press("escape")
+        await pilot.press("f2")  # leaving the screen remembers the form
+        await wait_screen(pilot, ChatScreen)
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        assert screen.query_one("#f-model").value == "YeungNLP/bloom-1b4-zh"
+        assert screen.query_one("#f-data").value == str(data)
+        assert screen.query_one("#f-extra").value == form["extra"]
+        assert screen.query_one("#f-out").value != form["out"]  # a new run folder every time
+
+
+async def test_ctrl_t_without_final_offers_the_newest_checkpoint(store, fresh_home, bloom_dir, monkeypatch):
+    run = runs_dir() / "run-partial"
+    w = write_run(run, 6, total=10)
+    w.emit("done", status="stopped", step=6, total=10, message="stopped")
+    for step in (3, 6):
+        c = run / "checkpoints" / f"step-{step:08d}"
+        c.mkdir(parents=True)
+        (c / "trainer_state.json").write_text(f'{{"step": {step}}}')
+    made = []
+
+    def fake_checkpoint_model(run_dir, checkpoint):
+        """Turning a checkpoint into a model folder is tested on a real run in test_checkpoint_model."""
+        made.append(Path(checkpoint).name)
+        return bloom_dir
+
+    monkeypatch.setattr(backend, "checkpoint_model", fake_checkpoint_model)
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "stopped")
+        assert not screen.query_one("#chat-final").disabled
+        await pilot.press("ctrl+t")
+        dialog = await wait_screen(pilot, ChoiceDialog)
+        options = dialog.query_one("#choices")
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert labels[0].startswith("step 6") and labels[1].startswith("step 3") and len(labels) == 2
+        assert "no final/" in screen_text(app)
+        await pilot.press("enter")  # the newest, highlighted first
+        await wait_until(pilot, lambda: app.model_name == str(bloom_dir), timeout=60, what="the checkpoint model")
+        assert made == ["step-00000006"]
+        conv = store.get_conversation(app.screen.conversation_id)
+        assert conv.title == "run-partial · step 6"
+
+
+async def test_narrow_train_screen_stacks_the_form_above_the_chart_and_log_lines_wrap(store, fresh_home):
+    run = runs_dir() / "run-narrow"
+    write_run(run, 5, total=10, done=True).close()
+    long_line = "warning: " + "很长的日志行 " * 40 + "END"
+    (run / backend.LOG_FILE).write_text(f"short\n{long_line}\n", encoding="utf-8")
+    app = make_app(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_train(pilot)
+        await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) == 5)
+        form, panel = screen.query_one("#train-form"), screen.query_one("#train-panel")
+        plot = screen.query_one("#loss-plot")
+        await wait_until(pilot, lambda: plot.virtual_region.width > 0)
+        # both in the one scrolling body: the panel starts below the form's last row
+        assert panel.virtual_region.y >= form.virtual_region.bottom
+        assert plot.virtual_region.width >= 70  # the chart spans the terminal, not 17 columns
+        text = screen.query_one("#run-log-text")
+        await wait_until(pilot, lambda: text.virtual_region.height > 2)
+        assert text.virtual_region.width <= 80  # wrapped to the terminal, not cut off
