@@ -385,3 +385,38 @@ def test_not_enough_disk_space_is_refused_before_downloading(online, monkeypatch
 def test_an_invalid_hub_id_is_a_clear_error(online):
     with pytest.raises(ModelNotFoundError):
         hub.pull("org/bad name!")
+
+
+# ---------------------------------------------------------------- names from outside (names.py)
+
+
+def test_names_accept_what_real_repos_use_and_refuse_paths():
+    from firefly_core.errors import ConfigError
+    from firefly_core.models import names
+
+    for ok in ("model-00001-of-00002.safetensors", "中文说明.json", "onnx/model.onnx", "tokenizer.json", "a b.txt"):
+        assert names.check_file_name(ok, where="test") == ok
+    for bad in ("../x", "a/../../x", "/etc/passwd", "", ".", "a//b", "a/", "x\\y", "C:x", "a\x00b", "a\nb", "a\x7fb"):
+        with pytest.raises(names.UnsafeNameError):
+            names.check_file_name(bad, where="test")
+    for ok in ("main", "v1.0", "refs/pr/1", "feature/x-y_z", "a" * 40):
+        assert names.check_revision(ok) == ok
+    for bad in ("", "..", "a..b", "/main", "main/", "a//b", ".hidden", "x/.y", "b.lock", "a b", "a~1", "a^", "a:b",
+                "a?", "a*", "a[", "a\\b", "@", "a@{1}", "main\n", "x."):
+        with pytest.raises(ConfigError):
+            names.check_revision(bad)
+    sha = "ab" * 32
+    assert names.blob_name(f"{sha.upper()}", filename="f", endpoint="e") == sha
+    assert names.blob_name("cd" * 20, filename="f", endpoint="e") == "cd" * 20
+    for bad in (None, "", "x" * 64, "ab" * 31, '"' + sha + '"', "../" + sha, sha + "\n"):
+        with pytest.raises(names.UnsafeNameError):
+            names.blob_name(bad, filename="f", endpoint="e")
+    assert names.check_commit_id("AB" * 20, repo_id="r", endpoint="e") == "ab" * 20
+
+
+def test_an_empty_file_downloads_and_verifies(online, bloom_dir):
+    files = {p.name: p.read_bytes() for p in bloom_dir.iterdir() if p.is_file()}
+    online.add_repo("test-org/empty-file", {**files, "added_tokens.json": b""})
+    path = hub.pull("test-org/empty-file")
+    assert (path / "added_tokens.json").read_bytes() == b""
+    assert inventory.find_installed("test-org/empty-file").complete

@@ -478,7 +478,9 @@ def _stream_blob(
     from huggingface_hub import get_session
     from huggingface_hub.utils import hf_raise_for_status
 
-    have = partial.stat().st_size if partial.exists() else 0
+    with open(partial, "ab"):  # exists from here on, even for an empty file
+        pass
+    have = partial.stat().st_size
     if have > size:  # not a prefix of this file
         partial.unlink()
         progress.add(-have)
