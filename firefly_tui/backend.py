@@ -36,29 +36,32 @@ def quiet_progress_bars() -> None:
         pass
 
 
-def load_model(name_or_path: str, prompt_format: str | None = None, trust_remote_code: bool | None = None, settings=None):
-    """Load a model for chat (blocking; call from a worker). Raises FireflyError subclasses.
+def load_model(
+    name_or_path: str,
+    prompt_format: str | None = None,
+    trust_remote_code: bool | None = None,
+    settings=None,
+    *,
+    status: Callable[[str], None] | None = None,
+    cancel=None,
+):
+    """A model ready for chat (blocking; call from a worker). Raises FireflyError subclasses.
 
-    The user's saved per-model settings (`firefly` CLI or app) give the prompt format and the
-    remote-code opt-in unless the caller passes them.
+    Goes through the process's model service: loads are one at a time, a model asked for twice
+    is loaded once and shared, and it is prepared for chat once (engine, int8, CUDA graphs, CPU
+    kernels, threads, from the user's saved per-model settings). `status` gets each step's text
+    ("compiling CPU kernels, once, ~30 s") as it happens. `settings` is accepted for callers that
+    hold the user's settings; the service reads the same file.
     """
     quiet_progress_bars()
-    from firefly_core.models.loading import load_model as _load
+    from firefly_core.models.service import model_service
 
-    saved = model_settings(settings, name_or_path)
-    catalog_format = None
-    try:
-        entry = find_entry(name_or_path)
-        if entry is not None:
-            catalog_format = entry.prompt_format
-    except ImportError:
-        pass
-    return _load(
-        name_or_path,
-        prompt_format=prompt_format or saved.get("prompt_format") or None,
-        catalog_format=catalog_format,
-        trust_remote_code=bool(saved.get("trust_remote_code")) if trust_remote_code is None else trust_remote_code,
+    service = model_service()
+    request = service.request_for(
+        str(name_or_path), prompt_format=prompt_format or None, trust_remote_code=trust_remote_code
     )
+    say = (lambda s: status(s.message)) if status is not None else None
+    return service.get(request, status=say, cancel=cancel)
 
 
 def describe_model(lm) -> dict[str, Any]:
@@ -142,18 +145,26 @@ def model_settings(settings, model: str | None) -> dict[str, Any]:
 def chat_model(app, name: str | None, *, status: Callable[[str], None] | None = None, cancel=None):
     """The loaded model a chat answers with (blocking; call from a worker).
 
-    `name` is the chat's own model or the app's active one. Steps of getting it ready are reported
-    through `status` as they happen.
+    `name` is the chat's own model or, when None, the app's active one; both come from the model
+    service, so a chat with its own model never reloads the active one or disturbs other chats.
     """
-    if not name or (app.lm is not None and name == app.model_name):
-        if app.lm is None:
-            from firefly_core.errors import ConfigError
-
-            raise ConfigError("no model is chosen for this chat", "pick one with Ctrl+O or on the Models screen (F3)")
+    name = name or app.model_name
+    if app.lm is not None and name == app.model_name:
         return app.lm
-    lm = load_model(name, settings=app.settings)
-    app.set_model(lm, name, persist=False)
-    return lm
+    if not name:
+        from firefly_core.errors import ConfigError
+
+        raise ConfigError("no model is chosen for this chat", "pick one with Ctrl+O or on the Models screen (F3)")
+    return load_model(name, status=status, cancel=cancel)
+
+
+def generation_lock(lm):
+    """The model's generation lock (one generation at a time per model), held while a reply
+    streams; a stand-in model without one (tests' scripted sessions) needs none."""
+    import contextlib
+
+    lock = getattr(lm, "generation_lock", None)
+    return lock if lock is not None else contextlib.nullcontext()
 
 
 def chat_generation_config(lm, model_id: str | None, chat: dict[str, Any] | None):

@@ -65,6 +65,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chat.stopped": ("已停止", "stopped"),
     "chat.error": ("生成失败", "generation failed"),
     "chat.empty_reply": ("空回复（模型立即结束：{reason}）", "empty reply (the model stopped at once: {reason})"),
+    "chat.empty_reply_plain": ("空回复", "empty reply"),
     "chat.no_model": ("还没有加载模型：按 F3 打开模型管理，选择一个模型并“使用”。", "No model loaded: press F3 for Models and pick “Use this model”."),
     "chat.busy": ("正在生成回复，按 Esc 停止。", "A reply is being generated; Esc stops it."),
     "chat.nothing_to_regen": ("没有可以重新生成的回复。", "There is no reply to regenerate."),

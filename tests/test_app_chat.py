@@ -1,4 +1,5 @@
-"""Pilot tests of the chat screen: real tiny models for replies, a scripted slow stream for cancel."""
+"""Pilot tests of the chat screen: real tiny models for replies, a scripted slow stream for cancel
+and for the one reply a random model cannot be made to give (an empty one)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import json
 
 import pytest
 from app_helpers import SlowSession, screen_text, wait_screen, wait_until
+from textual import events
 
 from firefly_core.store import ChatStore
 from firefly_tui import backend
 from firefly_tui.app import FireflyApp
 from firefly_tui.screens.chat import ChatScreen
-from firefly_tui.screens.dialogs import ChatSettingsDialog, ConfirmDialog, PromptDialog
-from firefly_tui.widgets.chat_view import MessageView
+from firefly_tui.screens.chat_settings import ChatSettingsDialog
+from firefly_tui.screens.dialogs import ConfirmDialog, PromptDialog
+from firefly_tui.screens.message_actions import MessageActionsDialog
+from firefly_tui.widgets.chat_view import ChatLog, MessageView
+from firefly_tui.widgets.composer import Composer
 
 SIZE = (110, 36)
 
@@ -41,12 +46,17 @@ def chat_of(app) -> ChatScreen:
     return app.screen
 
 
+def composer_of(app) -> Composer:
+    return chat_of(app).query_one("#composer", Composer)
+
+
 async def send(pilot, text: str, *, wait: bool = True) -> None:
-    """Type `text` and press Enter; with `wait`, until the reply is saved."""
+    """Put `text` in the composer and press Enter; with `wait`, until the reply is saved."""
     app = pilot.app
     chat = chat_of(app)
     before = len(app.store.messages(chat.conversation_id)) if chat.conversation_id else 0
-    chat.query_one("#composer").value = text
+    composer_of(app).value = text
+    composer_of(app).focus()
     await pilot.press("enter")
     if wait:
         await wait_until(
@@ -57,18 +67,23 @@ async def send(pilot, text: str, *, wait: bool = True) -> None:
         )
 
 
+def scripted(monkeypatch, session) -> None:
+    monkeypatch.setattr(backend, "new_session", lambda lm, history, settings, model_id=None: session)
+
+
 async def test_chat_two_turns_real_model_persisted(store, bloom_lm, bloom_dir):
     conv = store.create_conversation("t", {"max_new_tokens": 12, "temperature": 0.0 + 1e-3})
     app = make_app(store, bloom_lm, str(bloom_dir))
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await wait_until(pilot, lambda: chat.conversation_id == conv.id)
-        composer = chat.query_one("#composer")
+        composer = composer_of(app)
         composer.focus()
         await pilot.press(*"你好世界")  # CJK typed key by key
         assert composer.value == "你好世界"
         await pilot.press("enter")
         await wait_until(pilot, lambda: not chat.generating and len(store.messages(conv.id)) == 2, timeout=60)
+        assert composer.value == ""
         first = chat.last_stats
         assert first["new_tokens"] > 0 and first["stop_reason"] in ("max_new_tokens", "stop_token", "stop_string")
         await send(pilot, "再说一次")
@@ -79,6 +94,7 @@ async def test_chat_two_turns_real_model_persisted(store, bloom_lm, bloom_dir):
         assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
         views = chat.query(MessageView)
         assert [v.content for v in views] == [m.content for m in msgs]
+        assert [v.message_id for v in views] == [m.id for m in msgs]
         status = str(chat.query_one("#status").render())
         assert "tok/s" in status and f"context {second['context_used']}/{bloom_lm.context_length}" in status
         assert msgs[3].meta["new_tokens"] == second["new_tokens"]
@@ -90,79 +106,228 @@ async def test_chat_two_turns_real_model_persisted(store, bloom_lm, bloom_dir):
         assert chat.conversation_id == conv.id
 
 
+async def test_composer_keeps_every_line_enter_sends_ctrl_j_adds_a_line(store, monkeypatch):
+    slow = SlowSession(["好"], delay=0.0, forever=False)
+    scripted(monkeypatch, slow)
+    conv = store.create_conversation("t")
+    app = make_app(store, lm=object(), name="scripted")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        composer = composer_of(app)
+        await wait_until(pilot, lambda: app.focused is composer, what="the composer focused")
+        height = composer.size.height
+        pasted = "第一行\nsecond line\n\n    indented 第四行"
+        app.post_message(events.Paste(pasted))  # as the terminal driver delivers a paste
+        await wait_until(pilot, lambda: composer.value == pasted, what="the paste")
+        await pilot.press("ctrl+j")
+        await pilot.press(*"end")
+        assert composer.value == pasted + "\nend"
+        await pilot.pause()
+        assert composer.size.height > height  # it grew with its lines
+        assert "Ctrl+J" in composer.placeholder and "^J" in screen_text(app)  # the key is shown
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not chat.generating and len(store.messages(conv.id)) == 2)
+        assert store.messages(conv.id)[0].content == pasted + "\nend"
+        assert slow.messages[0].content == pasted + "\nend"  # the model got every line too
+        user_view = list(chat.query(MessageView))[0]
+        assert "second line" in screen_text(app) and "indented 第四行" in screen_text(app)
+        assert user_view.content.count("\n") == 4
+        assert composer.value == "" and composer.size.height == height
+
+
 async def test_esc_stops_reply_keeps_partial_and_ui_stays_responsive(store, monkeypatch):
-    slow = SlowSession(["床前", "明月", "光，"], delay=0.03)
-    monkeypatch.setattr(backend, "new_session", lambda lm, history, settings: slow)
+    scripted(monkeypatch, SlowSession(["床前", "明月", "光，"], delay=0.03))
     app = make_app(store, lm=object(), name="scripted")
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "写一首诗", wait=False)
         await wait_until(pilot, lambda: chat.streaming_view is not None and len(chat.streaming_view.content) >= 6)
-        # typing while the reply streams
-        await pilot.press(*"abc")
-        assert chat.query_one("#composer").value == "abc"
+        await pilot.press(*"abc")  # typing while the reply streams
+        assert composer_of(app).value == "abc"
         await pilot.press("escape")
         await wait_until(pilot, lambda: not chat.generating, what="stop")
         [user, reply] = store.messages(chat.conversation_id)
         assert reply.partial and reply.content.startswith("床前明月")
         view = list(chat.query(MessageView))[-1]
-        assert view.has_class("partial") and view.content == reply.content
+        assert view.has_class("partial") and view.content == reply.content and view.message_id == reply.id
         assert "stopped" in str(view.query_one(".role").render())
 
 
-async def test_regenerate_and_edit_last(store, bloom_lm):
+async def test_empty_reply_says_so(store, monkeypatch):
+    scripted(monkeypatch, SlowSession([], forever=False))
+    app = make_app(store, lm=object(), name="scripted")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        await send(pilot, "你好")
+        view = list(chat.query(MessageView))[-1]
+        assert view.content == "" and view.has_class("empty")
+        assert "empty reply (the model stopped at once: stop_token)" in str(view.query_one(".role").render())
+        status = str(chat.query_one("#status").render())
+        assert "empty reply" in status and "tok/s" not in status
+
+
+async def test_regenerate_and_edit_and_resend(store, bloom_lm):
     conv = store.create_conversation("t", {"max_new_tokens": 6})
     app = make_app(store, bloom_lm)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
+        composer = composer_of(app)
         await send(pilot, "问题一")
         first_reply = store.messages(conv.id)[-1]
         await pilot.press("ctrl+g")
         await wait_until(pilot, lambda: not chat.generating and store.messages(conv.id)[-1].id != first_reply.id, timeout=60)
         msgs = store.messages(conv.id)
         assert [m.role for m in msgs] == ["user", "assistant"] and msgs[1].id != first_reply.id
-        assert len(chat.query(MessageView)) == 2
+        assert [v.message_id for v in chat.query(MessageView)] == [m.id for m in msgs]
+
+        # edit mode: the text with the cursor at its end, shown as editing; Esc leaves it and
+        # gives back what was being typed
+        await pilot.press(*"draft")
         await pilot.press("ctrl+e")
-        composer = chat.query_one("#composer")
-        assert composer.value == "问题一" and chat.editing
+        assert composer.value == "问题一" and chat.editing and composer.has_class("editing")
+        assert composer.cursor_location == composer.document.end
+        assert "Editing" in screen_text(app)
+        await pilot.press("escape")
+        assert not chat.editing and composer.value == "draft" and not composer.has_class("editing")
+        # clearing the composer leaves edit mode too: the next message is a new one
+        await pilot.press("ctrl+e")
+        assert chat.editing
+        composer.value = ""
+        await wait_until(pilot, lambda: not chat.editing, what="edit mode to end")
+        await send(pilot, "新问题")
+        assert [m.content for m in store.messages(conv.id) if m.role == "user"] == ["问题一", "新问题"]
+
+        # edit and resend: the message is replaced and its old reply goes
+        old_reply = store.messages(conv.id)[-1]
+        await pilot.press("ctrl+e")
+        assert composer.value == "新问题"
         composer.value = "问题二"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: not chat.generating and len(store.messages(conv.id)) == 2, timeout=60)
+        await wait_until(pilot, lambda: not chat.generating and store.messages(conv.id)[-1].id != old_reply.id, timeout=60)
+        assert not chat.editing
         msgs = store.messages(conv.id)
-        assert [(m.role, m.content) for m in msgs][0] == ("user", "问题二")
+        assert [(m.role, m.content) for m in msgs if m.role == "user"] == [("user", "问题一"), ("user", "问题二")]
+        assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
         assert [v.content for v in chat.query(MessageView)] == [m.content for m in msgs]
-        # the session's history agrees with the store (nothing of the first question left)
+        # the session's history agrees with the store
         assert [m.content for m in chat.session.messages] == [m.content for m in msgs]
 
 
-async def test_copy_and_export(store, tmp_path):
-    conv = store.create_conversation("导出测试", {"system": "你是助手"})
-    store.add_message(conv.id, "user", "1+1=?")
-    store.add_message(conv.id, "assistant", "等于 **2**", partial=True)
+async def test_message_actions_delete_retry_copy(store, bloom_lm):
+    conv = store.create_conversation("t", {"max_new_tokens": 4})
+    app = make_app(store, bloom_lm)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        await send(pilot, "一")
+        await send(pilot, "二")
+        msgs = store.messages(conv.id)
+        log = chat.query_one("#log", ChatLog)
+        # the log is one Tab stop; Up/Down select messages inside it
+        log.focus()
+        await pilot.pause()
+        assert log.selected is list(chat.query(MessageView))[-1]
+        await pilot.press("up", "up", "up")
+        assert log.selected.message_id == msgs[0].id
+
+        # copy from the menu
+        await pilot.press("enter")
+        dialog = await wait_screen(pilot, MessageActionsDialog)
+        assert [o.id for o in dialog.query_one("#actions").options] == ["copy", "retry", "edit", "delete"]
+        await pilot.press("enter")  # the first action: copy
+        await wait_screen(pilot, ChatScreen)
+        assert app.clipboard == "一"
+
+        # retry from the first question: what followed it is replaced by one new answer
+        await pilot.press("enter")
+        await wait_screen(pilot, MessageActionsDialog)
+        await pilot.press("down", "enter")
+        await wait_until(pilot, lambda: not chat.generating and len(store.messages(conv.id)) == 2, timeout=60)
+        after = store.messages(conv.id)
+        assert after[0].id == msgs[0].id and after[1].id not in [m.id for m in msgs]
+        assert [v.message_id for v in chat.query(MessageView)] == [m.id for m in after]
+
+        # delete one message (asks first): the new answer
+        log.focus()
+        await pilot.press("down")
+        assert log.selected.message_id == after[1].id
+        await pilot.press("delete")
+        await wait_screen(pilot, ConfirmDialog)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: len(store.messages(conv.id)) == 1)
+        assert [v.message_id for v in chat.query(MessageView)] == [after[0].id]
+        # the chat stays usable: the unanswered question is answered by a new message's turn
+        await send(pilot, "三")
+        assert [m.role for m in store.messages(conv.id)] == ["user", "user", "assistant"]
+
+
+async def test_focus_follows_the_user(store):
+    a = store.create_conversation("猫的故事")
+    store.add_message(a.id, "user", "喵")
+    store.add_message(a.id, "assistant", "喵喵")
+    b = store.create_conversation("dogs")
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
-        await wait_until(pilot, lambda: len(chat.query(MessageView)) == 2)
+        composer = composer_of(app)
+        lv = chat.query_one("#conversations")
+        await wait_until(pilot, lambda: len(lv.children) == 2)
+        # typed characters go to the composer from anywhere that takes no text
+        lv.focus()
+        await pilot.press(*"hi")
+        assert app.focused is composer and composer.value == "hi"
+        chat.query_one("#log").focus()
+        await pilot.press("x")
+        assert app.focused is composer and composer.value == "hix"
+        # Tab does not walk through the messages: the log is one stop
+        stops = []
+        for _ in range(8):
+            await pilot.press("tab")
+            stops.append(app.focused)
+        assert not any(isinstance(w, MessageView) for w in stops)
+        assert sum(isinstance(w, ChatLog) for w in stops) <= 2
+        # search: Enter opens the first result and focus goes to the composer
+        await pilot.press("ctrl+f")
+        assert app.focused.id == "search"
+        await pilot.press(*"猫")
+        await wait_until(pilot, lambda: [i.conversation_id for i in lv.children] == [a.id])
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: chat.conversation_id == a.id and app.focused is composer)
+        # Down enters the results; picking one there moves focus to the composer too
+        await pilot.press("ctrl+f")
+        chat.query_one("#search").value = ""
+        await wait_until(pilot, lambda: len(lv.children) == 2)
+        await pilot.press("down")
+        assert app.focused is lv
+        await pilot.press("down", "enter")
+        await wait_until(pilot, lambda: chat.conversation_id == a.id and app.focused is composer)
+        assert b.id in [i.conversation_id for i in lv.children]
+
+
+async def test_copy_and_export_json_readable_with_settings_used(store, bloom_lm, tmp_path):
+    conv = store.create_conversation("导出测试", {"system": "你是助手", "max_new_tokens": 3, "temperature": 0})
+    app = make_app(store, bloom_lm)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        assert "System: 你是助手" in screen_text(app)  # the system prompt is visible in the chat
+        await send(pilot, "一加一等于几？")
         await pilot.press("ctrl+y")
-        assert app.clipboard == "等于 **2**"
-        first = list(chat.query(MessageView))[0]
-        first.focus()
-        await pilot.press("c")  # copy the focused message
-        assert app.clipboard == "1+1=?"
-        for fmt, key in (("md", "ctrl+s"), ("json", None)):
-            if key:
-                await pilot.press(key)
-            else:
-                chat.action_export("json")
+        assert app.clipboard == store.messages(conv.id)[-1].content
+        for fmt in ("md", "json"):
+            chat.action_export(fmt)
             await wait_screen(pilot, PromptDialog)
             target = tmp_path / f"out.{fmt}"
             app.screen.query_one("#value").value = str(target)
             await pilot.press("enter")
             await wait_until(pilot, target.exists)
         md = (tmp_path / "out.md").read_text(encoding="utf-8")
-        assert md.startswith("# 导出测试") and "## Assistant _(stopped)_" in md and "你是助手" in md
-        data = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
-        assert data["messages"][1] == {"role": "assistant", "content": "等于 **2**", "partial": True}
+        assert md.startswith("# 导出测试") and "你是助手" in md
+        raw = (tmp_path / "out.json").read_text(encoding="utf-8")
+        assert "一加一等于几" in raw and "\\u4e00" not in raw  # Chinese stays readable
+        data = json.loads(raw)
+        used = data["settings_used"]
+        assert used["system"] == "你是助手" and used["prompt_format"] == bloom_lm.prompt_format.name
+        assert used["generation"]["max_new_tokens"] == 3 and used["generation"]["do_sample"] is False
+        assert data["messages"][1]["meta"]["settings"] == used
 
 
 async def test_sidebar_new_rename_delete_search(store):
@@ -178,14 +343,12 @@ async def test_sidebar_new_rename_delete_search(store):
         await pilot.press("ctrl+n")
         await wait_until(pilot, lambda: len(lv.children) == 3)
         new_id = chat.conversation_id
-        assert new_id not in (a.id, b.id)
-        # rename
+        assert new_id not in (a.id, b.id) and app.focused is composer_of(app)
         await pilot.press("ctrl+r")
         await wait_screen(pilot, PromptDialog)
         app.screen.query_one("#value").value = "新的名字"
         await pilot.press("enter")
         await wait_until(pilot, lambda: store.get_conversation(new_id).title == "新的名字")
-        # delete: No keeps it, Yes removes it
         await pilot.press("ctrl+d")
         await wait_screen(pilot, ConfirmDialog)
         await pilot.press("escape")
@@ -196,68 +359,115 @@ async def test_sidebar_new_rename_delete_search(store):
         await pilot.click("#yes")
         await wait_until(pilot, lambda: store.get_conversation(new_id) is None)
         await wait_until(pilot, lambda: len(lv.children) == 2)
-        # search matches titles and message text
         await pilot.press("ctrl+f")
         await pilot.press(*"喵")
         await wait_until(pilot, lambda: [i.conversation_id for i in lv.children] == [a.id])
 
 
-async def test_chat_settings_dialog_validates_and_saves(store):
-    conv = store.create_conversation("s")
-    app = make_app(store)
+async def test_settings_dialog_lists_models_shows_defaults_refuses_out_of_range(store, bloom_lm, bloom_dir, qwen_dir, fresh_home):
+    from firefly_core.models.inventory import register_local
+
+    register_local(qwen_dir)
+    conv = store.create_conversation("s", {"temperature": 0.7})
+    app = make_app(store, bloom_lm, str(bloom_dir))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+o")
-        await wait_screen(pilot, ChatSettingsDialog)
-        dialog = app.screen
-        dialog.query_one("#max_new_tokens").value = "lots"
-        dialog.query_one("#temperature").value = "0.7"
-        dialog.query_one("#system").text = "你是一个诗人"
+        dialog = await wait_screen(pilot, ChatSettingsDialog)
+        model = dialog.query_one("#model")
+        assert app.focused is model  # the first field
+        await wait_until(pilot, lambda: len(model._options) >= 3, what="the installed models")
+        labels = {str(v): str(label) for label, v in model._options}
+        assert labels[str(bloom_dir)].startswith("★") and "in use" in labels[str(bloom_dir)]
+        assert str(qwen_dir) in labels and not labels[str(qwen_dir)].startswith("★")
+        fmt = dialog.query_one("#prompt_format")
+        assert {v for _, v in fmt._options if isinstance(v, str)} == {"firefly-v1", "firefly-v2", "chat_template"}
+        # current values in the fields, defaults beside them (core's resolution of the model's)
+        assert dialog.query_one("#temperature").value == "0.7"
+        defaults = backend.generation_defaults(bloom_lm, str(bloom_dir))
+        shown = [str(label.render()) for label in dialog.query(".default")]
+        assert f"default {defaults['top_p']}" in shown and f"default {defaults['max_new_tokens']}" in shown
+        assert dialog.query_one("#top_p").placeholder == str(defaults["top_p"])
+        # out of range: refused with core's reason, nothing saved
+        dialog.query_one("#top_p").value = "1.5"
         await pilot.click("#save")
-        assert isinstance(app.screen, ChatSettingsDialog)  # refused
-        assert "number" in str(dialog.query_one("#error").render())
+        assert isinstance(app.screen, ChatSettingsDialog)
+        assert "top_p must be in (0, 1]" in str(dialog.query_one("#error").render())
+        assert app.focused is dialog.query_one("#top_p")
+        dialog.query_one("#top_p").value = "0.9"
+        dialog.query_one("#max_new_tokens").value = "lots"
+        await pilot.pause(0.3)
+        await pilot.click("#save")
+        assert "whole number" in str(dialog.query_one("#error").render())
         dialog.query_one("#max_new_tokens").value = "64"
+        model.value = str(qwen_dir)
+        fmt.value = "firefly-v2"
+        dialog.query_one("#system").text = "你是一个诗人"
         await pilot.pause(0.3)  # a Button ignores presses during its 0.2 s press effect
         await pilot.click("#save")
         await wait_screen(pilot, ChatScreen)
-        assert store.get_conversation(conv.id).settings == {"max_new_tokens": 64, "temperature": 0.7, "system": "你是一个诗人"}
+        assert store.get_conversation(conv.id).settings == {
+            "model": str(qwen_dir), "prompt_format": "firefly-v2", "temperature": 0.7, "top_p": 0.9,
+            "max_new_tokens": 64, "system": "你是一个诗人",
+        }
+        assert "System: 你是一个诗人" in screen_text(app)
 
 
 async def test_settings_reach_the_session(store, bloom_lm):
-    conv = store.create_conversation("s", {"max_new_tokens": 3, "system": "你是助手", "prompt_format": "firefly-v2"})
+    store.create_conversation("s", {"max_new_tokens": 3, "system": "你是助手", "prompt_format": "firefly-v2", "temperature": 0})
     app = make_app(store, bloom_lm)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "你好")
         assert chat.last_stats["new_tokens"] <= 3
-        assert chat.session.config.max_new_tokens == 3
-        assert chat.session.system == "你是助手"
-        assert chat.session.lm.prompt_format.name == "firefly-v2"
-        assert chat.session.lm.model is bloom_lm.model  # same weights, no reload
+        session = chat.session
+        assert session.config.max_new_tokens == 3 and session.config.do_sample is False  # 0 = greedy
+        assert session.config == backend.chat_generation_config(bloom_lm, bloom_lm.name, {"max_new_tokens": 3, "temperature": 0})
+        assert session.system == "你是助手"
+        assert session.lm.prompt_format.name == "firefly-v2"
+        assert session.lm.model is bloom_lm.model  # same weights, no reload
 
 
-async def test_no_model_and_failed_reply_are_explained(store, monkeypatch):
+async def test_no_model_failed_reply_and_read_only_store_lose_nothing(store, bloom_lm, monkeypatch):
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
-        chat.query_one("#composer").value = "hi"
+        composer_of(app).value = "hi"
         await pilot.press("enter")
         await pilot.pause()
         assert not chat.generating and "No model loaded" in " ".join(str(n.message) for n in app._notifications)
+        assert composer_of(app).value == "hi"
 
     from firefly_core.errors import PromptTooLongError
 
-    def broken(lm, history, settings):
+    def broken(lm, history, settings, model_id=None):
         raise PromptTooLongError("the message is too long", "shorten it")
 
     monkeypatch.setattr(backend, "new_session", broken)
-    app = make_app(store, lm=object(), name="x")
+    conv = store.create_conversation("f", {"max_new_tokens": 3})
+    app = make_app(store, bloom_lm)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "hi", wait=False)
         await wait_until(pilot, lambda: chat.query(".failed") and not chat.generating, what="the error")
         view = list(chat.query(MessageView))[-1]
-        assert view.has_class("failed") and not chat.generating
-        assert "too long — shorten it" in str(view.query_one(".role").render())
+        header = str(view.query_one(".role").render())
+        assert view.role == "user" and "the message is too long" in header and "shorten it" in header
+        assert [m.content for m in store.messages(conv.id)] == ["hi"]  # the question is kept
+        # the chat is not stuck: with a working model the next message is answered
+        monkeypatch.undo()
+        await send(pilot, "again")
+        assert [m.role for m in store.messages(conv.id)] == ["user", "user", "assistant"]
+        # a store that refuses writes: the message stays in the composer, the reason is shown
+        store._db.execute("PRAGMA query_only=1")
+        try:
+            composer_of(app).value = "不要丢"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert composer_of(app).value == "不要丢" and not chat.generating
+            assert any("read-only" in str(n.message) for n in app._notifications)
+            assert len(store.messages(conv.id)) == 3
+        finally:
+            store._db.execute("PRAGMA query_only=0")
 
 
 async def test_language_switch_relabels(store):
@@ -268,19 +478,6 @@ async def test_language_switch_relabels(store):
         await pilot.press("f6")
         await wait_until(pilot, lambda: "新对话" in screen_text(app))
         assert "重新生成" in screen_text(app)  # footer bindings follow
+        assert "Ctrl+J 换行" in composer_of(app).placeholder
         await pilot.press("f6")
         await wait_until(pilot, lambda: "Regenerate" in screen_text(app))
-
-
-async def test_command_palette_offers_the_app_commands(store):
-    app = make_app(store, language="zh")
-    async with app.run_test(size=SIZE) as pilot:
-        titles = [c.title for c in app.get_system_commands(app.screen)]
-        for title in ("新建对话", "导出当前对话为 Markdown", "打开模型管理", "打开训练", "切换界面语言（中文/English）"):
-            assert title in titles
-        await pilot.press("ctrl+p")
-        await pilot.pause()
-        await pilot.press(*"模型管理")
-        await wait_until(pilot, lambda: "打开模型管理" in screen_text(app))
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: type(app.screen).__name__ == "ModelsScreen")

@@ -1,0 +1,491 @@
+"""One open chat: its messages, the reply being written, the composer and the status line.
+
+This widget owns one conversation the way oterm's ChatContainer does; the screen around it only
+switches chats and routes keys. The history itself belongs to `firefly_core.conversation.Conversation`
+(the store is the truth; the `ChatSession` is synchronised from it before every reply), so a
+failed reply never leaves the chat stuck and nothing here writes messages to the store by hand.
+
+Replies run in one thread worker at a time. The worker only posts messages (`ReplyDelta`,
+`ReplyFinished`, `Status`); when it raises, the single `on_worker_state_changed` handler shows
+the error on the reply and re-reads the chat from the store. Esc sets the worker's
+`threading.Event`; the session stops between tokens and the partial reply is kept, marked "stopped".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Static
+from textual.worker import Worker, WorkerState
+
+from .. import backend
+from ..i18n import STRINGS, t
+from .chat_view import ChatLog, MessageView, SystemPromptView
+from .composer import Composer
+
+UI_HZ = 15  # reply redraws per second while streaming
+
+
+@dataclass
+class ReplyJob:
+    """What a reply worker works on (the Reply iterator was started on the UI thread)."""
+
+    conversation_id: int
+    reply: Any  # firefly_core.conversation.Reply
+    cancel: threading.Event
+    model: str | None  # the chat's model (None: the app's active one)
+
+
+class ChatConversation(Vertical):
+    """The open chat. The screen calls its `open`, `send`, `retry_from`, `edit`, … methods."""
+
+    # -- messages from the reply worker (posted from its thread) ------------------------------
+    class ReplyDelta(Message):
+        def __init__(self, conversation_id: int, text: str) -> None:
+            super().__init__()
+            self.conversation_id, self.text = conversation_id, text
+
+    class ReplyFinished(Message):
+        def __init__(self, conversation_id: int, text: str, stats: dict, cancelled: bool) -> None:
+            super().__init__()
+            self.conversation_id, self.text, self.stats, self.cancelled = conversation_id, text, stats, cancelled
+
+    class Status(Message):
+        """A step of getting the model ready ("loading …", "compiling CPU kernels, once, ~30 s")."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, store, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.store = store
+        self.conversation_id: int | None = None
+        self.conversation = None  # firefly_core.conversation.Conversation of the open chat
+        self.session_key: tuple | None = None  # (model, settings) the conversation's session was made for
+        self.generating = False
+        self.cancel_event: threading.Event | None = None
+        self.streaming_view: MessageView | None = None
+        self.editing_id: int | None = None  # the user message being edited
+        self.draft = ""  # what the composer held before editing started (given back on Esc)
+        self.last_stats: dict[str, Any] = {}
+        self.last_reply_empty = False
+        self.model_status: str | None = None
+        self.used_settings: dict[str, Any] = {}  # model, format, system, generation of the last reply
+
+    def compose(self) -> ComposeResult:
+        with ChatLog(id="log"):
+            yield SystemPromptView("", id="system-prompt", classes="-hidden")
+        yield Static("", id="status")
+        yield Composer(id="composer")
+
+    # -- parts --------------------------------------------------------------------------------
+    @property
+    def log_view(self) -> ChatLog:
+        return self.query_one("#log", ChatLog)
+
+    @property
+    def composer(self) -> Composer:
+        return self.query_one("#composer", Composer)
+
+    @property
+    def editing(self) -> bool:
+        return self.editing_id is not None
+
+    def settings(self) -> dict[str, Any]:
+        """This chat's own settings (model, system prompt, format, sampling) as stored."""
+        if self.conversation_id is None:
+            return {}
+        conv = self.store.get_conversation(self.conversation_id)
+        return dict(conv.settings) if conv else {}
+
+    def model_name(self) -> str | None:
+        """The model this chat answers with: its own choice, else the app's active model."""
+        return self.settings().get("model") or self.app.model_name
+
+    # -- opening a chat -----------------------------------------------------------------------
+    async def open(self, conversation_id: int | None) -> None:
+        """Show a chat (None: none). Refused while a reply is being written."""
+        from firefly_core.conversation import Conversation
+
+        self.leave_edit_mode()
+        self.conversation_id = conversation_id
+        self.conversation = Conversation(self.store, conversation_id) if conversation_id is not None else None
+        self.session_key = None
+        self.last_stats = {}
+        log = self.log_view
+        await log.query(MessageView).remove()
+        log.selected = None
+        if conversation_id is not None:
+            await log.mount_all([self._view_of(m) for m in self.store.messages(conversation_id)])
+            log.scroll_end(animate=False)
+        self.show_system_prompt()
+        self.update_status()
+
+    @staticmethod
+    def _view_of(m) -> MessageView:
+        return MessageView(
+            m.role, m.content, partial=m.partial, message_id=m.id,
+            error=(m.meta or {}).get("error"), stop_reason=(m.meta or {}).get("stop_reason"),
+        )
+
+    def show_system_prompt(self) -> None:
+        self.query_one("#system-prompt", SystemPromptView).show_prompt(self.settings().get("system"))
+
+    async def sync(self) -> None:
+        """Make the views match the stored messages (after a reply, a retry, an edit, a delete).
+
+        Views whose message is unchanged stay (no Markdown re-render); from the first difference
+        on, views are replaced by the store's messages."""
+        if self.conversation_id is None:
+            return
+        stored = self.store.messages(self.conversation_id)
+        views = self.log_view.messages()
+        keep = 0
+        for view, m in zip(views, stored):
+            same = (view.message_id == m.id and view.content == m.content and view.partial == m.partial
+                    and view.error == (m.meta or {}).get("error"))
+            if not same:
+                break
+            keep += 1
+        for view in views[keep:]:
+            await view.remove()
+        if stored[keep:]:
+            await self.log_view.mount_all([self._view_of(m) for m in stored[keep:]])
+        self.log_view.scroll_end(animate=False)
+
+    # -- model and session --------------------------------------------------------------------
+    def model_available(self) -> bool:
+        return bool(self.model_name()) or self.app.lm is not None
+
+    def _status(self, text: str) -> None:
+        """A step of getting the model ready (called from the worker thread)."""
+        self.post_message(self.Status(text))
+
+    def _session_factory(self):
+        """The function the Conversation calls (in the worker) when it first needs a session."""
+        settings = self.settings()
+        name = settings.get("model")
+
+        def make():
+            lm = backend.chat_model(self.app, name, status=self._status, cancel=self.cancel_event)
+            model_id = name or self.app.model_name
+            session = backend.new_session(lm, [], settings, model_id=model_id)
+            self.used_settings = backend.settings_used(lm, model_id, session)
+            return session
+
+        return make
+
+    def _prepare_session(self) -> None:
+        """Give the Conversation a session for the current model and settings (kept across turns,
+        so the KV cache of the conversation so far is reused)."""
+        settings = self.settings()
+        key = (settings.get("model") or self.app.model_name, id(self.app.lm), repr(sorted(settings.items())))
+        if key != self.session_key or self.conversation.session is None:
+            self.conversation.set_session(self._session_factory())
+            self.session_key = key
+
+    def settings_changed(self) -> None:
+        """The chat's settings were saved: the next reply uses a new session with them."""
+        self.session_key = None
+        self.show_system_prompt()
+        self.update_status()
+
+    @property
+    def session(self):
+        return self.conversation.session if self.conversation is not None else None
+
+    # -- the user's actions -------------------------------------------------------------------
+    def _can_start(self) -> bool:
+        if self.generating:
+            self.app.notify(t("chat.busy"), severity="warning")
+            return False
+        if not self.model_available():
+            self.app.notify(t("chat.no_model"), severity="warning", timeout=6)
+            return False
+        return True
+
+    @on(Composer.Submitted)
+    async def _submitted(self, event: Composer.Submitted) -> None:
+        event.stop()
+        if self.editing:
+            await self.edit(self.editing_id, event.text)
+        else:
+            await self.send(event.text)
+
+    @on(Composer.Cleared)
+    def _cleared(self, event: Composer.Cleared) -> None:
+        event.stop()
+        if self.editing and not self.generating:
+            self.leave_edit_mode(restore_draft=False)
+
+    async def send(self, text: str) -> None:
+        """Save the user's message and stream the reply. If the message cannot be saved (a
+        read-only store), it stays in the composer and the reason is shown."""
+        if not self._can_start():
+            return
+        if self.conversation is None:
+            await self.screen.action_new_chat()
+        cid = self.conversation_id
+        conv = self.store.get_conversation(cid)
+        first = not self.store.messages(cid)
+        self._prepare_session()
+        cancel = threading.Event()
+        try:
+            reply = self.conversation.send(text, cancel)
+        except Exception as e:  # noqa: BLE001 - a store that refuses the write: nothing is lost
+            self._show_error(e)
+            return
+        self.composer.value = ""
+        if first and conv is not None and conv.title in STRINGS["chat.untitled"]:
+            title = " ".join(text.split())[:24]
+            self._try(self.store.rename_conversation, cid, title)
+            self.post_message(self.TitleChanged(cid))
+        await self.log_view.mount(MessageView("user", text, message_id=reply.question.id))
+        await self._start(reply, cancel)
+
+    async def retry_from(self, message_id: int) -> None:
+        """Answer again from a message: everything after it is replaced once the new reply has text."""
+        if not self._can_start():
+            return
+        await self._run_on_history(lambda cancel: self.conversation.retry_from(message_id, cancel), message_id)
+
+    async def regenerate(self) -> None:
+        msgs = self.store.messages(self.conversation_id) if self.conversation_id is not None else []
+        target = next((m for m in reversed(msgs) if m.role == "user"), None)
+        if target is None:
+            self.app.notify(t("chat.nothing_to_regen"), severity="warning")
+            return
+        await self.retry_from(target.id)
+
+    async def edit(self, message_id: int, text: str) -> None:
+        """Replace a message of the user's with `text` (dropping what followed) and answer it."""
+        if not self._can_start():
+            return
+        self.leave_edit_mode(restore_draft=False)
+        self.composer.value = ""
+        await self._run_on_history(lambda cancel: self.conversation.edit(message_id, text, cancel), message_id)
+
+    async def _run_on_history(self, start, message_id: int) -> None:
+        self._prepare_session()
+        cancel = threading.Event()
+        try:
+            reply = start(cancel)
+        except Exception as e:  # noqa: BLE001 - a gone message, a read-only store
+            self._show_error(e)
+            return
+        # Show the answer in place of what it replaces: views after the question go (the store
+        # keeps them until the new reply has text; `sync` puts them back if it fails).
+        views = self.log_view.messages()
+        ids = [v.message_id for v in views]
+        if reply.question.id in ids:
+            cut = ids.index(reply.question.id)
+            await views[cut].set_content(reply.question.content)
+            for view in views[cut + 1:]:
+                await view.remove()
+        else:
+            await self.sync()
+        await self._start(reply, cancel)
+
+    def start_edit(self, message_id: int | None = None) -> None:
+        """Put a message of the user's (default: the last one) in the composer to edit and resend."""
+        if self.generating:
+            self.app.notify(t("chat.busy"), severity="warning")
+            return
+        msgs = self.store.messages(self.conversation_id) if self.conversation_id is not None else []
+        users = [m for m in msgs if m.role == "user" and (message_id is None or m.id == message_id)]
+        if not users:
+            self.app.notify(t("chat.nothing_to_edit"), severity="warning")
+            return
+        target = users[-1]
+        if not self.editing:
+            self.draft = self.composer.text
+        self.editing_id = target.id
+        self.composer.value = target.content  # the cursor goes to the end
+        self.composer.editing = True
+        self.composer.focus()
+
+    def leave_edit_mode(self, restore_draft: bool = True) -> None:
+        if not self.editing:
+            return
+        self.editing_id = None
+        composer = self.composer
+        composer.editing = False
+        composer.value = self.draft if restore_draft else ""
+        self.draft = ""
+
+    async def delete_message(self, message_id: int) -> None:
+        if self.generating:
+            self.app.notify(t("chat.busy"), severity="warning")
+            return
+        try:
+            self.conversation.delete_message(message_id)
+        except Exception as e:  # noqa: BLE001
+            self._show_error(e)
+            return
+        if self.editing_id == message_id:
+            self.leave_edit_mode()
+        await self.sync()
+        self.app.notify(t("chat.message_deleted"), timeout=2)
+
+    def copy_message(self, view: MessageView | None = None) -> None:
+        """Copy a message (default: the selected one, else the last reply)."""
+        log = self.log_view
+        views = log.messages()
+        if view is None:
+            view = log.selected if log.selected in views else next(
+                (v for v in reversed(views) if v.role == "assistant"), None
+            )
+        if view is None:
+            return
+        self.app.copy_to_clipboard(view.content)
+        self.app.notify(t("chat.copied"), timeout=2)
+
+    def stop(self) -> bool:
+        """Esc: stop the reply being written. False when there was none."""
+        if self.generating and self.cancel_event is not None:
+            self.cancel_event.set()
+            return True
+        return False
+
+    # -- the worker ---------------------------------------------------------------------------
+    async def _start(self, reply, cancel: threading.Event) -> None:
+        self.streaming_view = MessageView("assistant", "", streaming=True)
+        self.streaming_view.add_class("streaming")
+        await self.log_view.mount(self.streaming_view)
+        self.log_view.scroll_end(animate=False)
+        self.generating = True
+        self.cancel_event = cancel
+        self.update_status(t("status.generating"))
+        self._reply_worker(ReplyJob(self.conversation_id, reply, cancel, self.settings().get("model")))
+
+    @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
+    def _reply_worker(self, job: ReplyJob) -> None:
+        """Stream a reply; posts messages only. An exception ends the worker in ERROR state."""
+        from firefly_core.generation.config import ReplyDone
+
+        # Deltas are batched to at most ~UI_HZ updates a second: re-rendering Markdown per token
+        # would take the GIL from the decode loop and slow generation down.
+        # The model first (the service loads it once; its steps show in the status line), then the
+        # reply under the model's generation lock: one generation at a time per model.
+        lm = backend.chat_model(self.app, job.model, status=self._status, cancel=job.cancel)
+        with backend.generation_lock(lm):
+            pending: list[str] = []
+            last = 0.0
+            for ev in job.reply:
+                if isinstance(ev, ReplyDone):
+                    if pending:
+                        self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
+                        pending = []
+                    stats = backend.stats_dict(ev.stats)
+                    self.post_message(self.ReplyFinished(job.conversation_id, ev.text, stats, ev.cancelled))
+                    continue  # the Conversation records the reply when the stream ends
+                pending.append(ev.text)
+                now = time.monotonic()
+                if now - last >= 1 / UI_HZ:
+                    self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
+                    pending, last = [], now
+        if job.reply.saved is not None and self.used_settings:
+            backend.record_settings_used(self.store, job.reply.saved, self.used_settings)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a reply worker's end is handled: success, cancel or failure."""
+        if event.worker.group != "reply":
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.call_later(self._end_reply, None)
+        elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
+            error = event.worker.error
+            self.call_later(self._end_reply, backend.format_error(error) if error else t("chat.stopped"))
+
+    # -- worker messages (UI thread) ----------------------------------------------------------
+    async def on_chat_conversation_reply_delta(self, message: ReplyDelta) -> None:
+        if message.conversation_id == self.conversation_id and self.streaming_view is not None:
+            await self.streaming_view.append(message.text)
+
+    async def on_chat_conversation_reply_finished(self, message: ReplyFinished) -> None:
+        self.last_stats = message.stats
+        self.last_reply_empty = not message.text.strip()
+        view = self.streaming_view
+        if view is not None and message.conversation_id == self.conversation_id:
+            await view.finish(message.text, partial=message.cancelled, stop_reason=message.stats.get("stop_reason"))
+
+    def on_chat_conversation_status(self, message: Status) -> None:
+        self.model_status = message.text
+        self.update_status(message.text)
+
+    class TitleChanged(Message):
+        def __init__(self, conversation_id: int) -> None:
+            super().__init__()
+            self.conversation_id = conversation_id
+
+    async def _end_reply(self, error: str | None) -> None:
+        view = self.streaming_view
+        try:
+            if error is not None:
+                self.app.notify(error, title=t("error"), severity="error", timeout=10)
+                if view is not None:
+                    await view.finish(view.content, partial=True, error=error)
+            if view is not None and self.conversation_id is not None:
+                await self.sync()  # the stored messages (with their ids) replace the streamed view
+                if error is not None:
+                    self._mark_failure(error)
+        finally:
+            # Last: a new message may be sent from here on, whatever happened above.
+            self.streaming_view = None
+            self.cancel_event = None
+            self.model_status = None
+            self.generating = False
+            self.update_status()
+        self.post_message(self.TitleChanged(self.conversation_id))
+
+    def _mark_failure(self, error: str) -> None:
+        """After a failed reply the error shows on the last message if the store did not record it."""
+        views = self.log_view.messages()
+        if views and not any(v.error for v in views[-1:]):
+            views[-1].error = error
+            views[-1].relabel()
+
+    # -- errors and status --------------------------------------------------------------------
+    def _show_error(self, e: BaseException) -> None:
+        self.app.notify(backend.format_error(e), title=t("error"), severity="error", timeout=12)
+
+    def _try(self, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception as e:  # noqa: BLE001
+            self._show_error(e)
+            return False
+
+    def update_status(self, extra: str | None = None) -> None:
+        name = self.model_name()
+        parts = [t("status.model", name=name) if name else t("status.no_model")]
+        s = self.last_stats
+        if s and not extra:
+            if self.last_reply_empty:
+                # "1 tokens · 0.0 tok/s" says nothing: say that the model answered with nothing.
+                parts.append(t("status.empty", reason=s.get("stop_reason", "?")))
+            else:
+                parts.append(
+                    t(
+                        "status.stats",
+                        tps=s.get("tokens_per_s", 0.0),
+                        ttft=1000 * s.get("ttft_s", 0.0),
+                        used=s.get("context_used", 0),
+                        total=s.get("context_length", 0),
+                    )
+                )
+        if extra:
+            parts.append(extra)
+        try:
+            self.query_one("#status", Static).update(" · ".join(parts))
+        except Exception:  # noqa: BLE001 - not composed yet
+            pass
