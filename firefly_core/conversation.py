@@ -85,17 +85,29 @@ class Reply:
         self.saved: StoredMessage | None = None
         self.error: BaseException | None = None
         self._owner = owner
+        self._started = False
         self._events = owner._stream(self, cancel)
 
     def __iter__(self) -> Reply:
         return self
 
     def __next__(self) -> Any:
+        self._started = True
         return next(self._events)
 
     def close(self) -> None:
         """Stop early (what was streamed so far is saved as a partial reply)."""
         self._events.close()
+
+    def fail(self, error: BaseException) -> None:
+        """Record a failure that happened before the reply could start (e.g. the caller loaded
+        the model itself and that failed), exactly as if the stream had raised it. Only for a
+        reply not yet iterated; afterwards the stream records its own outcome."""
+        if self._started:
+            raise RuntimeError("this reply has already started; its stream records its own outcome")
+        self._started = True
+        self._events.close()  # never run: nothing to release
+        self._owner._record(self, None, "", error)
 
 
 class Conversation:

@@ -340,3 +340,22 @@ def test_unknown_chat_and_empty_message_are_clear_errors(store, lm):
         conv.send("   ")
     with pytest.raises(ConfigError, match="no model"):
         run(conv.send("hi"))
+
+
+def test_a_failure_before_the_stream_is_recorded_with_fail(store, lm, tmp_path):
+    """A front end that loads the model itself (through the model service) before iterating records
+    a load failure on the question the same way."""
+    from firefly_core.models.loading import load_model as load
+
+    conv = Conversation.create(store, "t", session=ChatSession(lm, config=GREEDY))
+    reply = conv.send("你好")
+    try:
+        load(tmp_path / "gone")
+    except ModelNotFoundError as e:
+        reply.fail(e)
+    [question] = store.messages(conv.id)
+    assert "no model folder" in question.meta["error"] and reply.error is not None
+    with pytest.raises(RuntimeError):
+        reply.fail(reply.error)
+    run(conv.regenerate())  # and the chat goes on
+    assert rows(store, conv.id) == [("user", "你好"), ("assistant", oracle(lm, [], "你好"))]
