@@ -279,3 +279,106 @@ def test_float32_prefill_gives_the_same_logits_on_a_bf16_model(bloom_dir):
         b = fast.forward(ids, fast.new_cache())
     torch.testing.assert_close(a, b, rtol=0.05, atol=0.1)
     assert a.argmax() == b.argmax()
+
+
+# -- the decode seam: the loop touches only the Decoder protocol ------------------------------
+
+
+class _CountingCache:
+    """A cache that is just a token count, croppable like the protocol says."""
+
+    def __init__(self):
+        self.length = 0
+        self.crops: list[int] = []
+
+    def crop_to(self, length):
+        self.crops.append(length)
+        self.length = min(self.length, length)
+
+
+class _FakeDecoder:
+    """A deterministic 'model': the next token is (last id * 7 + position) % vocab, as one-hot logits."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+        self.device = torch.device("cpu")
+        self.seen: list[list[int]] = []
+
+    def new_cache(self):
+        return _CountingCache()
+
+    def forward(self, ids, cache):
+        assert ids.dtype == torch.long and ids.shape[0] == 1 and ids.device == self.device
+        self.seen.append(ids[0].tolist())
+        cache.length += ids.shape[1]
+        logits = torch.full((1, self.vocab_size), -10.0)
+        logits[0, (int(ids[0, -1]) * 7 + cache.length) % self.vocab_size] = 10.0
+        return logits
+
+
+def _expected_fake(prompt, n, vocab):
+    out, last, length = [], prompt[-1], len(prompt)
+    for _ in range(n):
+        token = (last * 7 + length) % vocab
+        out.append(token)
+        last, length = token, length + 1
+    return out
+
+
+def test_the_loop_uses_only_the_decoder_protocol(lms):
+    """A stand-in LoadedModel with no `.model` at all: the loop reaches the model only through the
+    decoder, and reads only tokenizer, stop ids and context length from the LoadedModel."""
+    from types import SimpleNamespace
+
+    tokenizer = lms["bloom"].tokenizer
+    vocab = 200
+    fake = _FakeDecoder(vocab)
+    lm = SimpleNamespace(tokenizer=tokenizer, stop_token_ids=[], context_length=64, decoder=fake)
+    prompt = [5, 9, 13]
+    cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=6)
+    assert generate_ids(lm, prompt, cfg) == _expected_fake(prompt, 6, vocab)
+    assert fake.seen[0] == prompt and all(len(s) == 1 for s in fake.seen[1:])
+    # Streaming: the same tokens, detokenized; a second turn reuses the shared prefix by cropping.
+    pc = PrefixCache(fake.new_cache())
+    done = list(generate_stream(lm, prompt, cfg, prefix_cache=pc))[-1]
+    expected = _expected_fake(prompt, 6, vocab)
+    # (the streaming detokenizer never shows half a character: an unfinished byte sequence is held)
+    assert done.text == tokenizer.decode(expected).rstrip("\ufffd") and done.stats.new_tokens == 6
+    fake.seen.clear()
+    second = prompt + expected[:3] + [17]
+    done2 = list(generate_stream(lm, second, cfg, prefix_cache=pc))[-1]
+    assert done2.stats.reused_tokens == len(prompt) + 3
+    assert pc.cache.crops[-1] == len(prompt) + 3 and fake.seen[0] == [17]
+    # The context window ends a reply (the decoder is never asked past it).
+    lm.context_length = 8
+    done3 = list(generate_stream(lm, prompt, GenerationConfig(do_sample=False, max_new_tokens=50)))[-1]
+    assert done3.stats.stop_reason == "context_full" and done3.stats.context_used == 8
+
+
+def test_a_decoder_that_samples_inside_its_step_is_asked_for_its_sampler(lms):
+    from types import SimpleNamespace
+
+    class Picks:
+        def __init__(self):
+            self.calls = 0
+
+        def pick(self, logits):
+            self.calls += 1
+            return 42
+
+    fake = _FakeDecoder(100)
+    picks = Picks()
+    fake.make_sampler = lambda config, vocab_size, prompt_ids, device: picks
+    lm = SimpleNamespace(tokenizer=lms["bloom"].tokenizer, stop_token_ids=[42], context_length=64, decoder=fake)
+    assert generate_ids(lm, [1, 2], GenerationConfig(max_new_tokens=5)) == [42]  # 42 is the stop id
+    assert picks.calls == 1
+
+
+def test_token_ids_outside_the_vocabulary_are_a_clear_error(lms):
+    from types import SimpleNamespace
+
+    from firefly_core.errors import FireflyError
+
+    lm = SimpleNamespace(tokenizer=lms["bloom"].tokenizer, stop_token_ids=[], context_length=64, decoder=_FakeDecoder(10))
+    with pytest.raises(FireflyError, match="knows only 10 tokens"):
+        list(generate_stream(lm, [3, 11], GenerationConfig()))
