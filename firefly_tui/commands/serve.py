@@ -8,6 +8,7 @@ serves until Ctrl-C. Heavy imports happen inside the handler, so `firefly --help
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
@@ -27,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
                    "machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("FIREFLY_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every request (default: $FIREFLY_API_KEY; "
+                   "the environment keeps the key out of the process list)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 where the device handles it)")
     p.add_argument("--format", choices=FORMATS, help="prompt format (default: from the model)")
@@ -71,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
         warn(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine "
              "can use the model")
     first = models[0]
-    warn(f"loading {first.id} ...")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     try:
         first.load(status=warn)
     except BaseException:

@@ -83,10 +83,16 @@ class _ClientGone(Exception):
     pass
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+_GONE = object()  # put in a job's event queue when its client disconnects
+
+
+async def _watch_disconnect(receive: Receive, events: asyncio.Queue) -> None:
+    """Wait for the client's `http.disconnect` (uvicorn reports it as soon as the socket closes)
+    and wake the response with `_GONE`, so one `events.get()` waits on both."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            events.put_nowait(_GONE)
             return
 
 
@@ -106,13 +112,13 @@ class _CompletionResponse:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         job = Job(self.request, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, events))
         self.served.submit(job)
         try:
             if self.request.stream:
-                await self._stream(events, watcher, send)
+                await self._stream(events, send)
             else:
-                await self._whole(events, watcher, send)
+                await self._whole(events, send)
         except _ClientGone:
             pass
         finally:
@@ -120,22 +126,18 @@ class _CompletionResponse:
             watcher.cancel()
 
     @staticmethod
-    async def _next(events: asyncio.Queue, watcher: asyncio.Future) -> Any:
-        if not events.empty():
-            return events.get_nowait()
-        getter = asyncio.ensure_future(events.get())
-        await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            return getter.result()
-        getter.cancel()
-        raise _ClientGone
+    async def _next(events: asyncio.Queue) -> Any:
+        event = await events.get()
+        if event is _GONE:
+            raise _ClientGone
+        return event
 
-    async def _whole(self, events: asyncio.Queue, watcher: asyncio.Future, send: Send) -> None:
+    async def _whole(self, events: asyncio.Queue, send: Send) -> None:
         from firefly_core.generation.config import ReplyDone
 
         prompt_tokens = 0
         while True:
-            event = await self._next(events, watcher)
+            event = await self._next(events)
             if isinstance(event, Failed):
                 await error_response(event.error)(self.scope, self.receive, send)
                 return
@@ -156,10 +158,10 @@ class _CompletionResponse:
         body["usage"] = _usage(prompt_tokens, event.stats.new_tokens)
         await JSONResponse(body)(self.scope, self.receive, send)
 
-    async def _stream(self, events: asyncio.Queue, watcher: asyncio.Future, send: Send) -> None:
+    async def _stream(self, events: asyncio.Queue, send: Send) -> None:
         from firefly_core.generation.config import ReplyDone, TextDelta
 
-        event = await self._next(events, watcher)
+        event = await self._next(events)
         if isinstance(event, Failed):
             await error_response(event.error)(self.scope, self.receive, send)
             return
@@ -173,7 +175,7 @@ class _CompletionResponse:
         if self.chat:
             await emit(_dumps(self._chunk({"role": "assistant", "content": ""}, None) | usage_field))
         while True:
-            event = await self._next(events, watcher)
+            event = await self._next(events)
             if isinstance(event, TextDelta):
                 delta = {"content": event.text} if self.chat else event.text
                 await emit(_dumps(self._chunk(delta, None) | usage_field))

@@ -27,6 +27,7 @@ import queue
 import sys
 import threading
 import traceback
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -102,7 +103,9 @@ class ServedModel:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._slots: list[_Slot] = []
-        self._lm: Any = None  # the LoadedModel the slots belong to
+        # The LoadedModel the slots belong to, weakly: when the service drops the model (it keeps the
+        # two most recently used), this server must not keep its weights alive.
+        self._lm: Any = None
         self._clock = itertools.count(1)
         self._current: Job | None = None
         self._pending: set[Job] = set()
@@ -226,9 +229,9 @@ class ServedModel:
         from firefly_core.generation import PrefixCache, decoder_for
         from firefly_core.generation.cache import common_prefix_length
 
-        if lm is not self._lm:  # the service loaded the model anew: old caches belong to the old one
+        if self._lm is None or self._lm() is not lm:  # loaded anew: the old caches belong to the old model
             self._slots.clear()
-            self._lm = lm
+            self._lm = weakref.ref(lm)
         extending = [s for s in self._slots if s.anchor and common_prefix_length(s.prefix.ids, ids) >= s.anchor]
         if extending:
             slot = max(extending, key=lambda s: (s.anchor, s.last_used))
