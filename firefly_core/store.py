@@ -84,13 +84,26 @@ class Conversation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _json_obj(text: str | None) -> dict[str, Any]:
+def _json_obj(text: Any) -> dict[str, Any]:
     """A JSON object column; damaged or non-object JSON (written by hand, by a bug) reads as {}."""
     try:
         value = json.loads(text or "{}")
-    except (ValueError, RecursionError):
+    except (ValueError, TypeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    """A TEXT column as text: a value edited by hand into a BLOB or a number still reads."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _dump(obj: dict[str, Any]) -> str:
@@ -166,13 +179,19 @@ class ChatStore:
             )
         if name.startswith("SQLITE_CONSTRAINT"):
             return StoreError(f"this chat or message no longer exists ({doing})", "open the chat list again")
-        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or isinstance(e, sqlite3.DatabaseError):
+        if name.startswith("SQLITE_IOERR"):
+            return StoreError(
+                f"{where} could not be read or written ({e}) while {doing}",
+                "check the disk (full, removed, failing?) and try again",
+            )
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "no such" in str(e):
             return StoreError(
                 f"{where} is damaged or not a chat database ({e})",
                 f"move it away (e.g. rename it to {self.path.name}.bad) to start with an empty history; "
                 "firefly has not changed it",
             )
-        return StoreError(f"the chat database failed ({doing}): {e}")  # pragma: no cover
+        return StoreError(f"the chat database failed while {doing}: {e}", "try again; if it keeps failing, "
+                          f"move {self.path} away to start with an empty history")
 
     def _close_quietly(self) -> None:
         if self._db is not None:
@@ -201,6 +220,13 @@ class ChatStore:
 
     def _check_version(self) -> None:
         version = self.schema_version()
+        if version == 0:
+            tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            if tables:  # someone else's database: never add our tables to it
+                raise StoreError(
+                    f"{self.path} is an SQLite database of another program, not a chat history",
+                    "point firefly at another file (or set FIREFLY_HOME); that file was not changed",
+                )
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the chat database {self.path} has schema version {version}, "
@@ -228,9 +254,9 @@ class ChatStore:
     def _conv(row: sqlite3.Row) -> Conversation:
         return Conversation(
             id=row["id"],
-            title=row["title"],
-            created=row["created"],
-            updated=row["updated"],
+            title=_text(row["title"]),
+            created=_number(row["created"]),
+            updated=_number(row["updated"]),
             settings=_json_obj(row["settings"]),
         )
 
@@ -239,9 +265,9 @@ class ChatStore:
         return StoredMessage(
             id=row["id"],
             conversation_id=row["conversation_id"],
-            role=row["role"],
-            content=row["content"],
-            created=row["created"],
+            role=_text(row["role"]),
+            content=_text(row["content"]),
+            created=_number(row["created"]),
             partial=bool(row["partial"]),
             meta=_json_obj(row["meta"]),
         )

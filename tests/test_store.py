@@ -251,3 +251,25 @@ def test_answer_replaces_everything_after_the_question_in_one_step(store):
     msgs = store.messages(c.id)
     assert [(m.role, m.content) for m in msgs] == [("user", "q"), ("assistant", "new")]
     assert msgs[0].meta == {"keep": 1} and msgs[1].id == r.id and msgs[1].meta == {"new_tokens": 3}
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE conversations (something_else TEXT)")
+    db.execute("INSERT INTO conversations VALUES ('theirs')")
+    db.commit()
+    db.close()
+    before = _snapshot(tmp_path)
+    with pytest.raises(StoreError, match="another program"):
+        ChatStore(path)
+    assert _snapshot(tmp_path) == before
+
+
+def test_values_edited_by_hand_into_odd_types_still_read(store):
+    c = store.create_conversation("t")
+    m = store.add_message(c.id, "user", "x")
+    store._db.execute("UPDATE messages SET content=?, meta=? WHERE id=?", ("流萤".encode(), b"\xff", m.id))
+    store._db.execute("UPDATE conversations SET title=?, settings=? WHERE id=?", (42, 7, c.id))
+    assert [(x.content, x.meta) for x in store.messages(c.id)] == [("流萤", {})]
+    assert [(x.title, x.settings) for x in store.list_conversations()] == [("42", {})]
