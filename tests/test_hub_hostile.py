@@ -517,13 +517,15 @@ def test_a_snapshot_entry_planted_as_a_link_is_replaced_not_followed(hostile, ca
 # ---------------------------------------------------------------- rm and damaged caches
 
 
-def test_rm_of_a_symlinked_cache_folder_is_a_clear_error_that_deletes_nothing(online, capsys, fresh_home):
+def test_rm_of_a_symlinked_cache_folder_is_a_clear_error_that_deletes_nothing(hostile, capsys, fresh_home):
+    online = hostile
     hub.pull("test-org/tiny-bloom")
     storage = inventory.cache_folder("test-org/tiny-bloom")
     moved = fresh_home / "bigger-disk" / storage.name
     moved.parent.mkdir()
     storage.rename(moved)
     storage.symlink_to(moved, target_is_directory=True)
+    hostile.before = _walk(hostile.root)
     # a cache folder moved to another disk and linked back is still used (paths resolve inside it)
     online.requests.clear()
     assert hub.pull("test-org/tiny-bloom") == storage / "snapshots" / online.repos["test-org/tiny-bloom"].sha
@@ -532,10 +534,12 @@ def test_rm_of_a_symlinked_cache_folder_is_a_clear_error_that_deletes_nothing(on
     code, out, err = _cli(capsys, "rm", "test-org/tiny-bloom", "--yes")
     assert code == 1 and "symbolic link" in err and "Traceback" not in err
     assert _walk(moved) == before and storage.is_symlink()
+    assert_contained(hostile, "test-org/tiny-bloom")
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage", b"../../../../bigger", b"", b"0" * 39])
-def test_a_cache_whose_refs_main_holds_garbage(online, capsys, fresh_home, bloom_dir, garbage):
+def test_a_cache_whose_refs_main_holds_garbage(hostile, capsys, fresh_home, bloom_dir, garbage):
+    online = hostile
     hub.pull("test-org/tiny-bloom")
     storage = inventory.cache_folder("test-org/tiny-bloom")
     # a model folder outside the cache that a garbage ref could point at
@@ -544,6 +548,7 @@ def test_a_cache_whose_refs_main_holds_garbage(online, capsys, fresh_home, bloom
     for name, data in _bloom_files(bloom_dir).items():
         (outside / name).write_bytes(data)
     (storage / "refs" / "main").write_bytes(garbage)
+    hostile.before = _walk(hostile.root)
 
     code, out, err = _cli(capsys, "list")
     assert code == 0 and "Traceback" not in err
@@ -563,12 +568,14 @@ def test_a_cache_whose_refs_main_holds_garbage(online, capsys, fresh_home, bloom
     (storage / "refs" / "main").write_bytes(garbage)
     code, out, err = _cli(capsys, "rm", "test-org/tiny-bloom", "--yes")
     assert code == 0 and not storage.exists() and outside.is_dir()
+    assert_contained(hostile, "test-org/tiny-bloom")
 
 
 # ---------------------------------------------------------------- kept: two pulls at once
 
 
-def test_two_pulls_at_once_fetch_each_blob_once_and_both_finish(online, bloom_dir):
+def test_two_pulls_at_once_fetch_each_blob_once_and_both_finish(hostile, bloom_dir):
+    online = hostile
     online.slow_bps = 400_000
     results: dict[int, object] = {}
 
@@ -588,3 +595,4 @@ def test_two_pulls_at_once_fetch_each_blob_once_and_both_finish(online, bloom_di
     assert (results[0] / "model.safetensors").read_bytes() == weights
     sha = hashlib.sha256(weights).hexdigest()
     assert len(online.gets("/cdn/" + sha)) == 1, "the second pull waited for the lock and reused the blob"
+    assert_contained(hostile, "test-org/tiny-bloom")

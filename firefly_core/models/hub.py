@@ -294,7 +294,7 @@ def _size_value(value: object, what: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad_hub(f"gave {names._show(value)} as the size of {what}, which is not a number of bytes")
+        raise _bad_hub(f"gave {names.quoted(value)} as the size of {what}, which is not a number of bytes")
     return value
 
 
@@ -307,16 +307,18 @@ def _listing(info: Any, repo_id: str) -> dict[str, RemoteFile]:
     files: dict[str, RemoteFile] = {}
     for s in siblings:
         name = names.check_file_name(getattr(s, "rfilename", None), where=where)
+        if name in files:
+            raise _bad_hub(f"lists {names.quoted(name)} twice in the file list of {repo_id}")
         lfs = s.lfs
         if lfs:
             sha = lfs.sha256.lower() if isinstance(lfs.sha256, str) else None
             if sha is None or not names.SHA256_RE.fullmatch(sha):
-                raise _bad_hub(f"gave {names._show(lfs.sha256)} as the sha256 of {name} in {repo_id}, which is not a sha256")
+                raise _bad_hub(f"gave {names.quoted(lfs.sha256)} as the sha256 of {name} in {repo_id}, which is not a sha256")
             files[name] = RemoteFile(name, _size_value(lfs.size, name), sha256=sha)
         else:
             blob = s.blob_id.lower() if isinstance(s.blob_id, str) else None
             if s.blob_id is not None and (blob is None or not names.GIT_SHA1_RE.fullmatch(blob)):
-                raise _bad_hub(f"gave {names._show(s.blob_id)} as the git id of {name} in {repo_id}, which is not one")
+                raise _bad_hub(f"gave {names.quoted(s.blob_id)} as the git id of {name} in {repo_id}, which is not one")
             files[name] = RemoteFile(name, _size_value(s.size, name), blob_id=blob)
     return files
 
@@ -655,7 +657,7 @@ def _fetch_file(
         raise _bad_hub(f"did not say how big {name} of {repo_id} is, so its download could not be bounded")
     location = urljoin(url, meta.location or url)
     if _origin(location)[0] not in ("http", "https"):
-        raise _redirect_error(repo_id, f"to {names._show(location)}")
+        raise _redirect_error(repo_id, f"to {names.quoted(location)}")
     headers = build_hf_headers()
     if _origin(location) != _origin(url):
         headers.pop("authorization", None)  # a signed CDN url: the token stays on the hub
@@ -749,14 +751,14 @@ def _check_shards(index: Path, repo_id: str, remote: dict[str, RemoteFile]) -> l
         names.check_file_name(shard, where=where)
         if not names.is_top_level(shard):
             raise UnsupportedModelError(
-                f"{where} keeps its weights in a subfolder ({names._show(shard)}); firefly downloads top-level files only",
+                f"{where} keeps its weights in a subfolder ({names.quoted(shard)}); firefly downloads top-level files only",
                 "use a repo with the weights at its top level",
             )
         if not shard.endswith(ext):
-            raise InvalidModelError(f"{where} names {names._show(shard)}, which is not a {ext} file")
+            raise InvalidModelError(f"{where} names {names.quoted(shard)}, which is not a {ext} file")
     lost = [s for s in shards if s not in remote]
     if lost:
-        raise InvalidModelError(f"{where} names files the repo does not have: {', '.join(map(names._show, lost[:5]))}")
+        raise InvalidModelError(f"{where} names files the repo does not have: {', '.join(map(names.quoted, lost[:5]))}")
     return shards
 
 

@@ -37,7 +37,7 @@ def check_commit_id(value: object, *, repo_id: str, endpoint: str) -> str:
         value = value.lower()
     if not is_commit_id(value):
         raise UnsafeNameError(
-            f"{endpoint} gave {_show(value)} as the commit of {repo_id}, which is not a commit id (40 hex characters)",
+            f"{endpoint} gave {quoted(value)} as the commit of {repo_id}, which is not a commit id (40 hex characters)",
             "this endpoint does not behave like a Hugging Face hub; check HF_ENDPOINT or your proxy",
         )
     return value  # type: ignore[return-value]
@@ -63,7 +63,7 @@ def check_revision(revision: str) -> str:
         problem = "a part of it starts with '.' or ends with '.lock'"
     if problem:
         raise ConfigError(
-            f"{_show(rev)} is not a revision: {problem}",
+            f"{quoted(rev)} is not a revision: {problem}",
             "give a branch or tag name (e.g. main, v1.0, refs/pr/1) or a 40-character commit id",
         )
     return rev
@@ -78,7 +78,7 @@ def blob_name(etag: object, *, filename: str, endpoint: str) -> str:
     text = etag.lower() if isinstance(etag, str) else None
     if text is None or not (SHA256_RE.fullmatch(text) or GIT_SHA1_RE.fullmatch(text)):
         raise UnsafeNameError(
-            f"{endpoint} gave {_show(etag)} as the ETag of {filename}: not a sha256 or git blob id, "
+            f"{endpoint} gave {quoted(etag)} as the ETag of {filename}: not a sha256 or git blob id, "
             "so the file cannot be verified",
             "this endpoint does not behave like a Hugging Face hub; check HF_ENDPOINT or your proxy",
         )
@@ -119,7 +119,7 @@ def check_file_name(name: object, *, where: str) -> str:
             problem = "it is absolute or leaves the folder"
     if problem:
         raise UnsafeNameError(
-            f"{where} names a file {_show(name)}, which is not a safe file name: {problem}",
+            f"{where} names a file {quoted(name)}, which is not a safe file name: {problem}",
             "nothing was written for it; this hub or model is broken or hostile (check HF_ENDPOINT)",
         )
     return name  # type: ignore[return-value]
@@ -130,7 +130,7 @@ def is_top_level(name: str) -> bool:
     return "/" not in name
 
 
-def _show(value: object, limit: int = 80) -> str:
+def quoted(value: object, limit: int = 80) -> str:
     """A value from outside, quoted and cut short, safe to print on a terminal."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
