@@ -1,7 +1,8 @@
 """Benchmark of the fast decode paths against transformers' `generate`, in one process, alternating.
 
     python bench/generate_fast.py                  # CPU: int8 weights vs bf16, firefly-1b4 shape
-    python bench/generate_fast.py --mode quality   # int8 vs bf16 perplexity / greedy agreement
+    python bench/generate_fast.py --mode quality   # int8 vs bf16, and GGUF Q8_0/Q4_K_M vs bf16 (llama.cpp):
+                                                   # perplexity / greedy agreement
     python bench/generate_fast.py --mode cuda      # GPU: CUDA-graph decode vs eager vs generate
     python bench/generate_fast.py --layers 2       # a quick run on a smaller shape
 
@@ -212,6 +213,71 @@ def quality_mode(args):
     for lm_head in (True, False):
         r = measure_int8_quality(steps=args.steps, quantize_lm_head=lm_head)
         print(r.summary(), flush=True)
+    gguf_quality(args)
+
+
+def gguf_quality(args):
+    """GGUF types through llama.cpp: held-out perplexity and greedy agreement of Q8_0 / Q4_K_M vs bf16.
+
+    The kit model is trained as for int8 (firefly_core.quality) but with hidden 256, so every weight
+    row is whole K-quant blocks (256 values) and Q4_K_M quantizes as it does on a real model.
+    """
+    import math
+    import tempfile
+
+    from firefly_core.export.gguf import export_gguf, model_info
+    from firefly_core.generation import GenerationConfig, generate_ids
+    from firefly_core.generation.llamacpp import LlamaCppDecoder, available
+    from firefly_core.quality import _encode_lines, perplexity, split_corpus, train_kit_model
+    from firefly_core.testkit import kit_corpus
+
+    if available() is not None:
+        print(f"GGUF quality skipped: {available()}")
+        return
+    train_lines, heldout = split_corpus(kit_corpus().splitlines())
+    model, tok, loss = train_kit_model(train_lines, steps=args.steps, hidden=256, heads=4, layers=2)
+    model = model.to(torch.bfloat16)
+    ppl_torch, n_tokens = perplexity(model, tok, heldout)
+    tmp = Path(tempfile.mkdtemp(prefix="gguf-quality-"))
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    info = model_info(tmp / "model")
+    decs = {}
+    for t in ("bf16", "q8_0", "q4_k_m"):
+        path = export_gguf(info, tmp / f"{t}.gguf", gguf_type=t)
+        decs[t] = LlamaCppDecoder(path, n_ctx=512, threads=args.threads or 2)
+
+    def nll_and_top1(dec, ids):
+        cache, nll, top1 = dec.new_cache(), 0.0, []
+        logits = dec.forward(torch.tensor([ids[:1]]), cache)[0]
+        for t in ids[1:]:
+            nll -= float(torch.log_softmax(logits, -1)[t])
+            top1.append(int(logits.argmax()))
+            logits = dec.forward(torch.tensor([[t]]), cache)[0]
+        return nll, top1
+
+    lines = _encode_lines(tok, heldout)
+    all_lines = train_lines + heldout
+    prompts = [[tok.bos_token_id] + tok.encode(l[:4], add_special_tokens=False) for l in all_lines]
+    bare = SimpleNamespace(model=None, tokenizer=tok, device=torch.device("cpu"), stop_token_ids=[], context_length=512)
+    cfg = GenerationConfig(max_new_tokens=24, do_sample=False, repetition_penalty=1.0)
+    refs = [generate_ids(bare, p, cfg, decoder=decs["bf16"]) for p in prompts]
+    print(f"kit BLOOM hidden 256 trained {args.steps} steps (loss {loss:.3f}); held-out {len(heldout)} lines, "
+          f"{n_tokens} tokens; torch bf16 perplexity {ppl_torch:.3f}")
+    base = None
+    for t, dec in decs.items():
+        ppl = math.exp(sum(nll_and_top1(dec, ids)[0] for ids in lines) / n_tokens)
+        base = base or ppl
+        agree = total = same = 0
+        for p, ref in zip(prompts, refs):
+            same += int(generate_ids(bare, p, cfg, decoder=dec) == ref)
+            top1 = nll_and_top1(dec, p + ref)[1][len(p) - 1:]
+            agree += sum(int(a == b) for a, b in zip(top1, ref))
+            total += len(ref)
+        size = dec.path.stat().st_size
+        print(f"llama.cpp {t:7s}: held-out perplexity {ppl:8.3f} ({100 * (ppl / base - 1):+.2f} % vs bf16), "
+              f"greedy top-1 agreement with bf16 {100 * agree / total:5.1f} % of {total} tokens, identical "
+              f"continuations {100 * same / len(prompts):3.0f} % of {len(prompts)} prompts; file {size / 1e6:.2f} MB")
 
 
 def cuda_mode(args):

@@ -1,0 +1,227 @@
+"""GGUF export: a model folder (downloaded, pruned or fine-tuned) as one file llama.cpp and ollama load.
+
+`export_gguf(info, out, type=...)` writes the file with the `gguf` package (llama.cpp's own
+writer): the architecture and hyperparameters (`gguf_model`), the tokenizer llama.cpp needs to
+tokenize by itself, the chat template of the prompt format the model is served with, and its stop
+tokens (`gguf_vocab`). Float types (f32, f16, bf16) are written tensor by tensor; quantized types
+(q8_0, q4_k_m) are made from a lossless float GGUF by llama.cpp's own quantizer
+(`llama_model_quantize`, from llama-cpp-python), so the bits are exactly what llama.cpp's
+`llama-quantize` would make. Output files are written beside their final path and renamed when
+complete: an interrupted export never leaves a half file behind.
+
+`model_info(name)` describes a model for export without loading its weights (tokenizer, prompt
+format, stop tokens, generation defaults).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import atomic
+from ..errors import FireflyError, UnsupportedModelError
+from .gguf_model import family_for, gguf_name, read_config, source_tensors
+from .gguf_vocab import build_vocab, write_vocab
+
+Status = Callable[[str], None]
+
+FLOAT_TYPES = ("f32", "f16", "bf16")
+QUANT_TYPES = ("q8_0", "q4_k_m")
+GGUF_TYPES = ("bf16", "f16", "f32", "q8_0", "q4_k_m")
+
+# llama.cpp's llama_ftype values (general.file_type and llama_model_quantize's target)
+_FTYPE = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15, "bf16": 32}
+
+
+class ExportCancelled(FireflyError):
+    """The export was stopped (cancel event set); no output file was left behind."""
+
+
+def check_type(gguf_type: str) -> str:
+    t = str(gguf_type).lower().replace("-", "_")
+    if t not in GGUF_TYPES:
+        raise FireflyError(f"unknown GGUF type {gguf_type!r}", f"choose one of: {', '.join(GGUF_TYPES)}")
+    return t
+
+
+def model_info(name: str | os.PathLike, prompt_format: str | None = None, *, trust_remote_code: bool = False):
+    """A `LoadedModel` without weights (`model=None`): what an export needs to know about a model.
+
+    The prompt format is resolved as chat resolves it: `prompt_format`, else the user's saved
+    per-model setting, else the catalog's, else the tokenizer's chat template, else Firefly v1.
+    """
+    from ..formats import resolve_format
+    from ..models.catalog import prompt_format_for
+    from ..models.folder import check_model_folder
+    from ..models.inventory import resolve_model_path
+    from ..models.loading import LoadedModel, _context_length, load_tokenizer
+    from ..models.settings import load_settings
+
+    path = resolve_model_path(name)
+    config = check_model_folder(path)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    saved = load_settings().for_model(str(name))
+    fmt = resolve_format(tokenizer, prompt_format or saved.prompt_format, prompt_format_for(str(name)))
+    try:
+        from transformers import GenerationConfig
+
+        gen_defaults = GenerationConfig.from_pretrained(path).to_diff_dict()
+    except (OSError, ValueError):
+        gen_defaults = {}
+
+    class _Config(dict):
+        __getattr__ = dict.get
+
+    import torch
+
+    return LoadedModel(
+        model=None,
+        tokenizer=tokenizer,
+        device=torch.device("cpu"),  # where a llama.cpp decoder's logits live
+        dtype=None,
+        path=path,
+        name=str(name),
+        prompt_format=fmt,
+        context_length=_context_length(_Config(config), tokenizer),
+        generation_defaults=gen_defaults,
+    )
+
+
+def chat_template_for(info: Any) -> str | None:
+    """The Jinja chat template of the prompt format the model is served with (Firefly v1/v2 have
+    twins written by training; `chat_template` is the tokenizer's own)."""
+    from ..training.final import FIREFLY_TEMPLATES
+
+    return FIREFLY_TEMPLATES.get(info.prompt_format.name) or getattr(info.tokenizer, "chat_template", None)
+
+
+def export_gguf(
+    info: Any,
+    out: str | os.PathLike,
+    *,
+    gguf_type: str = "bf16",
+    status: Status | None = None,
+    cancel: threading.Event | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Write `info`'s model (a LoadedModel; its weights are read from `info.path`, not from memory)
+    as a GGUF of `gguf_type` to `out`. Returns `out`."""
+    gguf_type = check_type(gguf_type)
+    out = Path(out)
+    say = status or (lambda _msg: None)
+    t0 = time.perf_counter()
+    if gguf_type in FLOAT_TYPES:
+        with atomic.replacing(out) as tmp:
+            _write_float(info, tmp, gguf_type, say, cancel)
+    else:
+        float_type = _lossless_float_type(info.path)
+        with atomic.replacing(out) as tmp:
+            float_tmp = tmp.with_name(f"{tmp.name}.{float_type}")  # a step only: never renamed into place
+            try:
+                _write_float(info, float_tmp, float_type, say, cancel)
+                say(f"quantizing to {gguf_type.upper()} with llama.cpp")
+                quantize_gguf(float_tmp, tmp, gguf_type, threads=threads)
+            finally:
+                float_tmp.unlink(missing_ok=True)
+    say(f"GGUF {gguf_type} written in {time.perf_counter() - t0:.1f} s: {out}")
+    return out
+
+
+def _lossless_float_type(folder: Path) -> str:
+    """The float type that holds the folder's weights exactly (the quantizer's input)."""
+    import torch
+
+    dtypes = {t.dtype for t in source_tensors(folder) if t.dtype is not None and t.dtype.is_floating_point}
+    if dtypes <= {torch.bfloat16}:
+        return "bf16"
+    if dtypes <= {torch.float16}:
+        return "f16"
+    return "f32"
+
+
+def _write_float(info: Any, path: Path, gguf_type: str, say: Status, cancel: threading.Event | None) -> None:
+    import gguf
+    import numpy as np
+    import torch
+
+    config = read_config(info.path)
+    family = family_for(config)
+    n_layers = family.n_layers(config)
+    tensors = list(source_tensors(info.path))
+    names = {t.name: gguf_name(family, t.name, n_layers) for t in tensors}
+    embd = next((t for t in tensors if names[t.name] == "token_embd.weight"), None)
+    if embd is None:
+        raise UnsupportedModelError(f"{info.path} has no token embedding the exporter recognises")
+    n_vocab = int(embd.shape[0])
+    if any(names[t.name] == "output.weight" for t in tensors) and config.get("tie_word_embeddings"):
+        # a tied lm_head saved anyway: llama.cpp reuses token_embd when output.weight is absent
+        names = {k: (None if v == "output.weight" else v) for k, v in names.items()}
+    vocab = build_vocab(info.tokenizer, n_vocab, list(info.stop_token_ids), chat_template_for(info))
+
+    writer = gguf.GGUFWriter(path=None, arch=family.arch)
+    writer.add_name(Path(str(info.name)).name or str(info.name))
+    writer.add_file_type(_FTYPE[gguf_type])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    family.write_hparams(writer, config)
+    write_vocab(writer, vocab)
+
+    float_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[gguf_type]
+    planned: list[tuple[str, Callable[[], Any], tuple[int, ...], torch.dtype]] = []
+    for t in tensors:
+        target = names[t.name]
+        if target is None:
+            continue
+        dtype = torch.float32 if len(t.shape) <= 1 else float_dtype  # norms and biases stay f32, as llama.cpp's converter
+        planned.append((target, lambda t=t: family.transform(t.name, t.load(), config), t.shape, dtype))
+    for target, tensor in family.extra_tensors(config).items():
+        planned.append((target, lambda tensor=tensor: tensor, tuple(tensor.shape), torch.float32))
+    for target, _load, shape, dtype in planned:
+        n = int(np.prod(shape)) if shape else 1
+        itemsize = 4 if dtype == torch.float32 else 2
+        if dtype == torch.bfloat16:
+            writer.add_tensor_info(target, shape, np.dtype(np.uint16), n * itemsize, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            np_dtype = np.float32 if dtype == torch.float32 else np.float16
+            writer.add_tensor_info(target, shape, np.dtype(np_dtype), n * itemsize)
+
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    last_pct = -1
+    for i, (target, load, _shape, dtype) in enumerate(planned):
+        if cancel is not None and cancel.is_set():
+            writer.close()
+            raise ExportCancelled("GGUF export stopped", "run it again to make the file")
+        data = load().to(dtype).contiguous()
+        if dtype == torch.bfloat16:
+            array = data.view(torch.int16).numpy().view(np.uint16)
+        else:
+            array = data.numpy()
+        writer.write_tensor_data(array)
+        pct = (i + 1) * 100 // len(planned)
+        if pct // 10 != last_pct // 10:
+            say(f"writing GGUF ({gguf_type}): {pct}% of {len(planned)} tensors")
+            last_pct = pct
+    writer.close()
+
+
+def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, gguf_type: str, *, threads: int | None = None) -> None:
+    """llama.cpp's quantizer (`llama_model_quantize`): a float GGUF in, `gguf_type` out."""
+    import ctypes
+
+    from ..generation.llamacpp import llama_cpp_module
+
+    gguf_type = check_type(gguf_type)
+    llama_cpp = llama_cpp_module()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _FTYPE[gguf_type]
+    params.nthread = int(threads or 0)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise FireflyError(
+            f"llama.cpp could not quantize {src} to {gguf_type} (code {rc})",
+            "check the free disk space; or export a float type (--type bf16)",
+        )

@@ -1,0 +1,344 @@
+"""llama.cpp as the engine behind our generation loop (CPU and Apple silicon).
+
+llama.cpp runs the forward passes; everything that makes our chat ours stays in the loop: our
+tokenizer and prompt formats, sampling semantics, stop strings, the streaming detokenizer, cancel,
+stats and multi-turn prefix reuse. `LlamaCppDecoder` implements the loop's `Decoder` seam:
+
+    forward(ids, cache) -> [1, vocab] float32 logits of the last position
+
+over *our* token ids (llama.cpp never tokenizes here). The KV cache lives inside one llama.cpp
+context; a `LlamaCppCache` is the list of token ids a conversation believes is cached. Before each
+forward the context is made to hold exactly that list: it is truncated to the prefix both share
+(`llama_memory_seq_rm`, llama.cpp's KV truncation) and whatever is missing is replayed. So cropping
+a cache to a shared prefix costs nothing, one conversation pays no replay, and two conversations on
+one model stay correct (each switch re-prefills, as a fresh prompt would).
+
+`attach_llamacpp(lm, ...)` makes the GGUF once per model and type in the user cache
+(`paths.cache_dir()/gguf`, through `firefly_core.export.gguf`), reports progress through `status`,
+reuses it afterwards, and sets `lm.decoder`. `available()` says whether llama-cpp-python can be
+used here (None) or why not.
+
+The weights are read from the model's folder, not from `lm.model`, which may be None.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError, FireflyError, PromptTooLongError
+from .cache import common_prefix_length
+
+Status = Callable[[str], None]
+
+INSTALL_HINT = "install it with: pip install 'firefly-tui[llamacpp]' (builds llama.cpp once, a few minutes)"
+DEFAULT_TYPE = "q8_0"  # ~lossless (see README: perplexity and greedy agreement vs bf16), 2x fewer bytes
+MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; long windows cost RAM for nothing
+EXPORT_VERSION = "1"  # bump when the exporter's output changes, so cached GGUFs are remade
+_QUANTIZE_ALIASES = {"int8": "q8_0"}  # the torch engine's name for 8-bit weights
+
+
+def llama_cpp_module():
+    """The `llama_cpp` module, quiet (its log goes to our handler, not to the terminal)."""
+    import llama_cpp
+
+    _quiet(llama_cpp)
+    return llama_cpp
+
+
+def available() -> str | None:
+    """None when the llama.cpp engine can be used here, else the reason it cannot."""
+    if os.environ.get("FIREFLY_LLAMACPP", "").strip() == "0":
+        return "FIREFLY_LLAMACPP=0 is set"
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return f"the gguf package is not installed; {INSTALL_HINT}"
+    try:
+        llama_cpp_module()
+    except ImportError:
+        return f"llama-cpp-python is not installed; {INSTALL_HINT}"
+    except (OSError, RuntimeError) as e:  # the shared library failed to load
+        return f"llama-cpp-python cannot load llama.cpp ({e})"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- logging
+_LOG: dict[str, Any] = {"installed": False, "callback": None, "last_error": ""}
+
+
+def _quiet(llama_cpp: Any) -> None:
+    """Send llama.cpp's log to a handler that keeps the last error line (shown in our errors)."""
+    if _LOG["installed"]:
+        return
+
+    @llama_cpp.llama_log_callback
+    def handler(level, text, _user_data):  # GGML_LOG_LEVEL_ERROR = 4
+        if level == 4 and text:
+            _LOG["last_error"] = text.decode("utf-8", "replace").strip()
+
+    _LOG["callback"] = handler  # keep a reference: llama.cpp calls it from C
+    llama_cpp.llama_log_set(handler, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    _LOG["installed"] = True
+
+
+def _last_error() -> str:
+    text, _LOG["last_error"] = _LOG["last_error"], ""
+    return f": {text}" if text else ""
+
+
+# --------------------------------------------------------------------------------------- decoder
+class LlamaCppCache:
+    """The token ids one conversation has run through the model (what its KV cache holds)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def get_seq_length(self) -> int:
+        return len(self.ids)
+
+    def crop_to(self, length: int) -> None:
+        # Only the bookkeeping: the context itself is truncated at the next forward (see _sync).
+        del self.ids[max(0, length):]
+
+
+def default_threads() -> int:
+    """The CPUs this process may use, halved above 4 (hyper-threads do not help a memory-bound
+    decode step; llama.cpp's own advice is one thread per physical core)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return n if n <= 4 else n // 2
+
+
+class LlamaCppDecoder:
+    """Forward passes through llama.cpp over our token ids (the loop's `Decoder`)."""
+
+    def __init__(self, gguf_path: str | os.PathLike, *, n_ctx: int, threads: int | None = None, n_batch: int = 512) -> None:
+        lib = llama_cpp_module()
+        self._lib = lib
+        self.path = Path(gguf_path)
+        self.threads = int(threads or default_threads())
+        mparams = lib.llama_model_default_params()
+        # Metal (Apple) / GPU builds: all layers on the GPU; CPU builds ignore it.
+        mparams.n_gpu_layers = -1 if lib.llama_supports_gpu_offload() else 0
+        self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise FireflyError(
+                f"llama.cpp cannot load {self.path}{_last_error()}",
+                "delete the file so it is made again, or use --engine torch",
+            )
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = int(n_ctx)
+        cparams.n_batch = cparams.n_ubatch = int(n_batch)
+        cparams.n_seq_max = 1
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lib.llama_model_free(self._model)
+            self._model = None
+            raise FireflyError(
+                f"llama.cpp cannot create a context of {n_ctx} tokens for {self.path}{_last_error()}",
+                "close other programs (memory), or use --engine torch",
+            )
+        self._mem = lib.llama_get_memory(self._ctx)
+        self.n_ctx = int(lib.llama_n_ctx(self._ctx))
+        self.vocab_size = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model)))
+        self.device = torch.device("cpu")  # logits come back in host memory
+        self.n_batch = int(n_batch)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._held: list[int] = []  # token ids whose keys/values the context holds, in order
+        self._lock = threading.Lock()
+
+    # -- the Decoder seam
+    def new_cache(self) -> LlamaCppCache:
+        return LlamaCppCache()
+
+    def forward(self, ids: torch.Tensor, cache: LlamaCppCache) -> torch.Tensor:
+        """Run `ids` ([1, n]) after what `cache` holds; return the last position's logits [1, vocab]."""
+        new = [int(i) for i in ids.reshape(-1).tolist()]
+        if not new:
+            raise ValueError("forward needs at least one token")
+        with self._lock:
+            self._sync(cache.ids)
+            logits = self._decode(new, want_logits=True)
+            cache.ids.extend(new)
+        return logits
+
+    # -- internals
+    def _sync(self, ids: Sequence[int]) -> None:
+        """Make the context hold exactly `ids`: truncate to the shared prefix, replay the rest."""
+        keep = common_prefix_length(self._held, ids)
+        if keep < len(self._held):
+            if not self._lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
+                self._lib.llama_memory_clear(self._mem, True)
+                keep = 0
+            del self._held[keep:]
+        if keep < len(ids):
+            self._decode(list(ids[keep:]), want_logits=False)
+
+    def _decode(self, ids: list[int], *, want_logits: bool) -> torch.Tensor | None:
+        if len(self._held) + len(ids) > self.n_ctx:
+            raise PromptTooLongError(
+                f"the conversation needs {len(self._held) + len(ids)} tokens; llama.cpp's context holds {self.n_ctx}",
+                "shorten the conversation (/reset) or the message",
+            )
+        lib, batch = self._lib, self._batch
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            last_chunk = start + self.n_batch >= len(ids)
+            pos0 = len(self._held)
+            batch.n_tokens = len(chunk)
+            for i, tid in enumerate(chunk):
+                batch.token[i] = tid
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 0
+            if last_chunk and want_logits:
+                batch.logits[len(chunk) - 1] = 1
+            rc = lib.llama_decode(self._ctx, batch)
+            if rc != 0:
+                # the context may hold part of the chunk: forget it, so the next _sync replays
+                lib.llama_memory_seq_rm(self._mem, 0, pos0, -1)
+                raise FireflyError(f"llama.cpp failed to run the model (code {rc}){_last_error()}", "try --engine torch")
+            self._held.extend(chunk)
+        if not want_logits:
+            return None
+        ptr = lib.llama_get_logits_ith(self._ctx, -1)
+        logits = torch.from_numpy(_as_array(ptr, self.vocab_size).copy())
+        return logits.unsqueeze(0)
+
+    @property
+    def label(self) -> str:
+        """What the status line shows: the engine and the GGUF it runs."""
+        return f"llama.cpp, {self.threads} threads ({self.path.name})"
+
+    def close(self) -> None:
+        """Free llama.cpp's context and model now (otherwise when the decoder is collected)."""
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _as_array(ptr: Any, n: int):
+    import numpy as np
+
+    return np.ctypeslib.as_array(ptr, shape=(n,))
+
+
+# ---------------------------------------------------------------------------------- GGUF cache
+def gguf_type_for(quantize: str | None) -> str:
+    """The GGUF type for a `quantize` request (None = our default, q8_0)."""
+    from ..export.gguf import GGUF_TYPES
+
+    t = _QUANTIZE_ALIASES.get(str(quantize).lower(), str(quantize).lower()) if quantize else DEFAULT_TYPE
+    if t not in GGUF_TYPES:
+        raise ConfigError(
+            f"llama.cpp cannot use quantize={quantize!r}", f"choose one of: {', '.join(GGUF_TYPES)}"
+        )
+    return t
+
+
+def _fingerprint(folder: Path) -> str:
+    """Changes when the model's weights, config or tokenizer change (a re-trained `final/`)."""
+    h = hashlib.sha256(f"{EXPORT_VERSION}\0{folder.resolve()}".encode())
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")):
+            st = p.stat()
+            h.update(f"\0{p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def gguf_cache_path(model_path: str | os.PathLike, gguf_type: str) -> Path:
+    """Where the GGUF of a model folder and type is cached (made by `attach_llamacpp`)."""
+    from .. import paths
+
+    folder = Path(model_path)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name)[:60] or "model"
+    if folder.resolve().parent.name == "snapshots":  # a hub cache snapshot: name it after the repo
+        slug = folder.resolve().parent.parent.name.removeprefix("models--")
+    return paths.cache_dir() / "gguf" / f"{slug}-{_fingerprint(folder)}.{gguf_type}.gguf"
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def attach_llamacpp(
+    lm: Any,
+    *,
+    quantize: str | None,
+    threads: int | None,
+    status: Status | None,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Set `lm.decoder` to a llama.cpp decoder for `lm`'s model, making and caching its GGUF first.
+
+    `quantize`: "bf16" | "f16" | "f32" | "q8_0" | "q4_k_m" (None: q8_0; "int8" means q8_0).
+    The GGUF is cached per model folder (and its weights' sizes/dates) and type, so the second
+    load starts at once. `lm.context_length` is lowered to the context llama.cpp allocates
+    (at most MAX_CONTEXT), so chat truncates history where llama.cpp would run out.
+    """
+    reason = available()
+    if reason is not None:
+        raise FireflyError(f"the llama.cpp engine is not available: {reason}", "use --engine torch")
+    from ..export.gguf import export_gguf
+
+    say = status or (lambda _msg: None)
+    gguf_type = gguf_type_for(quantize)
+    path = gguf_cache_path(lm.path, gguf_type)
+    made = False
+    if not _is_gguf(path):
+        say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
+        export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
+        made = True
+    if cancel is not None and cancel.is_set():
+        from ..export.gguf import ExportCancelled
+
+        raise ExportCancelled("loading stopped", None)
+    n_ctx = max(16, min(int(getattr(lm, "context_length", 0) or MAX_CONTEXT), MAX_CONTEXT))
+    say(f"loading {path.name} into llama.cpp ({gguf_type}, {threads or default_threads()} threads)")
+    try:
+        decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
+    except FireflyError:
+        if made:
+            raise
+        # a cached file we made but llama.cpp refuses (e.g. written by an older llama.cpp): remake it once
+        path.unlink(missing_ok=True)
+        say(f"remaking the llama.cpp model ({gguf_type})")
+        export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
+        decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
+    old = getattr(lm, "decoder", None)
+    if old is not None and hasattr(old, "close"):
+        old.close()
+    lm.decoder = decoder
+    lm.context_length = decoder.n_ctx
