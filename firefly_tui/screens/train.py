@@ -22,6 +22,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Header, Input, Label, ListItem, ListView, Select, Static
 
+from firefly_core.training.events import DoneEvent, ErrorEvent, EvalEvent, StartEvent, StepEvent, TrainEvent
+
 from .. import backend
 from ..i18n import STRINGS, t
 from ..widgets.footer import QuickFooter as Footer
@@ -35,42 +37,45 @@ POLL_S = 0.5
 
 @dataclass
 class RunView:
-    """What the panel knows about the run it shows, built from its events."""
+    """What the panel knows about the run it shows, built from its typed events (training/events.py:
+    every field is there with its type, so nothing here guesses)."""
 
     run_dir: Path
     tail: object  # EventTail
     train: list[tuple[float, float]] = field(default_factory=list)
     eval: list[tuple[float, float]] = field(default_factory=list)
-    last_step: dict = field(default_factory=dict)
-    start: dict = field(default_factory=dict)
+    last_step: StepEvent | None = None
+    start: StartEvent | None = None
     status: str = "waiting"  # waiting | running | done | stopped | error
     message: str = ""
     final_path: str | None = None
     log_size: int = -1
 
-    def apply(self, events: list) -> None:
+    def apply(self, events: list[TrainEvent]) -> None:
         for e in events:
-            d = e.data
-            if e.type == "start":
-                self.start, self.status = d, "running"
+            if isinstance(e, StartEvent):
+                self.start, self.status = e, "running"
                 # a resumed run starts again from its checkpoint: drop points after it
-                keep = d.get("start_step", 0) or 0
-                self.train = [p for p in self.train if p[0] <= keep]
-                self.eval = [p for p in self.eval if p[0] <= keep]
-            elif e.type == "step":
-                self.last_step = d
-                if d.get("loss") is not None:
-                    self.train.append((d["step"], d["loss"]))
-            elif e.type == "eval":
-                if d.get("loss") is not None:
-                    self.eval.append((d["step"], d["loss"]))
-            elif e.type == "done":
-                self.status = "stopped" if d.get("status") == "stopped" else "done"
-                self.message = d.get("message") or ""
-                self.final_path = d.get("final_path")
-            elif e.type == "error":
+                self.train = [p for p in self.train if p[0] <= e.start_step]
+                self.eval = [p for p in self.eval if p[0] <= e.start_step]
+            elif isinstance(e, StepEvent):
+                self.last_step = e
+                if e.loss is not None:
+                    self.train.append((e.step, e.loss))
+            elif isinstance(e, EvalEvent):
+                if e.loss is not None:
+                    self.eval.append((e.step, e.loss))
+            elif isinstance(e, DoneEvent):
+                self.status = "stopped" if e.stopped else "done"
+                self.message = e.message or ""
+                self.final_path = e.final_path
+            elif isinstance(e, ErrorEvent):
                 self.status = "error"
-                self.message = (d.get("message") or "") + (f" — {d['hint']}" if d.get("hint") else "")
+                self.message = e.message + (f" — {e.hint}" if e.hint else "")
+
+    @property
+    def pid(self) -> int | None:
+        return self.start.pid if self.start is not None else None
 
 
 class RunItem(ListItem):
@@ -267,7 +272,7 @@ class TrainScreen(Screen):
         if events:
             view.apply(events)
         if view.status == "running" and not events:
-            pid = view.start.get("pid") or backend.launched_pid(view.run_dir)
+            pid = view.pid or backend.launched_pid(view.run_dir)
             if not backend.pid_alive(pid):
                 # Give the last line a moment: a finished process may still be flushing.
                 more = view.tail.poll()
@@ -289,20 +294,20 @@ class TrainScreen(Screen):
             return
         if changed:
             self.query_one("#loss-plot", LossPlot).set_data(view.train, view.eval)
-            s = view.last_step
-            mem = s.get("memory") or {}
+            s, start = view.last_step, view.start
+            mem = s.memory if s is not None else {}
             mem_text = " ".join(f"{k.replace('_gb', '')} {v:.2f} GB" for k, v in mem.items()) or "-"
-            total = s.get("total") or view.start.get("total_steps") or "?"
+            total = (s.total if s is not None else 0) or (start.total_steps if start is not None else 0) or "?"
             stats = t(
                 "train.status",
-                step=s.get("step", view.start.get("start_step", 0) or 0),
+                step=s.step if s is not None else (start.start_step if start is not None else 0),
                 total=total,
-                tps=_fmt_num(s.get("tokens_per_s"), ".1f"),
-                lr=_fmt_num(s.get("lr")),
-                eta=human_seconds(s.get("eta")) if s else "-",
+                tps=_fmt_num(s.tokens_per_s, ".1f") if s is not None else "-",
+                lr=_fmt_num(s.lr) if s is not None else "-",
+                eta=human_seconds(s.eta) if s is not None else "-",
                 mem=mem_text,
             )
-            loss = f" · loss {s['loss']:.4f}" if s.get("loss") is not None else ""
+            loss = f" · loss {s.loss:.4f}" if s is not None and s.loss is not None else ""
             ev = f" · eval {view.eval[-1][1]:.4f}" if view.eval else ""
             self.query_one("#run-stats", Static).update(stats + loss + ev)
             title = f"{view.run_dir.name}  ·  {t('train.state', status=t(f'run.{view.status}'))}"
@@ -460,7 +465,7 @@ class TrainScreen(Screen):
 
         if backend.stop_training(view.run_dir):
             return True
-        pid = view.start.get("pid")  # a run started elsewhere (the CLI): its own pid
+        pid = view.pid  # a run started elsewhere (the CLI): its own pid
         if backend.pid_alive(pid):
             os.kill(pid, signal.SIGINT)
             return True
