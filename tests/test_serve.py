@@ -25,6 +25,7 @@ openai = pytest.importorskip("openai")
 from firefly_tui.server import ApiServer, served_models  # noqa: E402
 
 GREEDY = {"temperature": 0}
+USER = [{"role": "user", "content": "你好"}]
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +213,25 @@ def test_a_client_that_disconnects_mid_stream_frees_the_model(client, bloom_serv
     assert served.finished[-1].stop_reason == "max_new_tokens"
 
 
+def test_a_queued_request_whose_client_left_is_never_generated(client, bloom_server):
+    served = bloom_server.models[0]
+    replies, jobs = len(served.finished), served.jobs_done
+    stream = client.chat.completions.create(
+        model=served.id, messages=[{"role": "user", "content": "hi"}], max_tokens=2000, stream=True, **GREEDY
+    )
+    next(iter(stream))  # the first request holds the model now
+    body = json.dumps({"messages": USER, "max_tokens": 8}).encode()
+    waiting = socket.create_connection(("127.0.0.1", bloom_server.port))
+    waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert served.wait_until(lambda m: m.queued == 1)
+    waiting.close()  # gone while queued
+    stream.close()
+    assert served.wait_until(lambda m: m.jobs_done == jobs + 2)
+    assert [r.stop_reason for r in list(served.finished)[replies:]] == ["cancelled"]  # only the first ran
+
+
 # -- bad requests ----------------------------------------------------------------------------------
-
-USER = [{"role": "user", "content": "你好"}]
-
 
 @pytest.mark.parametrize(
     "body, status, param",

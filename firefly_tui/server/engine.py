@@ -97,8 +97,9 @@ class ServedModel:
         self.overrides = dict(overrides or {})  # ModelRequest fields from the command line
         self.cache_slots = max(1, cache_slots)
         self.log = log or (lambda line: None)
-        self.finished: deque[Finished] = deque(maxlen=64)
-        self.changed = threading.Condition()  # notified when a job ends
+        self.finished: deque[Finished] = deque(maxlen=64)  # replies generated (not skipped jobs)
+        self.jobs_done = 0  # jobs taken off the queue: answered, failed or skipped
+        self.changed = threading.Condition()  # notified when a job is queued or ends
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -119,6 +120,8 @@ class ServedModel:
             self._pending.add(job)
         self._ensure_thread()
         self._queue.put(job)
+        with self.changed:
+            self.changed.notify_all()
 
     def load(self, status: Callable[[str], None] | None = None) -> Any:
         """Load the model now (through the model service) and return the LoadedModel."""
@@ -143,14 +146,25 @@ class ServedModel:
             self._thread.join(timeout=30)
 
     def wait_finished(self, count: int, timeout: float = 60.0) -> list[Finished]:
-        """Block until at least `count` jobs have finished (for tests and benchmarks)."""
+        """Block until at least `count` replies have finished (for tests and benchmarks)."""
         with self.changed:
             self.changed.wait_for(lambda: len(self.finished) >= count, timeout)
             return list(self.finished)
 
+    def wait_until(self, predicate: Callable[["ServedModel"], bool], timeout: float = 60.0) -> bool:
+        """Block until `predicate(self)` holds, re-checked whenever a job is queued or ends."""
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self), timeout)
+
     @property
     def busy(self) -> bool:
         return self._current is not None
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for their turn (not counting the one running)."""
+        with self._pending_lock:
+            return len(self._pending) - (1 if self._current is not None else 0)
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -178,6 +192,7 @@ class ServedModel:
                 with self._pending_lock:
                     self._pending.discard(job)
                 with self.changed:
+                    self.jobs_done += 1
                     self.changed.notify_all()
 
     def _emit(self, job: Job, event: Any) -> None:
