@@ -318,6 +318,21 @@ def test_model_info_that_is_not_model_info_is_a_clear_error_naming_the_endpoint(
     assert hostile.url in err and words in err and "HF_ENDPOINT" in err
 
 
+def test_endless_model_info_is_cut_off(hostile, capsys, bloom_dir, monkeypatch):
+    monkeypatch.setattr(hub, "MODEL_INFO_MAX_BYTES", 1_000_000)
+    repo = _repo(hostile, "endless-info", _bloom_files(bloom_dir))
+
+    def script(call):
+        if call.route == "info":
+            return Reply(200, {"Content-Type": "application/json"},
+                         itertools.chain([b'{"id": "x", "siblings": ['], itertools.repeat(b" " * 65536)))
+        return None
+
+    hostile.script(script)
+    err = pull_fails(capsys, hostile, repo.repo_id)
+    assert "stopped reading" in err and hostile.url in err
+
+
 # ---------------------------------------------------------------- sizes
 
 

@@ -5,7 +5,8 @@ Downloads land in the standard HF cache (`HF_HOME` / `HF_HUB_CACHE`, layout
 work in theirs. `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` are honoured.
 
 What the library gives us and what we add:
-- huggingface_hub does the talking: `HfApi.model_info` (file list, sizes, hashes),
+- huggingface_hub does the talking: the model-info request as `HfApi.model_info` makes it and its
+  `ModelInfo` parser (file list, sizes, hashes; read here with a size and time bound),
   `get_hf_file_metadata` (the HEAD call: etag, size, redirects that stay on the hub), its shared
   HTTP session (proxies, offline hook, user agent), its token handling and error types, its name
   rules (`validate_repo_id`, its relative-file-name check, via `names.py`) and its cache layout
@@ -76,6 +77,8 @@ MAX_FAILURES = 5  # attempts of one file that bring too few new bytes, before gi
 MIN_PROGRESS_BYTES = 1 << 16  # an attempt that brings at least this much (or the rest) is progress, not a failure
 RETRY_BACKOFF_S = 0.5  # pause after the first failure of a file, doubled after each next one
 MAX_BACKOFF_S = 4.0
+MODEL_INFO_MAX_BYTES = 64 * 1024 * 1024  # the real hub's model info for a repo of thousands of files is a few MB
+MODEL_INFO_DEADLINE_S = 60.0
 PROGRESS_INTERVAL_S = 0.1
 SPEED_WINDOW_S = 5.0
 
@@ -272,17 +275,39 @@ def _cut(value: object, limit: int = 120) -> str:
 
 
 def _model_info(repo_id: str, revision: str | None) -> Any:
-    """`HfApi.model_info` with files metadata; a body that is not a hub's JSON becomes our error."""
-    import httpx2
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+    """The repo's model info with files metadata: the request `HfApi.model_info(files_metadata=True)`
+    makes (same URL, headers, session, error mapping and `ModelInfo` parser), but read with bounds
+    (MODEL_INFO_MAX_BYTES, MODEL_INFO_DEADLINE_S), so an endless or trickling answer cannot hang
+    the pull or fill the memory. A body that is not a hub's JSON becomes our error naming the endpoint.
+    """
+    import json
+    from urllib.parse import quote
 
+    import httpx2
+    from huggingface_hub import get_session
+    from huggingface_hub.hf_api import ModelInfo
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, validate_repo_id
+
+    validate_repo_id(repo_id)
+    url = f"{hub_endpoint()}/api/models/{repo_id}"
+    if revision is not None:
+        url += f"/revision/{quote(revision, safe='')}"
+    t0 = time.monotonic()
+    body = bytearray()
+    with get_session().stream(
+        "GET", url, headers=build_hf_headers(), params={"blobs": True}, timeout=_timeout(15.0)
+    ) as r:
+        for chunk in r.iter_bytes():
+            body += chunk
+            if len(body) > MODEL_INFO_MAX_BYTES or time.monotonic() - t0 > MODEL_INFO_DEADLINE_S:
+                raise _bad_hub(
+                    f"sent more than {human_bytes(MODEL_INFO_MAX_BYTES)} of model info for {repo_id}, or took longer "
+                    f"than {MODEL_INFO_DEADLINE_S:.0f} s; firefly stopped reading"
+                )
+        answer = httpx2.Response(r.status_code, headers=r.headers, content=bytes(body), request=r.request)
+    hf_raise_for_status(answer)  # the hub's own errors (not found, gated, ...) as the library words them
     try:
-        return HfApi(endpoint=hub_endpoint()).model_info(
-            repo_id, revision=revision, files_metadata=True, timeout=_timeout(15.0)
-        )
-    except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, httpx2.HTTPError, OSError):
-        raise  # the network and the hub's own errors: _hub_error words them
+        return ModelInfo(**json.loads(bytes(body)))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _bad_hub(
             f"answered the model info of {repo_id} with something that is not a hub's model info "
