@@ -194,7 +194,14 @@ class EventWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", encoding="utf-8")
 
-    def emit(self, event: TrainEvent) -> TrainEvent:
+    def emit(self, event: TrainEvent | str, **fields: Any) -> TrainEvent:
+        """Write a typed event; `emit("step", step=1, ...)` (type name and fields) also works."""
+        if isinstance(event, str):
+            if event not in EVENT_CLASSES:
+                raise ValueError(f"unknown event type {event!r}")
+            typed = TrainEvent.from_obj({"type": event, **fields})
+            assert typed is not None
+            event = typed
         if not event.time:
             event.time = round(time.time(), 3)
         self._f.write(event.to_json() + "\n")
