@@ -278,6 +278,17 @@ async def test_focus_follows_the_user(store):
         chat.query_one("#log").focus()
         await pilot.press("x")
         assert app.focused is composer and composer.value == "hix"
+        await wait_until(pilot, lambda: chat.conversation_id == b.id)
+        await chat.open_conversation(a.id)
+        # Up on the composer's first line enters the messages; Down past the last one comes back
+        composer.value = ""
+        await pilot.press("up")
+        log = chat.query_one("#log", ChatLog)
+        assert app.focused is log and log.selected.content == "喵喵"
+        await pilot.press("up")
+        assert log.selected.content == "喵"
+        await pilot.press("down", "down")
+        assert app.focused is composer
         # Tab does not walk through the messages: the log is one stop
         stops = []
         for _ in range(8):

@@ -11,7 +11,8 @@ from app_helpers import screen_text, wait_screen, wait_until
 from firefly_core.paths import runs_dir
 from firefly_tui.app import FireflyApp
 from firefly_tui.screens.chat import ChatScreen
-from firefly_tui.screens.dialogs import ChatSettingsDialog, PromptDialog
+from firefly_tui.screens.chat_settings import ChatSettingsDialog
+from firefly_tui.screens.dialogs import PromptDialog
 from firefly_tui.screens.models import ModelsScreen
 from firefly_tui.screens.train import TrainScreen
 from firefly_tui.screens.welcome import WelcomeScreen
@@ -25,8 +26,10 @@ SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instruction
 async def set_max_new_tokens(pilot, n: int) -> None:
     await pilot.press("ctrl+o")
     dialog = await wait_screen(pilot, ChatSettingsDialog)
-    dialog.query_one("#max_new_tokens").value = str(n)
-    await pilot.click("#save")
+    field = dialog.query_one("#max_new_tokens")
+    field.value = str(n)
+    field.focus()
+    await pilot.press("enter")  # Enter in a field saves
     await wait_screen(pilot, ChatScreen)
 
 

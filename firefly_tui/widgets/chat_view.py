@@ -161,6 +161,9 @@ class ChatLog(VerticalScroll, can_focus=True):
         Binding("delete", "request('delete')", "chat.delete_message"),
     ]
 
+    class LeaveDown(Message):
+        """Down on the last message: the user is going back to the composer."""
+
     class ActionRequested(Message):
         def __init__(self, action: str, view: MessageView) -> None:
             super().__init__()
@@ -192,8 +195,11 @@ class ChatLog(VerticalScroll, can_focus=True):
         if self.selected not in views:
             self.select(views[-1])
             return
-        i = min(max(views.index(self.selected) + step, 0), len(views) - 1)
-        self.select(views[i])
+        i = views.index(self.selected) + step
+        if i >= len(views):  # Down past the last message: back to the composer below
+            self.post_message(self.LeaveDown())
+            return
+        self.select(views[max(i, 0)])
 
     def action_request(self, action: str) -> None:
         if self.selected is not None and self.selected in self.messages():

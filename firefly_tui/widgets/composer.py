@@ -48,6 +48,9 @@ class Composer(TextArea):
             super().__init__()
             self.composer, self.text = composer, text
 
+    class LeaveUp(Message):
+        """Up on the first line: the user wants the messages above (the log takes focus)."""
+
     class Cleared(Message):
         """The user removed all the text (used to leave edit mode)."""
 
@@ -93,6 +96,11 @@ class Composer(TextArea):
             text = self.text.strip()
             if text:
                 self.post_message(self.Submitted(self, text))
+            return
+        if event.key == "up" and self.cursor_location[0] == 0:
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.LeaveUp())
             return
         if event.key in NEWLINE_KEYS:
             event.stop()

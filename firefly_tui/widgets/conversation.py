@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -31,6 +32,16 @@ from .chat_view import ChatLog, MessageView, SystemPromptView
 from .composer import Composer
 
 UI_HZ = 15  # reply redraws per second while streaming
+
+
+def short_model_name(name: str) -> str:
+    """A folder's last part (a hub id stays whole): the status line has one row at 80 columns."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        path = Path(name.rstrip("/\\"))
+        if path.name == "final" or path.name.startswith(("step-", "checkpoint")):
+            return f"{path.parent.name}/{path.name}"  # a run's model: the run names it
+        return path.name or name
+    return name
 
 
 @dataclass
@@ -219,6 +230,17 @@ class ChatConversation(Vertical):
             await self.edit(self.editing_id, event.text)
         else:
             await self.send(event.text)
+
+    @on(Composer.LeaveUp)
+    def _leave_up(self, event: Composer.LeaveUp) -> None:
+        event.stop()
+        if self.log_view.messages():
+            self.log_view.focus()
+
+    @on(ChatLog.LeaveDown)
+    def _leave_down(self, event: ChatLog.LeaveDown) -> None:
+        event.stop()
+        self.composer.focus()
 
     @on(Composer.Cleared)
     def _cleared(self, event: Composer.Cleared) -> None:
@@ -467,7 +489,12 @@ class ChatConversation(Vertical):
 
     def update_status(self, extra: str | None = None) -> None:
         name = self.model_name()
-        parts = [t("status.model", name=name) if name else t("status.no_model")]
+        if name is None and self.app.lm is None and any(
+            w.group == "app-load" and w.is_running for w in self.app.workers
+        ):
+            parts = [t("chat.loading_model", name=getattr(self.app.settings, "active_model", None) or "")]
+        else:
+            parts = [t("status.model", name=short_model_name(name)) if name else t("status.no_model")]
         s = self.last_stats
         if s and not extra:
             if self.last_reply_empty:
