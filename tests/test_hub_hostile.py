@@ -399,6 +399,21 @@ def test_a_body_shorter_than_declared_every_time_ends_after_a_few_tries(hostile,
     assert inventory.find_installed(repo.repo_id).complete
 
 
+@pytest.mark.parametrize("status", [503, 404])
+def test_an_error_answer_with_an_endless_body_is_not_read_to_its_end(hostile, capsys, bloom_dir, status):
+    repo = _repo(hostile, "endless-error", _bloom_files(bloom_dir))
+
+    def script(call):
+        if call.route == "cdn" and call.method == "GET":
+            return Reply(status, {"X-Error-Code": "EntryNotFound"}, itertools.repeat(b"E" * 65536))
+        return None
+
+    hostile.script(script)
+    err = pull_fails(capsys, hostile, repo.repo_id)
+    assert ("keeps failing" in err and "503" in err) if status == 503 else "disappeared" in err
+    assert len(hostile.gets("/cdn/" + repo.sha256["model.safetensors"])) <= hub.MAX_FAILURES
+
+
 def test_a_size_that_head_and_listing_disagree_on_is_refused(hostile, capsys, bloom_dir):
     repo = _repo(hostile, "size-disagrees", _bloom_files(bloom_dir))
     hostile.script(_head_script(repo.repo_id, "model.safetensors", {"X-Linked-Size": "10"}))

@@ -553,11 +553,9 @@ def _stream_blob(
                     restart()
                     raise _Retry("the server refused to continue the file (HTTP 416)")
                 if r.status_code in (429, 500, 502, 503, 504):
-                    r.read()
                     raise _Retry(f"HTTP {r.status_code}")
                 if r.status_code >= 400:
-                    r.read()
-                hf_raise_for_status(r)
+                    hf_raise_for_status(_bounded(r))
                 if have and (r.status_code != 206 or _content_range_start(r.headers.get("Content-Range"), size) != have):
                     restart()  # the server ignored our Range, or answered another one: take it from the start
                     if r.status_code == 206:
@@ -595,6 +593,19 @@ def _stream_blob(
                 ) from None
             if have - start < min(MIN_PROGRESS_BYTES, size - start):
                 _sleep(min(RETRY_BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S), cancel, repo_id)
+
+
+def _bounded(r: Any, limit: int = 1 << 16) -> Any:
+    """A streamed error answer with at most `limit` bytes of its body read (enough for the hub's
+    error message; an endless error body is not read to its end)."""
+    import httpx2
+
+    body = bytearray()
+    for chunk in r.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return httpx2.Response(r.status_code, headers=r.headers, content=bytes(body[:limit]), request=r.request)
 
 
 def _discard_oversized(partial: Path, progress: _Progress, have: int) -> None:
