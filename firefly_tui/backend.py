@@ -113,6 +113,61 @@ def register_local(path: str) -> None:
     _register(path)
 
 
+ENGINE_SETTING_KEYS = ("engine", "quantize", "cuda_graph", "threads")
+
+
+def engine_settings(model: str) -> dict[str, Any]:
+    """The user's saved engine choices for `model` (None = automatic), for the Models screen."""
+    from firefly_core.models.settings import load_settings as _load
+
+    ms = _load().for_model(model)
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(ms).items() if k in ENGINE_SETTING_KEYS or k == "trust_remote_code"}
+
+
+def save_engine_settings(model: str, values: dict[str, Any]):
+    """Save engine / quantize / cuda_graph / threads for `model` (validated by the core); the
+    model service applies them the next time the model is loaded."""
+    from firefly_core.models.settings import update_model_settings
+
+    return update_model_settings(model, **{k: values.get(k) for k in ENGINE_SETTING_KEYS})
+
+
+def default_gguf_path(model: str, gguf_type: str) -> Path:
+    """Where an export goes unless the user says otherwise: FIREFLY data folder/exports/NAME-TYPE.gguf."""
+    import re
+
+    from firefly_core.paths import data_dir
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model)).name).strip("-") or "model"
+    return data_dir() / "exports" / f"{name}-{gguf_type}.gguf"
+
+
+def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], None] | None = None, cancel=None) -> Path:
+    """`firefly export MODEL --gguf OUT --type TYPE` (blocking; call from a worker). Refuses an
+    existing file (the CLI needs --force for that) and a name that is not *.gguf."""
+    from firefly_core.errors import FireflyError, OutputExistsError
+    from firefly_core.export.gguf import export_gguf as _export
+    from firefly_core.export.gguf import model_info
+
+    try:
+        import gguf  # noqa: F401 - the writer; an optional extra
+    except ImportError:
+        raise FireflyError(
+            "GGUF export needs the gguf package, which is not installed",
+            "install the llama.cpp extra: pip install 'firefly-tui[llamacpp]'",
+        ) from None
+    out = Path(out).expanduser()
+    if out.suffix.lower() != ".gguf":
+        raise FireflyError(f"{out} does not end in .gguf", "name the output like model.gguf")
+    if out.exists():
+        raise OutputExistsError(f"{out} already exists", "choose another file name, or remove that file first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = model_info(model)
+    return _export(info, out, gguf_type=gguf_type, status=status, cancel=cancel)
+
+
 # -- settings ---------------------------------------------------------------------------------
 def load_settings():
     """The user's saved settings, or None when the settings module is not there."""

@@ -316,3 +316,67 @@ async def test_failed_download_stops_the_progress_bar(store, online):
         assert "failed" in screen.status_text.lower()
         assert not bar.display and not screen.query_one("#cancel-download").display
         assert "failed" in str(screen.query_one("#download-text").render()).lower()
+
+
+async def test_model_settings_expose_engine_int8_cuda_graphs_threads(store, bloom_dir, fresh_home):
+    from textual.widgets import Select
+
+    from firefly_core.models.inventory import register_local
+    from firefly_core.models.settings import load_settings
+    from firefly_tui.screens.dialogs import ModelSettingsDialog
+
+    register_local(bloom_dir)
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        table = screen.query_one("#installed")
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("s")
+        dialog = await wait_screen(pilot, ModelSettingsDialog)
+        assert dialog.query_one("#m-engine", Select).value == ""  # automatic until chosen
+        dialog.query_one("#m-engine", Select).value = "torch"
+        dialog.query_one("#m-quantize", Select).value = "int8"
+        dialog.query_one("#m-cuda_graph", Select).value = "off"
+        dialog.query_one("#m-threads").value = "0"
+        await pilot.click("#save")
+        await wait_until(pilot, lambda: "threads" in str(dialog.query_one("#error").render()))
+        assert isinstance(app.screen, ModelSettingsDialog)  # refused with the core's reason
+        dialog.query_one("#m-threads").value = "2"
+        await pilot.click("#save")
+        await wait_until(pilot, lambda: "Saved" in screen.status_text)
+    ms = load_settings().for_model(str(bloom_dir))
+    assert (ms.engine, ms.quantize, ms.cuda_graph, ms.threads) == ("torch", "int8", False, 2)
+
+
+async def test_export_gguf_from_the_models_screen(store, bloom_dir, fresh_home, tmp_path):
+    from firefly_core.models.inventory import register_local
+    from firefly_tui.screens.dialogs import ChoiceDialog
+
+    register_local(bloom_dir)
+    out = tmp_path / "tiny.gguf"
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        table = screen.query_one("#installed")
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("e")
+        await wait_screen(pilot, ChoiceDialog)
+        await pilot.press("enter")  # bf16, the first (lossless) type
+        dialog = await wait_screen(pilot, PromptDialog)
+        assert dialog.query_one("#value").value.endswith("-bf16.gguf")
+        dialog.query_one("#value").value = str(out)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "Exported" in screen.status_text or "failed" in screen.status_text, timeout=120)
+        try:
+            import gguf
+        except ImportError:  # without the llama.cpp extra: a clear message, and no file
+            assert "needs the gguf package" in screen.status_text and "firefly-tui[llamacpp]" in screen.status_text
+            assert not out.exists()
+            return
+        assert "Exported" in screen.status_text, screen.status_text
+    assert out.read_bytes()[:4] == b"GGUF"
+
+    reader = gguf.GGUFReader(str(out))
+    assert reader.fields["general.architecture"].contents() == "bloom"

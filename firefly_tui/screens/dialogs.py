@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
 
 from ..i18n import t
@@ -278,6 +278,86 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
                 self.query_one("#error", Label).update(t("settings.bad_number", field=t(f"settings.{name}")))
                 return
         self.dismiss({k: v for k, v in out.items() if v is not None})
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+# How each engine setting is offered: (field, choices as (label, value)); "" = automatic (None).
+_ENGINE_CHOICES: dict[str, list[tuple[str, str]]] = {
+    "engine": [("torch (PyTorch)", "torch"), ("llama.cpp", "llamacpp")],
+    "quantize": [("int8 (torch)", "int8"), ("bf16 (llama.cpp)", "bf16"), ("f16 (llama.cpp)", "f16"),
+                 ("q8_0 (llama.cpp)", "q8_0"), ("q4_k_m (llama.cpp)", "q4_k_m")],
+    "cuda_graph": [("on", "on"), ("off", "off")],
+}
+
+
+class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
+    """How one model runs: engine, quantization, CUDA graphs, threads. Empty = automatic.
+
+    Dismisses with the ModelSettings fields to save (None values = automatic); the rules are the
+    core's (`ModelSettings.validate`), checked here so a wrong value is refused with its reason."""
+
+    BINDINGS = [Binding("escape", "cancel", show=False)]
+
+    def __init__(self, model: str, current: dict[str, Any]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.model, self.current = model, dict(current)
+
+    def compose(self) -> ComposeResult:
+        auto = t("models.auto")
+        with Vertical(classes="dialog wide text-dialog"):
+            yield Label(t("models.settings_title", name=self.model), classes="question")
+            with Grid(classes="form"):
+                for name, choices in _ENGINE_CHOICES.items():
+                    value = self.current.get(name)
+                    if name == "cuda_graph" and value is not None:
+                        value = "on" if value else "off"
+                    yield Label(t(f"models.setting.{name}"))
+                    yield Select([(auto, "")] + choices, value=value or "", allow_blank=False, id=f"m-{name}")
+                yield Label(t("models.setting.threads"))
+                threads = self.current.get("threads")
+                yield Input("" if threads is None else str(threads), placeholder=auto, id="m-threads")
+            yield Static(t("models.settings_note"), classes="note")
+            yield Label("", id="error", classes="error")
+            with ButtonRow(classes="buttons"):
+                yield Button(t("save"), variant="primary", id="save")
+                yield Button(t("cancel"), id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#m-engine", Select).focus()
+
+    def values(self) -> dict[str, Any]:
+        """The fields as ModelSettings values; raises ValueError for a threads value that is no number."""
+        out: dict[str, Any] = {}
+        for name in _ENGINE_CHOICES:
+            raw = self.query_one(f"#m-{name}", Select).value
+            raw = raw if isinstance(raw, str) and raw else None
+            out[name] = {"on": True, "off": False}.get(raw) if name == "cuda_graph" and raw else raw
+        threads = self.query_one("#m-threads", Input).value.strip()
+        out["threads"] = int(threads) if threads else None
+        return out
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id != "save":
+            self.dismiss(None)
+            return
+        from firefly_core.errors import FireflyError
+        from firefly_core.models.settings import ModelSettings
+
+        error = self.query_one("#error", Label)
+        try:
+            values = self.values()
+        except ValueError:
+            error.update(t("settings.bad_number", field=t("models.setting.threads")))
+            return
+        merged = {**self.current, **values}
+        try:
+            ModelSettings(**merged).validate(self.model)
+        except FireflyError as e:
+            error.update(e.message + (f" — {e.hint}" if e.hint else ""))
+            return
+        self.dismiss(values)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -25,7 +25,7 @@ from ..widgets.footer import QuickFooter as Footer
 from firefly_core.units import human_bytes
 
 from ..widgets.localized import localize_bindings
-from .dialogs import ButtonRow, ConfirmDialog, PromptDialog
+from .dialogs import ButtonRow, ChoiceDialog, ConfirmDialog, ModelSettingsDialog, PromptDialog
 
 
 def human_seconds(s: float | None) -> str:
@@ -44,6 +44,8 @@ class ModelsScreen(Screen):
         Binding("l", "local", "models.local"),
         Binding("d", "download", "models.download"),
         Binding("p", "pull_id", "models.pull_id"),
+        Binding("s", "model_settings", "models.settings"),
+        Binding("e", "export", "models.export"),
         Binding("x", "cancel_download", "models.cancel"),
         Binding("delete", "delete", "models.delete"),
         Binding("r", "refresh", "models.refresh"),
@@ -96,6 +98,8 @@ class ModelsScreen(Screen):
                 yield Button(t("models.local"), id="local", compact=True)
                 yield Button(t("models.download"), id="download", compact=True)
                 yield Button(t("models.pull_id"), id="pull-id", compact=True)
+                yield Button(t("models.settings"), id="model-settings", compact=True)
+                yield Button(t("models.export"), id="export", compact=True)
                 yield Button(t("models.cancel"), id="cancel-download", compact=True)
                 yield Button(t("models.delete"), id="delete", variant="error", compact=True)
             yield Static(self.status_text, id="model-status")
@@ -198,6 +202,8 @@ class ModelsScreen(Screen):
             "delete": self.action_delete,
             "local": self.action_local,
             "pull-id": self.action_pull_id,
+            "model-settings": self.action_model_settings,
+            "export": self.action_export,
         }.get(event.button.id)
         if action:
             action()
@@ -379,3 +385,82 @@ class ModelsScreen(Screen):
         text = t("models.forgotten", name=model) if local else t("models.deleted", name=model, size=human_bytes(freed))
         self.app.call_from_thread(self.set_status, text)
         self.app.call_from_thread(self.action_refresh)
+
+    # -- how a model runs (engine, int8, CUDA graphs, threads) --------------------------------
+    def _selected_model(self) -> str | None:
+        """The selected model as the model service names it: a hub id, or a local folder's path."""
+        sel = self.selected()
+        if sel is None:
+            self.notify(t("models.select_first"), severity="warning")
+            return None
+        m = next((m for m in self.installed if m.id == sel[1]), None)
+        return str(m.path) if m is not None and m.source == "local" else sel[1]
+
+    def action_model_settings(self) -> None:
+        model = self._selected_model()
+        if model is None:
+            return
+        try:
+            current = backend.engine_settings(model)
+        except Exception as e:  # noqa: BLE001 - a broken settings file: say so, change nothing
+            self.set_status(backend.format_error(e))
+            return
+
+        def done(values: dict | None) -> None:
+            if values is None:
+                return
+            try:
+                saved = backend.save_engine_settings(model, values)
+            except Exception as e:  # noqa: BLE001
+                self.set_status(backend.format_error(e))
+                return
+            if self.app.settings is not None:
+                self.app.settings.models[model] = saved
+            self.set_status(t("models.settings_saved", name=model))
+
+        self.app.push_screen(ModelSettingsDialog(model, current), done)
+
+    # -- GGUF export (llama.cpp, ollama) --------------------------------------------------------
+    GGUF_TYPES = ("bf16", "f16", "q8_0", "q4_k_m")
+
+    def action_export(self) -> None:
+        model = self._selected_model()
+        if model is None:
+            return
+
+        def typed(gguf_type: str | None) -> None:
+            if not gguf_type:
+                return
+
+            def placed(path: str | None) -> None:
+                if path:
+                    self.set_status(t("models.exporting", name=model, step="…"))
+                    self.query_one("#model-status").add_class("busy")
+                    self._export_worker(model, path, gguf_type)
+
+            default = str(backend.default_gguf_path(model, gguf_type))
+            self.app.push_screen(PromptDialog(t("models.export_path"), value=default), placed)
+
+        self.app.push_screen(
+            ChoiceDialog(t("models.export_type", name=model), [(x, x) for x in self.GGUF_TYPES], note=t("models.export_note")),
+            typed,
+        )
+
+    @work(thread=True, exclusive=True, group="export")
+    def _export_worker(self, model: str, path: str, gguf_type: str) -> None:
+        def status(step: str) -> None:
+            self.app.call_from_thread(self.set_status, t("models.exporting", name=model, step=step))
+
+        try:
+            out = backend.export_gguf(model, path, gguf_type, status=status)
+        except BaseException as e:  # noqa: BLE001 - shown, with the hint
+            self.app.call_from_thread(self._export_ended, t("models.export_failed", error=backend.format_error(e)), True)
+            return
+        size = human_bytes(out.stat().st_size)
+        self.app.call_from_thread(self._export_ended, t("models.exported", path=str(out), size=size), False)
+
+    def _export_ended(self, text: str, failed: bool) -> None:
+        status = self.query_one("#model-status")
+        status.remove_class("busy")
+        status.set_class(failed, "failed")
+        self.set_status(text)
