@@ -41,9 +41,11 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
 
     DEFAULT_CSS = """
     ChatSettingsDialog .dialog.wide { width: 90%; max-width: 100; }
-    ChatSettingsDialog .settings-form { grid-size: 3; grid-columns: 24 1fr 16; }
+    ChatSettingsDialog .settings-form { grid-size: 3; grid-columns: 24 1fr 14; grid-rows: 3; height: auto; }
+    ChatSettingsDialog .settings-form Label { padding: 1 1 0 0; }
     ChatSettingsDialog .settings-form .default { color: $text-muted; padding: 1 0 0 1; }
-    ChatSettingsDialog #error { height: auto; }
+    ChatSettingsDialog #system { height: 5; }
+    ChatSettingsDialog #error { height: auto; color: $error; }
     """
 
     BINDINGS = [Binding("escape", "cancel", show=False)]
@@ -71,7 +73,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
         with Vertical(classes="dialog wide", id="chat-settings"):
             yield Label(t("settings.title"), classes="question")
             with VerticalScroll(classes="dialog-body"):
-                with Grid(classes="form settings-form"):
+                with Grid(classes="settings-form"):
                     yield Label(t("settings.model"))
                     yield Select(
                         model_options, value=current_model or Select.NULL, allow_blank=True, id="model",
