@@ -68,21 +68,21 @@ def synthetic_data(path: Path, n: int, tokenizer, seed: int) -> list[int]:
 def run_ours(model_dir: Path, data: Path, out: Path, args) -> dict:
     from firefly_core.training.config import TrainConfig
     from firefly_core.training.launch import launch
-    from firefly_core.training.events import read_events
+    from firefly_core.training.events import StepEvent, read_events
 
     cfg = TrainConfig(model=str(model_dir), data=[str(data)], out=str(out), gpu=args.gpu, batch_size=args.batch_size,
                       max_length=512, lr=3e-5, warmup_steps=1, max_steps=args.steps, save_every=10**6,
                       seed=args.seed, precision=args.precision)
     launch(cfg)
-    steps = [e for e in read_events(out) if e.type == "step"]
+    steps = [e for e in read_events(out) if isinstance(e, StepEvent)]
     timed = steps[1:]  # the first step warms up allocators and kernels (both sides skip it)
     seconds = timed[-1].time - steps[0].time
-    sup = sum(e.data["supervised_tokens"] for e in timed)
-    computed = sum(e.data["computed_tokens"] for e in timed)
-    padding = sum(e.data["padding_tokens"] for e in timed)
-    mem = steps[-1].data["memory"]
+    sup = sum(e.supervised_tokens for e in timed)
+    computed = sum(e.computed_tokens for e in timed)
+    padding = sum(e.padding_tokens for e in timed)
+    mem = steps[-1].memory
     return dict(seconds=seconds, supervised=sup, computed=computed, padding=padding, memory=mem,
-                loss=[e.data["loss"] for e in steps])
+                loss=[e.loss for e in steps])
 
 
 def run_reference(model_dir: Path, data: Path, out: Path, args) -> dict:
