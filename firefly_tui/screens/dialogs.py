@@ -1,4 +1,4 @@
-"""Small modal dialogs: confirm, one line of text, a choice from a list, text to read, an error, chat settings."""
+"""Small modal dialogs: confirm, one line of text, a choice from a list, text to read, an error, a model's run settings (chat settings: chat_settings.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from ..i18n import t
@@ -214,73 +214,6 @@ class ErrorDialog(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
-
-
-_NUMBER_FIELDS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "top_k": int,
-    "repetition_penalty": float,
-    "max_new_tokens": int,
-}
-
-
-class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
-    """Per-chat settings: model, system prompt, prompt format, sampling. Empty = default."""
-
-    BINDINGS = [Binding("escape", "cancel", show=False)]
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        super().__init__(classes="dialog-screen")
-        self.settings = dict(settings)
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog wide"):
-            yield Label(t("settings.title"), classes="question")
-            with VerticalScroll(classes="dialog-body"):
-                with Grid(classes="form"):
-                    yield Label(t("settings.model"))
-                    yield Input(str(self.settings.get("model") or ""), id="model")
-                    yield Label(t("settings.prompt_format"))
-                    yield Input(
-                        str(self.settings.get("prompt_format") or ""),
-                        placeholder="firefly-v1 | firefly-v2 | chat_template",
-                        id="prompt_format",
-                    )
-                    for name in _NUMBER_FIELDS:
-                        value = self.settings.get(name)
-                        yield Label(t(f"settings.{name}"))
-                        yield Input("" if value is None else str(value), id=name)
-                yield Label(t("settings.system"))
-                yield TextArea(str(self.settings.get("system") or ""), id="system")
-            yield Label("", id="error", classes="error")
-            with Horizontal(classes="buttons"):
-                yield Button(t("save"), variant="primary", id="save")
-                yield Button(t("cancel"), id="cancel")
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id != "save":
-            self.dismiss(None)
-            return
-        out: dict[str, Any] = {}
-        for name in ("model", "prompt_format"):
-            value = self.query_one(f"#{name}", Input).value.strip()
-            out[name] = value or None
-        out["system"] = self.query_one("#system", TextArea).text.strip() or None
-        for name, kind in _NUMBER_FIELDS.items():
-            raw = self.query_one(f"#{name}", Input).value.strip()
-            if not raw:
-                out[name] = None
-                continue
-            try:
-                out[name] = kind(raw)
-            except ValueError:
-                self.query_one("#error", Label).update(t("settings.bad_number", field=t(f"settings.{name}")))
-                return
-        self.dismiss({k: v for k, v in out.items() if v is not None})
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 # How each engine setting is offered: (field, choices as (label, value)); "" = automatic (None).
