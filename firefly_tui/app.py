@@ -170,13 +170,20 @@ class FireflyApp(App):
     def _chat_screen(self) -> ChatScreen | None:
         return next((s for s in self._screens if isinstance(s, ChatScreen)), None)
 
+    @staticmethod
+    def _load_status(chat: ChatScreen | None, name: str):
+        """The model service's steps, shown in the chat's status line as they happen."""
+        if chat is None:
+            return None
+        return lambda step: chat.post_message(ChatScreen.Status(t("chat.loading_model", name=f"{name}: {step}")))
+
     def _load_worker(self, name: str) -> None:
         def work() -> None:
             chat = self._chat_screen()
             if chat is not None:
                 chat.post_message(ChatScreen.Status(t("chat.loading_model", name=name)))
             try:
-                lm = backend.load_model(name, settings=self.settings)
+                lm = backend.load_model(name, settings=self.settings, status=self._load_status(chat, name))
             except BaseException as e:  # noqa: BLE001 - shown, not raised
                 msg = t("models.load_failed", error=backend.format_error(e))
                 self.call_from_thread(self.notify, msg, severity="error", timeout=10)
@@ -213,7 +220,7 @@ class FireflyApp(App):
             if chat is not None:
                 chat.post_message(ChatScreen.Status(t("chat.loading_model", name=path)))
             try:
-                lm = backend.load_model(path, settings=self.settings)
+                lm = backend.load_model(path, settings=self.settings, status=self._load_status(chat, path))
             except BaseException as e:  # noqa: BLE001
                 self.call_from_thread(
                     self.notify, t("models.load_failed", error=backend.format_error(e)), severity="error"

@@ -243,7 +243,11 @@ class ModelsScreen(Screen):
                     backend.register_local(name)
                 except ImportError:
                     pass  # listing local folders needs firefly_core.models.hub; loading does not
-            lm = backend.load_model(name, settings=self.app.settings)
+            # each step of getting it ready ("compiling CPU kernels, once, ~30 s") as it happens
+            lm = backend.load_model(
+                name, settings=self.app.settings,
+                status=lambda step: self.app.call_from_thread(self.set_status, t("models.loading", name=f"{name}: {step}")),
+            )
         except BaseException as e:  # shown on screen, with our hint
             self.post_message(self.Loaded(name, error=backend.format_error(e)))
             return
