@@ -112,6 +112,26 @@ def test_pickle_bin_that_the_weights_only_loader_refuses(bloom):
     assert "safetensors" in e.hint
 
 
+def test_legacy_format_bin_is_scanned_too(bloom):
+    import torch
+
+    from firefly_core.models.folder import check_torch_bin
+
+    good, bad = bloom / "good.bin", bloom / "bad.bin"
+    torch.save({"w": torch.zeros(2, 2)}, good, _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.zeros(2, 2), "x": _RunsCode()}, bad, _use_new_zipfile_serialization=False)
+    torch.load(good, weights_only=True)  # the oracle: torch reads one and refuses the other
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(bad, weights_only=True)
+    check_torch_bin(good)
+    with pytest.raises(InvalidModelError, match="refuses"):
+        check_torch_bin(bad)
+    plain = bloom / "plain.bin"
+    plain.write_bytes(pickle.dumps({"w": [1, 2]}))  # a pickle, but not torch's
+    with pytest.raises(InvalidModelError, match="not a PyTorch weights file"):
+        check_torch_bin(plain)
+
+
 def test_a_plain_state_dict_bin_passes_and_loads(bloom):
     import torch
     from safetensors.torch import load_file

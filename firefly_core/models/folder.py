@@ -213,8 +213,9 @@ def _allowed_pickle_globals() -> set[str]:
                 "torch.Size", "_codecs.encode", "builtins.set", "builtins.bytearray", "builtins.complex"}
 
 
-def _pickle_globals(data: bytes) -> list[str]:
-    """The `module.name` globals a pickle would import, found without running it."""
+def _pickle_globals(data: Any) -> list[str]:
+    """The `module.name` globals one pickle (bytes, or a file at its start) would import, found
+    without running it."""
     found: list[str] = []
     strings: list[str] = []  # recent string pushes, for STACK_GLOBAL
     memo: dict[int, Any] = {}
@@ -234,22 +235,42 @@ def _pickle_globals(data: bytes) -> list[str]:
     return found
 
 
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of torch.save's pre-zip format
+
+
+def _legacy_torch_globals(file: Path) -> list[str]:
+    """Globals of a pre-zip torch.save file: pickles in a row (magic number, protocol, system
+    info, the object, storage keys), then raw storage bytes that are not scanned."""
+    with open(file, "rb") as f:
+        first = list(pickletools.genops(f))
+        if not any(op.name == "LONG1" and arg == TORCH_LEGACY_MAGIC for op, arg, _ in first):
+            raise ValueError("no torch magic number")
+        names: list[str] = []
+        for _ in range(4):
+            names += _pickle_globals(f)
+    return names
+
+
 def check_torch_bin(file: Path) -> None:
-    """Refuse a pytorch_model.bin that torch's weights-only loader would refuse, with the reason."""
+    """Refuse a pytorch_model.bin that torch's weights-only loader would refuse, with the reason.
+
+    The pickle is scanned (pickletools), never run: the globals it would import must all be on
+    torch's weights-only allowlist, the only way transformers reads .bin files."""
     try:
         if zipfile.is_zipfile(file):
             with zipfile.ZipFile(file) as z:
                 pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
                 if not pkl:
                     raise _invalid(file, "is a zip file without PyTorch weights in it", _BAD_BIN_HINT)
-                pickles = [z.read(pkl[0])]
-        else:  # the legacy format: a few pickles in a row, then raw storage bytes
-            pickles = [file.read_bytes()[: 64 * 1024 * 1024]]
+                data = z.read(pkl[0])
+            names = _pickle_globals(data)
+        else:
+            names = _legacy_torch_globals(file)
+    except InvalidModelError:
+        raise
     except (OSError, zipfile.BadZipFile) as e:
         raise _invalid(file, f"cannot be read as PyTorch weights: {e}", _BAD_BIN_HINT) from None
-    try:
-        names = _pickle_globals(pickles[0])
-    except Exception:
+    except Exception:  # pickletools on bytes that are not a pickle, or not torch's
         raise _invalid(file, "is not a PyTorch weights file (damaged, or something else)", _BAD_BIN_HINT) from None
     allowed = _allowed_pickle_globals()
     refused = sorted({n for n in names if n not in allowed})
