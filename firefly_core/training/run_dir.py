@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError, DataError, OutputExistsError
 from ..outputs import check_output
 from .checkpoint import checkpoints_dir, list_checkpoints
+from .checkpoint_model import MODELS_DIR
 from .config import CONFIG_FILE, RESUME_OVERRIDABLE, TrainConfig, load_saved
 from .distributed import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE
 from .events import EVENTS_FILE
@@ -26,7 +27,7 @@ FINAL_DIR = "final"
 # What a front end may put into a run folder before `firefly train` starts in it (the app's
 # launch record and log: firefly_tui/backend.py), and what a start that failed leaves.
 FRONT_END_FILES = ("app-launch.json", "train.log")
-RUN_FILES = (CONFIG_FILE, EVENTS_FILE, ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, LOCK_FILE)
+RUN_FILES = (CONFIG_FILE, EVENTS_FILE, ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, LOCK_FILE, MODELS_DIR)
 
 
 def is_protected_run(run_dir: Path) -> bool:
