@@ -231,6 +231,25 @@ def test_a_queued_request_whose_client_left_is_never_generated(client, bloom_ser
     assert [r.stop_reason for r in list(served.finished)[replies:]] == ["cancelled"]  # only the first ran
 
 
+def test_stopping_the_server_answers_running_and_queued_requests(client, bloom_server):
+    served = bloom_server.models[0]
+    stream = client.chat.completions.create(
+        model=served.id, messages=[{"role": "user", "content": "hi"}], max_tokens=2000, stream=True, **GREEDY
+    )
+    chunks = iter(stream)
+    next(chunks)
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(_raw, bloom_server, "POST", "/v1/chat/completions", {"messages": USER})
+        assert served.wait_until(lambda m: m.queued == 1)
+        bloom_server.cancel_all()  # what Ctrl-C does first
+        status, reply = queued.result(timeout=60)
+    assert status == 503 and reply["error"]["code"] == "shutting_down"
+    with pytest.raises(openai.APIError, match="stopping"):
+        for _ in chunks:
+            pass
+    assert served.finished[-1].stop_reason == "cancelled"
+
+
 # -- bad requests ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from .protocol import (
     finish_reason,
     parse_chat_request,
     parse_completion_request,
+    shutting_down,
 )
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -146,7 +147,7 @@ class _CompletionResponse:
             elif isinstance(event, ReplyDone):
                 break
         if event.cancelled:
-            await error_response(_shutting_down())(self.scope, self.receive, send)
+            await error_response(shutting_down())(self.scope, self.receive, send)
             return
         reason = finish_reason(event.stats.stop_reason)
         if self.chat:
@@ -184,7 +185,7 @@ class _CompletionResponse:
                 break
             elif isinstance(event, ReplyDone):
                 if event.cancelled:
-                    await emit(_dumps(_shutting_down().body()))
+                    await emit(_dumps(shutting_down().body()))
                     break
                 reason = finish_reason(event.stats.stop_reason)
                 await emit(_dumps(self._chunk({} if self.chat else "", reason) | usage_field))
@@ -213,10 +214,6 @@ class _CompletionResponse:
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down; the reply was stopped", "server_error", code="shutting_down")
 
 
 def create_app(

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .protocol import ApiError, ChatMessage, ChatRequest, CompletionRequest
+from .protocol import ApiError, ChatMessage, ChatRequest, CompletionRequest, shutting_down
 
 DEFAULT_CACHE_SLOTS = 4
 
@@ -181,7 +181,9 @@ class ServedModel:
                 return
             self._current = job
             try:
-                if not job.cancel.is_set():  # the client is gone: nothing to do
+                if job.cancel.is_set():  # the client is gone, or the server is stopping
+                    self._emit(job, Failed(shutting_down()))
+                else:
                     self._run(job)
             except ApiError as e:
                 self._emit(job, Failed(e))
@@ -210,7 +212,7 @@ class ServedModel:
         request = service.request_for(self.name, **self.overrides)
         lm = service.get(request, status=lambda s: self.log(s.message), cancel=job.cancel)
         if job.cancel.is_set():
-            return
+            raise shutting_down()
         config = generation_config_for(lm, self.name, overrides=job.request.generation_overrides())
         ids = self._prompt_ids(lm, job.request)
         context = int(getattr(lm, "context_length", 0) or 0)
@@ -301,6 +303,10 @@ def _api_error_for(e: BaseException) -> ApiError:
         PromptTooLongError,
     )
 
+    from firefly_core.models.service import LoadCancelled
+
+    if isinstance(e, LoadCancelled):
+        return shutting_down()
     if isinstance(e, (ConfigError, PromptTooLongError)):
         return ApiError(400, _say(e))
     if isinstance(e, ModelNotFoundError):

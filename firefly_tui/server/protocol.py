@@ -48,6 +48,11 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def shutting_down() -> ApiError:
+    """What a request still open when the server stops gets (its job was cancelled)."""
+    return ApiError(503, "the server is stopping; this reply was cancelled", "server_error", code="shutting_down")
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", param, code)
 
