@@ -163,6 +163,18 @@ def test_a_revision_that_is_not_a_ref_name_is_refused_before_any_request(hostile
     assert hostile.requests == []
 
 
+def test_a_commit_asked_for_and_another_one_answered_is_refused(hostile, capsys, bloom_dir):
+    repo = _repo(hostile, "other-commit", _bloom_files(bloom_dir))
+    hostile.script(_info_script(repo.repo_id, lambda info: {**info, "sha": "0" * 40}))
+    err = pull_fails(capsys, hostile, repo.repo_id, "--revision", repo.sha)
+    assert "answered a request for commit" in err
+    hostile.clear_scripts()
+    code, out, err = _cli(capsys, "pull", repo.repo_id, "--revision", repo.sha.upper())
+    assert code == 0, err
+    assert inventory.find_installed(repo.repo_id).path.name == repo.sha
+    assert_contained(hostile, repo.repo_id)
+
+
 def test_a_ref_name_with_slashes_is_a_revision(hostile, capsys):
     err = pull_fails(capsys, hostile, "test-org/tiny-bloom", "--revision", "refs/pr/1")
     assert "no such revision" in err

@@ -761,6 +761,8 @@ def plan_download(
     """
     info = _model_info(repo_id, revision)
     commit = names.check_commit_id(info.sha, repo_id=repo_id, endpoint=hub_endpoint())
+    if revision is not None and names.is_commit_id(revision) and commit != revision:
+        raise _bad_hub(f"answered a request for commit {revision} of {repo_id} with commit {commit}")
     remote = _listing(info, repo_id)
     wanted, skipped = select_files(remote, allow_remote_code=allow_remote_code)
     echoed = info.id if isinstance(info.id, str) else ""

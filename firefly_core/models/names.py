@@ -44,12 +44,15 @@ def check_commit_id(value: object, *, repo_id: str, endpoint: str) -> str:
 
 
 def check_revision(revision: str) -> str:
-    """A `--revision` from the user: a commit id, or a branch/tag name by git's check-ref-format rules.
+    """A `--revision` from the user: a commit id (lowercased), or a branch/tag name by git's
+    check-ref-format rules.
 
     It becomes `refs/<revision>` in the cache, so anything git would not accept as a ref name
     (`..`, a leading `/` or `.`, control characters, `\\`, `~^:?*[`, `@{`, `.lock` parts) is refused.
     """
     rev = str(revision)
+    if COMMIT_RE.fullmatch(rev.lower()):
+        return rev.lower()  # a commit id, spelled as the hub spells it
     problem = None
     if not rev or len(rev) > MAX_REVISION_CHARS:
         problem = "it is empty or too long"
