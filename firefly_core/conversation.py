@@ -164,6 +164,7 @@ class Conversation:
         """Save the user's message now and answer it (iterate the result)."""
         if not isinstance(text, str) or not text.strip():
             raise ConfigError("the message is empty", "type something to send")
+        self._not_answering()
         question = self.store.add_message(self.id, "user", text)
         return Reply(self, "send", question, None, cancel)
 
@@ -181,6 +182,7 @@ class Conversation:
         """Answer again from a message, dropping everything after it once the new reply has text.
 
         From a user message: answer it again. From a reply: produce that reply again."""
+        self._not_answering()
         msgs = self.messages()
         i = self._index(msgs, message_id)
         if msgs[i].role == "assistant":
@@ -199,6 +201,7 @@ class Conversation:
         answer it."""
         if not isinstance(text, str) or not text.strip():
             raise ConfigError("the message is empty", "type something to send")
+        self._not_answering()
         msgs = self.messages()
         i = self._index(msgs, message_id)
         if msgs[i].role != "user":
@@ -215,10 +218,16 @@ class Conversation:
 
     def delete_message(self, message_id: int) -> None:
         """Delete one message (the history the model sees skips any turn this breaks)."""
+        self._not_answering()
         self._index(self.messages(), message_id)
         self.store.delete_message(message_id)
 
     # -- internals ----------------------------------------------------------------------------
+    def _not_answering(self) -> None:
+        """Changing the history while a reply streams would let the reply's save drop the change."""
+        if self._lock.locked():
+            raise ConfigError("this chat is still answering", "wait for the reply or stop it first")
+
     def _index(self, msgs: list[StoredMessage], message_id: int) -> int:
         for i, m in enumerate(msgs):
             if m.id == message_id:

@@ -359,3 +359,19 @@ def test_a_failure_before_the_stream_is_recorded_with_fail(store, lm, tmp_path):
         reply.fail(reply.error)
     run(conv.regenerate())  # and the chat goes on
     assert rows(store, conv.id) == [("user", "你好"), ("assistant", oracle(lm, [], "你好"))]
+
+
+def test_no_change_to_the_history_while_a_reply_streams(store, lm):
+    conv = Conversation.create(store, "t", session=ChatSession(lm, config=GREEDY))
+    run(conv.send("a"))
+    reply = conv.regenerate()
+    next(reply)
+    before = store.messages(conv.id)
+    for change in (lambda: conv.send("b"), conv.regenerate, lambda: conv.edit(before[0].id, "x"),
+                   lambda: conv.delete_message(before[1].id)):
+        with pytest.raises(ConfigError, match="still answering"):
+            change()
+    assert store.messages(conv.id) == before
+    run(reply)
+    run(conv.send("b"))  # free again once the reply is done
+    assert [m.role for m in store.messages(conv.id)] == ["user", "assistant", "user", "assistant"]
