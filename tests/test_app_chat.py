@@ -492,3 +492,31 @@ async def test_language_switch_relabels(store):
         assert "Ctrl+J 换行" in composer_of(app).placeholder
         await pilot.press("f6")
         await wait_until(pilot, lambda: "Regenerate" in screen_text(app))
+
+
+async def test_a_chat_with_its_own_model_loads_it_through_the_service_and_shows_the_steps(
+    store, bloom_lm, bloom_dir, qwen_dir, monkeypatch
+):
+    from firefly_core.models.service import model_service
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    conv = store.create_conversation("q", {"model": str(qwen_dir), "max_new_tokens": 3, "temperature": 0})
+    app = make_app(store, bloom_lm, str(bloom_dir))
+    shown: list[str] = []
+    original = ChatConversation.update_status
+
+    def recording(self, extra=None):
+        if extra:
+            shown.append(extra)
+        original(self, extra)
+
+    monkeypatch.setattr(ChatConversation, "update_status", recording)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        await send(pilot, "你好")
+        lm = chat.session.lm
+        assert lm.model is model_service().get(str(qwen_dir)).model  # the service's shared model
+        assert lm.model is not bloom_lm.model and app.lm is bloom_lm  # the active model stays
+        assert any("loading" in s and "tiny-qwen2" in s for s in shown), shown  # the service's steps
+        assert "tiny-qwen2" in str(chat.query_one("#status").render())
+        assert store.messages(conv.id)[-1].meta["settings"]["model"] == str(qwen_dir)
