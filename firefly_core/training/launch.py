@@ -34,8 +34,12 @@ from .run_dir import RunLock, check_new_run, prepare_new_run, resolve_resume  # 
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool) -> TrainConfig:
-    """Create RUN_DIR and save the resolved config (refusing to mix a new run into an old one)."""
-    return config if resume else prepare_new_run(config)
+    """Create RUN_DIR and save the resolved config (refusing to mix a new run into an old one);
+    on resume, save the config with its changed options (workers of a multi-process run read it)."""
+    if resume:
+        config.save(Path(config.out))
+        return config
+    return prepare_new_run(config)
 
 
 def launch(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Callable[[TrainEvent], None]] = ()):

@@ -112,8 +112,7 @@ def resolve_resume(config_overrides: dict[str, Any], run_dir: Path) -> TrainConf
             f"drop them (only {', '.join(sorted(RESUME_OVERRIDABLE))} may change), or start a new run",
         )
     saved.out = str(run_dir)
-    saved.save(run_dir)
-    return saved
+    return saved  # saved by `launch` once it holds the run's lock
 
 
 class RunLock:

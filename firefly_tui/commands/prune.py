@@ -61,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
         progress=_Progress(),
     )
     print(report.summary())
-    print(f"  report      {args.out}/{REPORT_FILE}")
+    print(f"  report      {report.out}/{REPORT_FILE}")
     return 0
