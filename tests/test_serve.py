@@ -177,6 +177,19 @@ def test_stop_strings_end_the_reply_before_them(client, bloom_server):
     assert (streamed, sreason) == (expected, "stop")
 
 
+def test_a_seed_makes_sampled_replies_repeatable(client, bloom_server):
+    messages = [{"role": "user", "content": "Write a poem."}]
+    kw = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 12}
+    first = client.chat.completions.create(model=_model(bloom_server), messages=messages, seed=7, **kw)
+    again = client.chat.completions.create(model=_model(bloom_server), messages=messages, seed=7, **kw)
+    others = {
+        client.chat.completions.create(model=_model(bloom_server), messages=messages, seed=s, **kw).choices[0].message.content
+        for s in (8, 9, 10)
+    }
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert others != {first.choices[0].message.content}  # the seed is really used
+
+
 def test_plain_completions_equal_the_loop_on_the_encoded_prompt(client, bloom_server):
     from firefly_core.generation import ReplyDone, generate_stream
     from firefly_core.generation.settings import generation_config_for
@@ -274,6 +287,9 @@ def test_stopping_the_server_answers_running_and_queued_requests(client, bloom_s
         ({"messages": USER, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
         ({"messages": USER, "presence_penalty": -1}, 400, "presence_penalty"),
         ({"messages": USER, "n": 2}, 400, "n"),
+        ({"messages": USER, "seed": 2**70}, 400, "seed"),
+        ({"messages": USER, "top_k": -1}, 400, "top_k"),
+        ({"messages": USER, "repetition_penalty": 0}, 400, "repetition_penalty"),
         ({"messages": USER, "model": 12}, 400, "model"),
         ({"messages": USER, "model": "gpt-4o"}, 404, "model"),
         ({"messages": [{"role": "user", "content": "萤火虫" * 5000}]}, 400, "messages"),

@@ -215,6 +215,8 @@ def _sampling(body: Any, out: SamplingRequest) -> None:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("'seed' must be a whole number", "seed")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # what a torch generator accepts
+        raise bad_request("'seed' must fit in 64 bits", "seed")
     out.seed = seed
 
 
