@@ -420,3 +420,14 @@ def test_an_empty_file_downloads_and_verifies(online, bloom_dir):
     path = hub.pull("test-org/empty-file")
     assert (path / "added_tokens.json").read_bytes() == b""
     assert inventory.find_installed("test-org/empty-file").complete
+
+
+def test_a_truncated_blob_is_fetched_again(online, bloom_dir):
+    path = hub.pull(REPO)
+    weights = (bloom_dir / "model.safetensors").read_bytes()
+    blob = (path / "model.safetensors").resolve()
+    blob.write_bytes(weights[:1000])  # a disk problem, another tool: the size no longer matches
+    online.requests.clear()
+    hub.pull(REPO)
+    assert (path / "model.safetensors").read_bytes() == weights
+    assert len([r for r in online.requests if r.path.startswith("/cdn/") and r.method == "GET"]) == 1

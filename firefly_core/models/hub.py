@@ -539,8 +539,8 @@ def _stream_blob(
             partial.unlink(missing_ok=True)
             progress.add(-have)
             raise FireflyError(
-                f"{name} of {repo_id} from {hub_endpoint()} does not match its checksum ({len(blob) == 64 and 'sha256' or 'git sha1'} "
-                f"{blob[:12]}...); the download was deleted",
+                f"{name} of {repo_id} from {hub_endpoint()} does not match its checksum "
+                f"({'sha256' if len(blob) == 64 else 'git sha1'} {blob[:12]}...); the download was deleted",
                 "the hub, a mirror or a proxy sent wrong bytes; try again, or check HF_ENDPOINT / your proxy",
             )
         start = have
@@ -647,17 +647,16 @@ def _link(storage: Path, blob: Path, pointer: Path) -> None:
         shutil.copyfile(blob, pointer)
 
 
-def _pointer_ok(storage: Path, pointer: Path) -> bool:
-    """A snapshot entry already there: a regular file, or a link that resolves to a file inside the cache."""
-    if not os.path.lexists(pointer):
-        return False
-    if not pointer.exists():
+def _pointer_ok(storage: Path, pointer: Path, size: int | None) -> bool:
+    """A snapshot entry already there: a file (or a link to one inside the cache) of the listed size;
+    anything else (a dangling or outside link, a truncated blob) is fetched again."""
+    if not pointer.is_file():
         return False
     try:
         _inside(storage, pointer)
     except FireflyError:
         return False
-    return pointer.is_file()
+    return size is None or pointer.stat().st_size == size
 
 
 def _fetch_file(
@@ -673,7 +672,7 @@ def _fetch_file(
     name = remote.name
     pointer = storage / "snapshots" / commit / name
     _inside(storage, pointer.parent)
-    if _pointer_ok(storage, pointer):
+    if _pointer_ok(storage, pointer, remote.size):
         return pointer
     endpoint = hub_endpoint()
     url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
@@ -741,7 +740,7 @@ def _already_have(storage: Path, commit: str, files: dict[str, int | None], blob
     """(bytes, files) of the plan already in the cache, partial blobs included, for a resumed pull."""
     done_bytes = done_files = 0
     for name, size in files.items():
-        if _pointer_ok(storage, storage / "snapshots" / commit / name):
+        if _pointer_ok(storage, storage / "snapshots" / commit / name, size):
             done_files += 1
             done_bytes += size or 0
     for partial in pending_blobs(storage):
@@ -876,7 +875,7 @@ def pull(
         tracker.start(plan.total_bytes, len(plan.files), done, files_done)
         order = first + sorted((n for n in plan.files if n not in first), key=lambda n: (plan.files[n] or 0, n))
         for name in order:
-            if _pointer_ok(storage, snapshot / name):
+            if _pointer_ok(storage, snapshot / name, remote[name].size):
                 continue
             tracker.file(name)
             _fetch_file(repo_id, remote[name], plan.commit, storage, tracker, cancel)
