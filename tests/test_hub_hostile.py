@@ -638,3 +638,39 @@ def test_two_pulls_at_once_fetch_each_blob_once_and_both_finish(hostile, bloom_d
     sha = hashlib.sha256(weights).hexdigest()
     assert len(online.gets("/cdn/" + sha)) == 1, "the second pull waited for the lock and reused the blob"
     assert_contained(hostile, "test-org/tiny-bloom")
+
+
+@pytest.mark.slow
+def test_two_pulls_in_two_processes_share_one_download(hostile, bloom_dir):
+    """The per-blob lock is huggingface_hub's file lock: a second process waits, then reuses the blob."""
+    import subprocess
+    import sys
+    import textwrap
+
+    online = hostile
+    online.slow_bps = 100_000
+    script = textwrap.dedent(
+        """
+        from firefly_core.models import hub
+        def show(ev):
+            if ev.current_file == "model.safetensors" and ev.bytes_done > 30_000:
+                print("HALFWAY", flush=True)
+        print(hub.pull("test-org/tiny-bloom", progress=show), flush=True)
+        """
+    )
+    from huggingface_hub import constants
+
+    env = dict(os.environ, HF_ENDPOINT=online.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=constants.HF_HUB_CACHE)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "HALFWAY"
+        here = hub.pull("test-org/tiny-bloom")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and out.strip().splitlines()[-1] == str(here)
+    weights = (bloom_dir / "model.safetensors").read_bytes()
+    assert (here / "model.safetensors").read_bytes() == weights
+    assert len(online.gets("/cdn/" + hashlib.sha256(weights).hexdigest())) == 1
+    assert_contained(hostile, "test-org/tiny-bloom")
