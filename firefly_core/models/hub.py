@@ -468,7 +468,9 @@ def _hasher(blob: str, size: int):
     """The hash a blob name promises: sha256 of the content (64 hex) or git's blob sha1 (40 hex).
 
     git's id hashes a header with the length first, so the declared size goes in now; a body of
-    another length cannot match anyway.
+    another length cannot match anyway. (huggingface_hub's `sha_fileobj` and `git_hash` give only a
+    finished digest of a whole file or of bytes in memory; hashing while streaming needs a hasher
+    that continues after a resume, and spares a second read of a multi-GB file.)
     """
     if len(blob) == 64:
         return hashlib.sha256()
