@@ -108,3 +108,46 @@ def test_train_command_line():
 
     args = build_parser().parse_args(argv)
     assert args.data == ["a.jsonl", "b.jsonl"] and args.lora and args.deepspeed == 2
+
+
+def test_short_model_name_keeps_the_status_line_to_one_row():
+    from firefly_tui.widgets.conversation import short_model_name
+
+    assert short_model_name("/home/me/models/tiny-bloom/") == "tiny-bloom"
+    assert short_model_name("./runs/poems/final") == "poems/final"  # a run's model: the run names it
+    assert short_model_name("runs/poems/checkpoints/step-40") == "checkpoints/step-40"
+    assert short_model_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id stays whole
+
+
+def test_model_choices_lists_complete_models_then_the_active_and_the_chats_own(bloom_dir, qwen_dir, fresh_home, tmp_path):
+    from firefly_core.models.inventory import register_local
+    from firefly_tui import backend
+
+    import shutil
+
+    register_local(bloom_dir)
+    broken = shutil.copytree(bloom_dir, tmp_path / "half-model")  # this test's own copy
+    register_local(broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.unlink()  # now it cannot be loaded: not offered
+    choices = backend.model_choices(active=str(qwen_dir), current="YeungNLP/firefly-1b4")
+    assert choices == [str(bloom_dir), str(qwen_dir), "YeungNLP/firefly-1b4"]  # no incomplete folder
+
+
+def test_export_json_keeps_chinese_and_the_settings_used(tmp_path):
+    import json
+
+    from firefly_core.store import ChatStore
+    from firefly_tui import backend
+
+    store = ChatStore(tmp_path / "c.sqlite3")
+    conv = store.create_conversation("诗", {"temperature": 0})
+    store.add_message(conv.id, "user", "你好")
+    reply = store.add_message(conv.id, "assistant", "你好！", meta={"new_tokens": 3})
+    used = {"model": "m", "prompt_format": "firefly-v1", "system": None, "generation": {"temperature": 0.0}}
+    backend.record_settings_used(store, reply, used)
+    text = backend.export_chat_json(store, conv.id)
+    assert "你好！" in text and "\\u4f60" not in text
+    data = json.loads(text)
+    assert data["settings_used"] == used and data["messages"][1]["meta"] == {"new_tokens": 3, "settings": used}
+    store.close()

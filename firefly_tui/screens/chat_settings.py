@@ -21,6 +21,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from .. import backend
 from ..i18n import t
+from ..widgets.conversation import short_model_name
 
 # the generation fields of the dialog and how their text is read
 NUMBER_FIELDS: dict[str, type] = {
@@ -77,7 +78,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
                     yield Label(t("settings.model"))
                     yield Select(
                         model_options, value=current_model or Select.NULL, allow_blank=True, id="model",
-                        prompt=t("settings.model_default", name=self.active_model or t("none")),
+                        prompt=t("settings.model_default", name=short_model_name(self.active_model) if self.active_model else t("none")),
                     )
                     yield Label("")
                     yield Label(t("settings.prompt_format"))
