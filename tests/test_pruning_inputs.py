@@ -258,3 +258,15 @@ def test_non_empty_output_still_needs_force(tmp_path, bloom_dir, corpus):
     with pytest.raises(OutputExistsError):
         prune_vocabulary(bloom_dir, [corpus], out)
     assert (out / "mine.txt").read_text() == "x"
+
+
+def test_a_token_map_that_does_not_fit_is_not_used(tmp_path, bloom_dir, corpus):
+    model = tmp_path / "model"
+    shutil.copytree(bloom_dir, model)
+    (model / TOKEN_MAP_FILE).write_text("[1, 2, 3]\n")
+    report = prune_vocabulary(model, [corpus], tmp_path / "out", keep_top=300)
+    token_map = json.loads((tmp_path / "out" / TOKEN_MAP_FILE).read_text())
+    original, new = _tokens(model), _tokens(tmp_path / "out")
+    assert [original[old] for old in token_map] == [new[i] for i in range(300)]
+    assert len(report.warnings) == 1 and "not a token map of this model" in report.warnings[0]
+    assert report.pruned_from == [str(model)]

@@ -164,9 +164,9 @@ def prune_vocabulary(
         raise InvalidModelError(
             f"the tokenizer has {src_tok.size} ids but the embedding only {vocab_tensors.rows} rows"
         )
-    original_ids, chain = _earlier_pruning(source, src_tok.size)
-    chain = [*chain, str(model)]
     warnings: list[str] = []
+    original_ids, chain = _earlier_pruning(source, src_tok.size, warnings)
+    chain = [*chain, str(model)]
     # Copy the tensors pruning does not change while the corpus is counted (the copy is kernel IO,
     # the counting is the tokenizer's threads): the two overlap instead of adding up.
     tmp = temp_folder(out)
@@ -288,28 +288,31 @@ def prune_vocabulary(
     return report
 
 
-def _earlier_pruning(source: Path, size: int) -> tuple[list[int] | None, list[str]]:
+def _earlier_pruning(source: Path, size: int, warnings: list[str]) -> tuple[list[int] | None, list[str]]:
     """For a model that was itself pruned here: its token map to the first original model and
-    the chain of models it came from (from its token_map.json and prune_report.json)."""
+    the chain of models it came from (from its token_map.json and prune_report.json). A map that
+    does not fit this model is not used (the new map then starts at this model), and `warnings`
+    says so."""
     path = source / TOKEN_MAP_FILE
     if not path.is_file():
         return None, []
     try:
         ids = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise InvalidModelError(f"{path} is not valid JSON: {e}", "remove it if the model was not pruned") from None
+    except (ValueError, RecursionError):
+        ids = None
     if not isinstance(ids, list) or len(ids) != size or not all(type(i) is int and i >= 0 for i in ids):
-        raise InvalidModelError(
-            f"{path} is not a token map of this model ({size} non-negative ids expected)",
-            "remove it if the model was not pruned, or restore the one prune wrote",
+        warnings.append(
+            f"{path} is not a token map of this model ({size} ids expected), so {TOKEN_MAP_FILE} "
+            "maps to this model, not to an earlier original"
         )
+        return None, []
     chain: list[str] = []
     report = source / REPORT_FILE
     if report.is_file():
         try:
             data = json.loads(report.read_text("utf-8"))
             chain = [str(m) for m in data.get("pruned_from", [])] or [str(data.get("model", ""))]
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError, TypeError):
+        except (ValueError, RecursionError, AttributeError, TypeError):
             chain = []
     return ids, chain
 
