@@ -204,6 +204,15 @@ class TrainScreen(Screen):
     def on_screen_suspend(self) -> None:
         self._remember_form()
 
+    @on(Input.Changed, "#train-form Input")
+    @on(Select.Changed, "#train-form Select")
+    def _form_changed(self) -> None:
+        """Remember the form half a second after the last change (so quitting loses nothing)."""
+        timer = getattr(self, "_remember_timer", None)
+        if timer is not None:
+            timer.stop()
+        self._remember_timer = self.set_timer(0.5, self._remember_form)
+
     def _remember_form(self) -> None:
         """Keep the form's values for the next start (the user's own file, written atomically)."""
         try:
@@ -249,6 +258,7 @@ class TrainScreen(Screen):
     def _run_picked(self, event: ListView.Selected) -> None:
         if isinstance(event.item, RunItem):
             self.attach(event.item.run_dir)
+            self.show_panel()
 
     # -- the live panel -----------------------------------------------------------------------
     def attach(self, run_dir: Path) -> None:
@@ -262,6 +272,10 @@ class TrainScreen(Screen):
         self.view = RunView(run_dir, tail)
         self.query_one("#run-log-text", Static).update("")
         self.poll()
+
+    def show_panel(self) -> None:
+        """Bring the run's panel into view: below the form at narrow widths (a no-op when wide)."""
+        self.query_one("#train-panel").scroll_visible(top=True, animate=False)
 
     def poll(self) -> None:
         view = self.view
@@ -330,7 +344,7 @@ class TrainScreen(Screen):
     @staticmethod
     def _resumable(view: RunView) -> bool:
         """Stopped (or crashed) with a checkpoint to continue from, and no process on it now."""
-        if view.status not in ("stopped", "error"):
+        if view.status not in ("stopped", "error") or backend.pid_alive(backend.launched_pid(view.run_dir)):
             return False
         return any(label != "final" for label, _ in backend.run_models(view.run_dir))
 
@@ -441,6 +455,7 @@ class TrainScreen(Screen):
         self.checked_key = None
         self.query_one("#f-out", Input).value = str(req.out.parent / time.strftime("run-%Y%m%d-%H%M%S-2"))
         self.attach(req.out)
+        self.show_panel()
         self._refresh_runs()
 
     def action_stop(self) -> None:
@@ -491,6 +506,7 @@ class TrainScreen(Screen):
                 return
             self.notify(t("train.resumed", path=view.run_dir.name))
             self.attach(view.run_dir)
+            self.show_panel()
             self._refresh_runs()
 
         self.app.push_screen(ConfirmDialog(t("train.resume_q", path=view.run_dir.name)), done)
