@@ -520,3 +520,18 @@ async def test_a_chat_with_its_own_model_loads_it_through_the_service_and_shows_
         assert any("loading" in s and "tiny-qwen2" in s for s in shown), shown  # the service's steps
         assert "tiny-qwen2" in str(chat.query_one("#status").render())
         assert store.messages(conv.id)[-1].meta["settings"]["model"] == str(qwen_dir)
+
+
+async def test_a_message_sent_while_the_active_model_loads_waits_for_that_one_load(store, bloom_dir, fresh_home):
+    from firefly_core.models.service import model_service
+    from firefly_core.models.settings import UserSettings
+
+    model_service().unload(str(bloom_dir))  # a fresh load, as at start-up
+    conv = store.create_conversation("s", {"max_new_tokens": 3})
+    app = FireflyApp(store=store, welcome=False, language="en", settings=UserSettings(active_model=str(bloom_dir)))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        await send(pilot, "你好")  # sent before the start-up load is done: answered, not refused
+        await wait_until(pilot, lambda: app.lm is not None, timeout=60, what="the start-up load")
+        assert chat.session.lm.model is app.lm.model  # one model in memory, shared
+        assert [m.role for m in store.messages(conv.id)] == ["user", "assistant"]

@@ -52,6 +52,7 @@ class ReplyJob:
     reply: Any  # firefly_core.conversation.Reply
     cancel: threading.Event
     model: str | None  # the chat's model (None: the app's active one)
+    conversation: Any  # firefly_core.conversation.Conversation the reply belongs to
 
 
 class ChatConversation(Vertical):
@@ -89,7 +90,6 @@ class ChatConversation(Vertical):
         self.last_stats: dict[str, Any] = {}
         self.last_reply_empty = False
         self.model_status: str | None = None
-        self.used_settings: dict[str, Any] = {}  # model, format, system, generation of the last reply
 
     def compose(self) -> ComposeResult:
         with ChatLog(id="log"):
@@ -118,8 +118,13 @@ class ChatConversation(Vertical):
         return dict(conv.settings) if conv else {}
 
     def model_name(self) -> str | None:
-        """The model this chat answers with: its own choice, else the app's active model."""
-        return self.settings().get("model") or self.app.model_name
+        """The model this chat answers with: its own choice, else the app's active model (also
+        while the app is still loading it: the model service shares that one load)."""
+        return (
+            self.settings().get("model")
+            or self.app.model_name
+            or getattr(self.app.settings, "active_model", None)
+        )
 
     # -- opening a chat -----------------------------------------------------------------------
     async def open(self, conversation_id: int | None) -> None:
@@ -183,14 +188,11 @@ class ChatConversation(Vertical):
     def _session_factory(self):
         """The function the Conversation calls (in the worker) when it first needs a session."""
         settings = self.settings()
-        name = settings.get("model")
+        name = self.model_name()
 
         def make():
             lm = backend.chat_model(self.app, name, status=self._status, cancel=self.cancel_event)
-            model_id = name or self.app.model_name
-            session = backend.new_session(lm, [], settings, model_id=model_id)
-            self.used_settings = backend.settings_used(lm, model_id, session)
-            return session
+            return backend.new_session(lm, [], settings, model_id=name)
 
         return make
 
@@ -198,7 +200,7 @@ class ChatConversation(Vertical):
         """Give the Conversation a session for the current model and settings (kept across turns,
         so the KV cache of the conversation so far is reused)."""
         settings = self.settings()
-        key = (settings.get("model") or self.app.model_name, id(self.app.lm), repr(sorted(settings.items())))
+        key = (self.model_name(), id(self.app.lm), repr(sorted(settings.items())))
         if key != self.session_key or self.conversation.session is None:
             self.conversation.set_session(self._session_factory())
             self.session_key = key
@@ -255,6 +257,8 @@ class ChatConversation(Vertical):
             return
         if self.conversation is None:
             await self.screen.action_new_chat()
+            if self.conversation is None:  # the store refused a new chat (shown): keep the text
+                return
         cid = self.conversation_id
         conv = self.store.get_conversation(cid)
         first = not self.store.messages(cid)
@@ -386,7 +390,7 @@ class ChatConversation(Vertical):
         self.generating = True
         self.cancel_event = cancel
         self.update_status(t("status.generating"))
-        self._reply_worker(ReplyJob(self.conversation_id, reply, cancel, self.settings().get("model")))
+        self._reply_worker(ReplyJob(self.conversation_id, reply, cancel, self.model_name(), self.conversation))
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _reply_worker(self, job: ReplyJob) -> None:
@@ -414,8 +418,10 @@ class ChatConversation(Vertical):
                 if now - last >= 1 / UI_HZ:
                     self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
                     pending, last = [], now
-        if job.reply.saved is not None and self.used_settings:
-            backend.record_settings_used(self.store, job.reply.saved, self.used_settings)
+        session = job.conversation.session
+        if job.reply.saved is not None and session is not None:
+            # What this reply was made with, kept with it (exported with the chat).
+            backend.record_settings_used(self.store, job.reply.saved, backend.settings_used(lm, job.model, session))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place a reply worker's end is handled: success, cancel or failure."""
