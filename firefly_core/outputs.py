@@ -15,6 +15,7 @@ A user's files are never deleted without being asked:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -32,6 +33,14 @@ _OURS = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8,}\.(tmp|old)$")
 # Names from earlier versions (tempfile.mkdtemp, ".old-" swaps): no pid, judged by age.
 _LEGACY = re.compile(r"^\.(?P<name>.+)\.(old-[0-9a-f]{12}|[A-Za-z0-9_]{8}\.tmp)$")
 LEGACY_STALE_S = 3600.0
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether a failed write ran out of space (torch and safetensors wrap the OS error)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e).lower()
+    return "no space left" in text or "disk quota" in text or "file write failed" in text
 
 
 def _contains(folder: Path, path: Path) -> bool:

@@ -120,6 +120,25 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error(bloom_dir, tmp_path, mon
     assert isinstance(error, ErrorEvent) and "disk is full" in error.message
 
 
+def test_disk_full_while_writing_final_then_resume_writes_it(bloom_dir, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    run = tmp_path / "run"
+    with pytest.raises(FireflyError, match="disk is full") as info:
+        launch(_config(bloom_dir, run))
+    assert "--resume" in info.value.hint
+    assert not (run / "final").exists() and not [p for p in run.iterdir() if p.name.startswith(".final")]
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    resumed = launch(resolve_resume({}, run), resume=True)
+    assert resumed.status == "completed" and (run / "final" / "model.safetensors").is_file()
+
+
 def test_resume_skips_a_damaged_newest_checkpoint(bloom_dir, tmp_path):
     straight = launch(_config(bloom_dir, tmp_path / "a", max_steps=3))
     run = tmp_path / "b"

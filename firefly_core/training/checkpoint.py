@@ -8,7 +8,6 @@ once complete, so a crash mid-save never leaves a checkpoint that looks valid.
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..errors import FireflyError
+from ..outputs import is_disk_full
 
 STATE_FILE = "trainer_state.json"
 
@@ -46,18 +46,11 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text("utf-8"))
 
 
-def _disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e).lower()  # torch and safetensors wrap the OS error in their own exceptions
-    return "no space left" in text or "disk quota" in text or "file write failed" in text
-
-
 def _write_failed(e: BaseException, run_dir: Path, step: int) -> FireflyError:
     previous = latest_checkpoint(run_dir)
     kept = (f"the previous checkpoint {previous.name} is intact: continue with --resume"
             if previous else "no checkpoint was saved yet")
-    if _disk_full(e):
+    if is_disk_full(e):
         return FireflyError(f"the disk is full: checkpoint step {step} could not be written to {run_dir}",
                             f"free some space, then {kept}")
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
@@ -83,7 +76,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
     except Exception as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, RuntimeError)) or _disk_full(e):
+        if isinstance(e, (OSError, RuntimeError)) or is_disk_full(e):
             raise _write_failed(e, run_dir, step) from None
         raise
     accelerator.wait_for_everyone()

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..outputs import replace_folder, temp_folder
+from ..errors import FireflyError
+from ..outputs import is_disk_full, replace_folder, temp_folder
 
 
 # Jinja twins of formats.FireflyV1/V2 (system text before the first user message, blank line
@@ -48,8 +49,14 @@ def save_final_model(model, state_dict, tokenizer, fmt, base_path: Path, out: Pa
     tmp = temp_folder(out)
     try:
         _write_model_folder(model, state_dict, tokenizer, fmt, base_path, tmp, base_cfg)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise FireflyError(
+                f"the disk is full: the model folder {out} could not be written",
+                "free some space and run the command again (nothing was replaced); for a training run, "
+                "`firefly train --out RUN_DIR --resume` writes it from the last checkpoint",
+            ) from None
         raise
     replace_folder(tmp, out)
     return out
