@@ -528,7 +528,7 @@ def test_a_partial_file_planted_as_a_link_out_of_the_cache_is_not_written_throug
     (blobs / (repo.sha256["model.safetensors"] + ".incomplete")).symlink_to(hostile.root / "victim.safetensors")
     hostile.before = _walk(hostile.root)
     err = pull_fails(capsys, hostile, repo.repo_id)
-    assert "outside the model's cache folder" in err
+    assert "refusing to write" in err and "leads outside" in err
 
 
 def test_a_snapshot_folder_planted_as_a_link_out_of_the_cache_is_refused(hostile, capsys, bloom_dir):
@@ -540,7 +540,7 @@ def test_a_snapshot_folder_planted_as_a_link_out_of_the_cache_is_refused(hostile
     (snaps / repo.sha).symlink_to(elsewhere, target_is_directory=True)
     hostile.before = _walk(hostile.root)
     err = pull_fails(capsys, hostile, repo.repo_id)
-    assert "outside the model's cache folder" in err
+    assert "refusing to write" in err and "leads outside" in err
     assert list(elsewhere.iterdir()) == []
 
 
@@ -674,3 +674,15 @@ def test_two_pulls_in_two_processes_share_one_download(hostile, bloom_dir):
     assert (here / "model.safetensors").read_bytes() == weights
     assert len(online.gets("/cdn/" + hashlib.sha256(weights).hexdigest())) == 1
     assert_contained(hostile, "test-org/tiny-bloom")
+
+
+def test_a_lock_folder_planted_as_a_link_out_of_the_cache_is_refused(hostile, capsys, bloom_dir):
+    repo = _repo(hostile, "planted-lock", _bloom_files(bloom_dir))
+    elsewhere = hostile.root / "elsewhere-locks"
+    elsewhere.mkdir()
+    locks = inventory.cache_folder(repo.repo_id).parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / inventory.cache_folder(repo.repo_id).name).symlink_to(elsewhere, target_is_directory=True)
+    hostile.before = _walk(hostile.root)
+    err = pull_fails(capsys, hostile, repo.repo_id)
+    assert "leads outside" in err and list(elsewhere.iterdir()) == []

@@ -361,7 +361,7 @@ def _inside(storage: Path, path: Path, *, follow: bool = True) -> Path:
     target = path.resolve() if follow else path.parent.resolve() / path.name
     if target != root and root not in target.parents:
         raise FireflyError(
-            f"refusing to write {path}: it leads outside the model's cache folder {storage} (to {target})",
+            f"refusing to write {path}: it leads outside {storage} (to {target})",
             "a symbolic link in the cache points elsewhere; delete the model (firefly rm ID) and pull again",
         )
     return path
@@ -460,8 +460,10 @@ def _acquire_lock(lock_path: Path, cancel: threading.Event | None, repo_id: str)
 
 
 def _lock_path(storage: Path, blob: str) -> Path:
-    """huggingface_hub's lock for one blob: `.locks/<repo folder>/<blob>.lock` in the cache root."""
-    return paths.hf_cache_dir() / ".locks" / storage.name / f"{blob}.lock"
+    """huggingface_hub's lock for one blob: `.locks/<repo folder>/<blob>.lock` in the cache root
+    (checked to stay there, like every path we write)."""
+    cache = paths.hf_cache_dir()
+    return _inside(cache, cache / ".locks" / storage.name / f"{blob}.lock")
 
 
 def _hasher(blob: str, size: int):
