@@ -279,6 +279,13 @@ class FireflyApp(App):
                 await screen.relabel()
         self.refresh_bindings()
 
+    def action_command_palette(self) -> None:
+        """Textual's palette, with its search prompt in the interface language too."""
+        from textual.command import CommandPalette
+
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(CommandPalette(id="--command-palette", placeholder=t("cmd.search")))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette in the interface language; each help line says what the title does not."""
 

@@ -223,6 +223,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cmd.chat.help": ("你的对话列表和当前模型（F2）", "Your conversations with the model in use (F2)"),
     "cmd.models.help": ("下载、使用或删除模型（F3）", "Download, use or delete models (F3)"),
     "cmd.train.help": ("用你自己的数据微调，查看损失曲线（F4）", "Fine-tune on your own data and watch the loss (F4)"),
+    "cmd.search": ("搜索命令…", "Search for commands…"),
     "cmd.local.help": ("选择磁盘上已有的模型文件夹（不复制，不下载）", "Pick a model folder already on disk (nothing copied or downloaded)"),
     "cmd.local": ("使用本地模型文件夹", "Use a local model folder"),
     "cmd.language.help": ("整个界面立即切换，并记住你的选择（F6）", "The whole interface switches at once and remembers it (F6)"),

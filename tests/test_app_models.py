@@ -271,6 +271,11 @@ async def test_command_palette_follows_the_language_and_helps(store):
         for c in commands:
             assert not any(word in c.title for word in ("Theme", "Quit", "Keys", "Screenshot")), c.title
             assert c.help and c.help != c.title, c.title
+        await pilot.press("ctrl+p")
+        from textual.command import CommandPalette
+
+        palette = await wait_screen(pilot, CommandPalette)
+        assert palette.query_one("Input").placeholder == "搜索命令…"
 
 
 def test_no_internal_wording_in_what_users_read():
@@ -298,6 +303,7 @@ async def test_delete_of_a_local_folder_says_it_only_forgets_it(store, bloom_dir
         dialog = await wait_screen(pilot, ConfirmDialog)
         question = str(dialog.query_one(".question").render())
         assert "only forgets" in question and "frees" not in question
+        assert dialog.query_one(".question").size.height >= 2  # wrapped, not cut after its first sentence
         await pilot.click("#yes")
         await wait_until(pilot, lambda: "Removed" in screen.status_text, timeout=10)
         assert "still on disk" in screen.status_text and "freed" not in screen.status_text
