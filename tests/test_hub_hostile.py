@@ -74,12 +74,13 @@ def assert_contained(hub_server, repo_id: str) -> None:
     allowed = (f"hf-hub/{inventory.cache_folder(repo_id).name}", "hf-hub/.locks")
     after = _walk(root)
     changed = [p for p, v in after.items() if hub_server.before.get(p) != v]
-    outside = [p for p in changed if not p.startswith(allowed)]
+    changed += [p for p in hub_server.before if p not in after]  # deleted
+    outside = [p for p in changed if not any(p == a or p.startswith(a + "/") for a in allowed)]
     assert outside == [], f"created or changed outside the repo's cache folder: {outside}"
     assert (root / "victim.safetensors").read_bytes() == VICTIM
     assert (root / "hf-hub" / "victim.safetensors").read_bytes() == VICTIM
     for p in changed:  # links the test planted on purpose are not the pull's doing
-        if after[p][0] == "link" and p.startswith("hf-hub/models--"):
+        if p in after and after[p][0] == "link" and p.startswith("hf-hub/models--"):
             repo_folder = (root / "/".join(p.split("/")[:2])).resolve()
             target = (root / p).resolve()
             assert repo_folder in target.parents, f"{p} links out of its repo folder to {target}"
