@@ -338,7 +338,9 @@ def _listing(info: Any, repo_id: str) -> dict[str, RemoteFile]:
         if lfs:
             sha = lfs.sha256.lower() if isinstance(lfs.sha256, str) else None
             if sha is None or not names.SHA256_RE.fullmatch(sha):
-                raise _bad_hub(f"gave {names.quoted(lfs.sha256)} as the sha256 of {name} in {repo_id}, which is not a sha256")
+                raise _bad_hub(
+                    f"gave {names.quoted(lfs.sha256)} as the sha256 of {name} in {repo_id}, which is not a sha256"
+                )
             files[name] = RemoteFile(name, _size_value(lfs.size, name), sha256=sha)
         else:
             blob = s.blob_id.lower() if isinstance(s.blob_id, str) else None
@@ -639,7 +641,9 @@ def _link(storage: Path, blob: Path, pointer: Path) -> None:
     _inside(storage, pointer.parent).mkdir(parents=True, exist_ok=True)
     _inside(storage, pointer, follow=False)
     if pointer.is_dir() and not pointer.is_symlink():
-        raise FireflyError(f"{pointer} is a folder where a file of the model belongs", "delete the model (firefly rm ID) and pull again")
+        raise FireflyError(
+            f"{pointer} is a folder where a file of the model belongs", "delete the model (firefly rm ID) and pull again"
+        )
     if os.path.lexists(pointer):
         pointer.unlink()
     try:
