@@ -7,8 +7,14 @@ module import time, so the first screen paints before torch is ever loaded.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import threading
+import time
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,21 @@ _SYSTEM_COMMANDS = {
     "Maximize": "cmd.sys.maximize",
     "Screenshot": "cmd.sys.screenshot",
 }
+
+
+QUIT_GRACE_S = 2.0  # how long quitting waits for background work (a stopped reply saving its text)
+
+
+class _NoWaitExecutor(ThreadPoolExecutor):
+    """The event loop's executor for thread workers, whose shutdown does not wait for them.
+
+    asyncio.run joins the default executor when the app ends, so a model load or a GGUF export in
+    progress held "quit" for as long as it took (a first load can take a minute). Work abandoned
+    this way is safe to drop: loads only read, downloads resume, exports and checkpoint models are
+    written beside their final path and renamed when complete."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
 
 
 class FireflyApp(App):
@@ -93,6 +114,9 @@ class FireflyApp(App):
         self._screens: weakref.WeakSet[Screen] = weakref.WeakSet()
 
     # -- start --------------------------------------------------------------------------------
+    def on_load(self) -> None:
+        asyncio.get_running_loop().set_default_executor(_NoWaitExecutor(thread_name_prefix="firefly-worker"))
+
     def on_mount(self) -> None:
         self.title = t("app.title")
         if self.startup_errors:
@@ -247,6 +271,10 @@ class FireflyApp(App):
 
     async def action_quit(self) -> None:
         """Quit at once; a training run keeps going (its own process), and we say so."""
+        chat = getattr(self._chat_screen(), "chat", None)
+        stop = getattr(chat, "stop", None)
+        if callable(stop):
+            stop()  # a reply in progress stops between tokens and keeps its text
         try:
             running = backend.running_runs()
         except Exception:  # noqa: BLE001 - quitting must not fail on a broken runs folder
@@ -316,5 +344,23 @@ class FireflyApp(App):
 
 
 def run_app() -> int:
-    FireflyApp().run()
-    return 0
+    app = FireflyApp()
+    app.run()
+    code = app.return_code or 0
+    _leave_background_work(code)
+    return code
+
+
+def _leave_background_work(code: int) -> None:
+    """Give background work a moment (a stopped reply saving itself), then end the process without
+    joining what is still running: Python would otherwise wait for every worker thread at exit."""
+    workers = [t for t in threading.enumerate() if t.name.startswith("firefly-worker") and t.is_alive()]
+    deadline = QUIT_GRACE_S
+    for t in workers:
+        start = time.monotonic()
+        t.join(max(0.0, deadline))
+        deadline -= time.monotonic() - start
+    if any(t.is_alive() for t in workers):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -386,3 +386,37 @@ async def test_export_gguf_from_the_models_screen(store, bloom_dir, fresh_home, 
 
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.architecture"].contents() == "bloom"
+
+
+def test_quitting_does_not_wait_for_background_work(tmp_path):
+    """A model load or an export still running in a worker thread must not hold "quit" (Python
+    joins executor threads at exit): the process ends within the grace period, with its code."""
+    import subprocess
+    import sys
+    import textwrap
+    import time as _time
+
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from firefly_tui import app as appmod
+
+        class Busy(appmod.FireflyApp):
+            def on_mount(self):
+                super().on_mount()
+                self.run_worker(lambda: time.sleep(120), thread=True)  # a long load, say
+                self.set_timer(0.5, self.action_quit)
+
+        a = Busy(welcome=False, settings=None)
+        a.run(headless=True)
+        print("returned", flush=True)
+        appmod._leave_background_work(3)
+        print("not reached")
+        """
+    )
+    started = _time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "FIREFLY_HOME": str(tmp_path)})
+    assert _time.monotonic() - started < 30
+    assert proc.stdout.split() == ["returned"], proc.stderr[-2000:]
+    assert proc.returncode == 3
