@@ -97,6 +97,10 @@ class ChatScreen(Screen):
     def last_stats(self) -> dict[str, Any]:
         return self.chat.last_stats
 
+    @last_stats.setter
+    def last_stats(self, stats: dict[str, Any]) -> None:
+        self.chat.last_stats = stats
+
     @property
     def session(self):
         return self.chat.session
