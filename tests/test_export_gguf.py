@@ -76,13 +76,14 @@ def _llama_logits_per_step(dec: LlamaCppDecoder, ids: list[int], extra: list[int
     return out
 
 
-# Why these tolerances: llama.cpp keeps the KV cache in f16 (its default, ours too) and sums in a
-# different order, so even an f32 export differs from transformers' f32 by f16 rounding of K/V
-# (2^-11 relative) carried through two layers: measured max |diff| ≈ 1e-3 of the logits' range
-# here. An f16 export also rounds every weight (2^-11): measured ≈ 5e-3 of the range. The bounds
-# are ~5x the measured error and ~100x below the gap between the top two logits these peaked
-# random models have, so a wrong tensor layout (always O(range)) cannot pass.
-REL_TOL = {"f32": 5e-3, "f16": 2.5e-2}
+# Why these tolerances (relative to the range of the logits): llama.cpp keeps the KV cache in f16
+# (its default, and ours) and sums in another order, so even an f32 export differs from
+# transformers' f32 by the f16 rounding of K/V (2^-11 relative) carried through the layers:
+# measured at most 1.0e-3 on these models; an f16 export also rounds every weight: 1.2e-3. The
+# bounds are 5x and 8x that. A wrong layout is far outside: BLOOM's fused qkv written without
+# reordering measured 0.24. (Token-level equality is the greedy test's job: these random models
+# have near-ties between their top two logits, down to 3e-4 of the range.)
+REL_TOL = {"f32": 5e-3, "f16": 1e-2}
 
 
 @pytest.mark.parametrize("family", ["bloom", "qwen2"])
@@ -98,7 +99,6 @@ def test_float_export_logits_equal_transformers(lms, exported, family, gguf_type
         scale = float(r.max() - r.min())
         err = float((g - r).abs().max())
         assert err <= REL_TOL[gguf_type] * scale, f"max |diff| {err:.3g} vs logit range {scale:.3g}"
-        assert int(g.argmax()) == int(r.argmax())
 
 
 def _reference_greedy(lm, ids, n):
@@ -140,7 +140,9 @@ def test_quantized_export_loads_and_generates(lms, exported, family, gguf_type, 
     ref = _llama_logits_per_step(_decoder(exported(family, "f32")), ids, [])[0]
     got = _llama_logits_per_step(dec, ids, [])[0]
     cos = float(torch.nn.functional.cosine_similarity(ref, got, dim=0))
-    assert cos > (0.999 if gguf_type == "q8_0" else 0.98), cos
+    # Rows of 32 values hold no 256-value K-quant block, so llama.cpp falls back to 4/5-bit legacy
+    # types for these tiny models (the README's quality figures use K-quant-sized rows).
+    assert cos > (0.999 if gguf_type == "q8_0" else 0.95), cos
 
 
 @pytest.mark.parametrize("family", ["bloom", "qwen2"])
@@ -152,7 +154,9 @@ def test_metadata_tokenizer_template_and_stop_tokens(lms, exported, family):
     f = reader.fields
     assert f["general.architecture"].contents() == family
     assert f["tokenizer.ggml.model"].contents() == "gpt2"
-    assert f["tokenizer.ggml.pre"].contents() == "gpt-2"  # the kit's ByteLevel(use_regex=True)
+    # BLOOM's kit tokenizer splits with ByteLevel's own (GPT-2) regex; transformers loads the Qwen2
+    # kit tokenizer as Qwen2TokenizerFast, whose pre-tokenizer is Qwen2's split: read, not guessed
+    assert f["tokenizer.ggml.pre"].contents() == {"bloom": "gpt-2", "qwen2": "qwen2"}[family]
     tokens = f["tokenizer.ggml.tokens"].contents()
     assert tokens == lm.tokenizer.convert_ids_to_tokens(list(range(len(tokens))))
     assert f["tokenizer.ggml.eos_token_id"].contents() in lm.stop_token_ids
@@ -358,7 +362,7 @@ def _inp_out(folder: Path, name: str) -> list[tuple[str, list[int]]]:
 @pytest.mark.parametrize("name", VOCABS)
 def test_llamacpp_tokenizes_our_exported_metadata_like_hugging_face(real_vocab_files, name, tmp_path, one_torch_thread):
     import llama_cpp
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok, n_vocab = _hf_tokenizer_from_vocab_gguf(real_vocab_files / f"ggml-vocab-{name}.gguf", name)
     cases = _inp_out(real_vocab_files, name)
@@ -368,10 +372,11 @@ def test_llamacpp_tokenizes_our_exported_metadata_like_hugging_face(real_vocab_f
 
     # a tiny model with this vocabulary, exported by us: only the tokenizer metadata matters here
     folder = tmp_path / name
-    config = Qwen2Config(vocab_size=n_vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if name == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config = config_class(vocab_size=n_vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                          eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model_class(config).save_pretrained(folder)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok.save_pretrained(folder)
     info = model_info(folder, "chat_template")
