@@ -193,7 +193,8 @@ class ChatScreen(Screen):
         self.chat.composer.focus()
 
     def action_search(self) -> None:
-        self.add_class("-sidebar-toggled") if "-narrow" in self.classes else None
+        if "-narrow" in self.classes:
+            self.add_class("-sidebar-toggled")  # the folded chat list opens to be searched
         self.sidebar.query_one("#search", Input).focus()
 
     def action_noop(self) -> None:
