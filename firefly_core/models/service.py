@@ -34,9 +34,9 @@ TORCH_QUANTIZE = ("int8",)
 LLAMACPP_QUANTIZE = ("bf16", "f16", "q8_0", "q4_k_m")
 QUANTIZE_CHOICES = TORCH_QUANTIZE + LLAMACPP_QUANTIZE
 KEEP_LOADED = 2  # models kept after use (least recently used is dropped first)
-# Below this many bytes of linear weights read per token, one decode thread is fastest: the work
-# per step is too small to split, and on a busy machine OpenMP's spinning workers made a tiny
-# model decode ~20x slower with 2 threads than with 1 (measured in bench/threads.py).
+# Below this many bytes of weights read per token, one decode thread is fastest: the work per
+# step is too small to split, and on a busy machine OpenMP's spinning workers made a tiny model
+# decode ~20x slower with 2 threads than with 1 (measured in bench/threads.py).
 SMALL_MODEL_BYTES = 64 * 1024 * 1024
 
 
@@ -91,13 +91,29 @@ StatusCallback = Callable[[LoadStatus], None]
 
 
 def default_threads(lm: Any) -> int:
-    """Decode threads when nobody chose: 1 for small models (see SMALL_MODEL_BYTES), else every CPU
-    this process may run on (decode is bandwidth-bound, and one core alone does not saturate it)."""
+    """Decode threads when nobody chose (`--threads` and the per-model setting win).
+
+    Measured (`python bench/threads.py`, 2-core machine shared with other work): a tiny model
+    decodes ~20x slower with 2 threads than with 1, and even the firefly-1b4 shape ~4x slower
+    when the other core is busy: OpenMP workers spin waiting for a core that is not free. So:
+    1 thread for small models (SMALL_MODEL_BYTES); otherwise the CPUs this process may use that
+    are not already busy (1-minute load average, our own loading not counted), at least 1.
+    """
+    cpus = _usable_cpus()
+    if _weight_bytes(lm.model) < SMALL_MODEL_BYTES:
+        return 1
     try:
-        cpus = len(os.sched_getaffinity(0))
+        busy = max(0.0, os.getloadavg()[0] - 1.0)  # the load we are doing right now counts ~1
+    except (AttributeError, OSError):  # Windows: no load average
+        busy = 0.0
+    return max(1, min(cpus, int(cpus - busy + 0.5)))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return 1 if _weight_bytes(lm.model) < SMALL_MODEL_BYTES else max(1, cpus)
+        return os.cpu_count() or 1
 
 
 def _weight_bytes(model: Any) -> int:
