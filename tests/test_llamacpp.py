@@ -204,9 +204,10 @@ def test_crop_then_continue_equals_fresh(lms, ggufs):
 
 
 def test_context_window_of_llamacpp_is_enforced(lms, ggufs):
-    dec = _dec(ggufs, "qwen2", n_ctx=64)
+    dec = _dec(ggufs, "qwen2", n_ctx=64)  # llama.cpp rounds the context up (to 256)
+    assert dec.n_ctx >= 64 and dec.forward(torch.tensor([[5] * 65]), dec.new_cache()).shape == (1, dec.vocab_size)
     with pytest.raises(PromptTooLongError):
-        dec.forward(torch.tensor([[5] * 65]), dec.new_cache())
+        dec.forward(torch.tensor([[5] * (dec.n_ctx + 1)]), dec.new_cache())
     cache = dec.new_cache()  # the decoder is still usable afterwards
     assert dec.forward(torch.tensor([[5] * 10]), cache).shape == (1, dec.vocab_size)
 

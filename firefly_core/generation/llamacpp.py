@@ -154,7 +154,8 @@ class LlamaCppDecoder:
         self.n_ctx = int(lib.llama_n_ctx(self._ctx))
         self.vocab_size = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model)))
         self.device = torch.device("cpu")  # logits come back in host memory
-        self.n_batch = int(n_batch)
+        # llama.cpp may lower the batch (it is clamped to the requested context): chunk by what it took
+        self.n_batch = max(1, min(int(n_batch), int(lib.llama_n_batch(self._ctx)), int(lib.llama_n_ubatch(self._ctx))))
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._held: list[int] = []  # token ids whose keys/values the context holds, in order
         self._lock = threading.Lock()
