@@ -349,6 +349,8 @@ async def test_model_settings_expose_engine_int8_cuda_graphs_threads(store, bloo
         await wait_until(pilot, lambda: "threads" in str(dialog.query_one("#error").render()))
         assert isinstance(app.screen, ModelSettingsDialog)  # refused with the core's reason
         dialog.query_one("#m-threads").value = "2"
+        save = dialog.query_one("#save")
+        await wait_until(pilot, lambda: not save.has_class("-active"))  # a button ignores clicks while it animates
         await pilot.click("#save")
         await wait_until(pilot, lambda: "Saved" in screen.status_text)
     ms = load_settings().for_model(str(bloom_dir))
