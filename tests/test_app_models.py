@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from app_helpers import screen_text, wait_screen, wait_until
 
@@ -189,13 +191,30 @@ async def test_use_a_local_folder_is_reachable_at_80x24_from_welcome_and_models(
         assert dialog is not app.screen
 
 
-async def test_corrupt_store_is_shown_with_its_hint_and_never_touched(fresh_home):
+def _newer_store(path) -> bytes:
+    import sqlite3
+
+    from firefly_core.store import SCHEMA_VERSION
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE future (x)")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    con.commit()
+    con.close()
+    return Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["damaged", "newer"])
+async def test_corrupt_store_is_shown_with_its_hint_and_never_touched(fresh_home, kind):
     from firefly_core.paths import chats_db
 
     db = chats_db()
     db.parent.mkdir(parents=True, exist_ok=True)
-    junk = b"this is not a database" * 100
-    db.write_bytes(junk)
+    if kind == "damaged":
+        junk = b"this is not a database" * 100
+        db.write_bytes(junk)
+    else:
+        junk = _newer_store(db)
     from firefly_core.errors import FireflyError
     from firefly_core.store import ChatStore as Store
 
