@@ -210,9 +210,10 @@ def _lm(model):
 def quality_mode(args):
     from firefly_core.quality import measure_int8_quality
 
-    for lm_head in (True, False):
-        r = measure_int8_quality(steps=args.steps, quantize_lm_head=lm_head)
-        print(r.summary(), flush=True)
+    if not args.gguf_only:
+        for lm_head in (True, False):
+            r = measure_int8_quality(steps=args.steps, quantize_lm_head=lm_head)
+            print(r.summary(), flush=True)
     gguf_quality(args)
 
 
@@ -326,6 +327,7 @@ def main():
     p.add_argument("--context", type=int, default=2048, help="cuda mode: static KV cache length")
     p.add_argument("--steps", type=int, default=80, help="quality mode: training steps of the kit model")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--gguf-only", action="store_true", help="quality mode: only the GGUF types (llama.cpp)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
