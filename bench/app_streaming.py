@@ -1,13 +1,15 @@
-"""Streaming in the app: decode speed inside the app vs. the bare ChatSession, and key latency.
+"""Streaming in the app: decode speed inside the app vs. `firefly chat`, and key latency.
 
 The app streams a reply in a thread worker and redraws the Markdown at most ~15 times a second.
-This measures, side by side in one process on the same model:
+This measures, side by side in one process on the same model (loaded once through the model
+service, as both front ends get it, so both decode with the same prepared decoder):
 
-- tokens/s of `ChatSession.send` consumed by a plain loop (the reference: no UI at all),
+- tokens/s of what `firefly chat` runs: a `ChatSession` with `generation_config_for` (the same
+  resolution of settings), consumed by a plain loop (the reference: no UI at all),
 - tokens/s of the same reply streamed through the app (headless Textual, real rendering),
 - while that reply streams, how long a key press takes to show up in the composer.
 
-    python bench/app_streaming.py [--tokens 200] [--runs 3] [--model PATH]
+    python bench/app_streaming.py [--tokens 200] [--runs 3] [--model PATH] [--engine torch|llamacpp]
 
 Without --model it builds the test kit's tiny BLOOM (the hardest case for the UI: tokens come
 fastest, so the redraw cost weighs most).
@@ -40,13 +42,18 @@ def bare_tokens_per_s(lm, tokens: int) -> float:
 
 
 def _bare(lm, tokens: int) -> float:
-    from firefly_tui import backend
+    """What `firefly chat` does for one reply (commands/chat.py): same config resolution, same lock."""
+    from firefly_core.chat import ChatSession
+    from firefly_core.generation import ReplyDone
+    from firefly_core.generation.settings import generation_config_for
 
+    config = generation_config_for(lm, overrides={"max_new_tokens": tokens})
     for _attempt in range(5):  # a random tiny model may hit its stop token early: retry
-        session = backend.new_session(lm, [], {"max_new_tokens": tokens})
-        for ev in session.send("你好，请介绍一下你自己", threading.Event()):
-            if backend.is_done(ev) and ev.stats.new_tokens >= tokens // 2:
-                return ev.stats.tokens_per_s
+        session = ChatSession(lm, config=config)
+        with lm.generation_lock:
+            for ev in session.send("你好，请介绍一下你自己", threading.Event()):
+                if isinstance(ev, ReplyDone) and ev.stats.new_tokens >= tokens // 2:
+                    return ev.stats.tokens_per_s
     raise RuntimeError(f"no reply of at least {tokens // 2} tokens in 5 tries")
 
 
@@ -96,15 +103,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1500)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--engine", choices=("torch", "llamacpp"), default=None, help="default: the service's choice")
+    ap.add_argument("--quantize", default=None)
     args = ap.parse_args()
-    from firefly_tui import backend
+    from firefly_core.models.service import describe, model_service
 
     model = args.model
     if model is None:
         from firefly_core.testkit import build_model_folder
 
         model = str(build_model_folder(Path(tempfile.mkdtemp()) / "tiny-bloom", "bloom"))
-    lm = backend.load_model(model)
+    service = model_service()
+    lm = service.get(service.request_for(model, engine=args.engine, quantize=args.quantize), status=lambda st: print(st.message, flush=True))
     bare_tokens_per_s(lm, 16)  # warm-up
     bare, inapp, lat = [], [], []
     for _ in range(args.runs):
@@ -113,9 +123,9 @@ def main() -> None:
         inapp.append(tps)
         lat += latencies
     b, a = statistics.median(bare), statistics.median(inapp)
-    print(f"model {model} ({lm.device}, {lm.dtype}), {args.tokens} new tokens, {args.runs} runs each")
-    print(f"bare ChatSession: {b:.1f} tok/s (median)")
-    print(f"through the app:  {a:.1f} tok/s (median) -> ratio app/bare {a / b:.2f}")
+    print(f"model {describe(lm)}, {args.tokens} new tokens, {args.runs} runs each")
+    print(f"firefly chat (no UI): {b:.1f} tok/s (median)")
+    print(f"through the app:      {a:.1f} tok/s (median) -> ratio app / firefly chat {a / b:.2f}")
     lat_ms = sorted(x * 1000 for x in lat)
     if not lat_ms:
         print("the replies finished before a key could be pressed: use more --tokens")
