@@ -49,6 +49,12 @@ class CountingDecoder(LlamaCppDecoder):
         return out
 
 
+@pytest.fixture(autouse=True)
+def llamacpp_on(monkeypatch):
+    """These tests use llama.cpp even where the suite switches the automatic choice off."""
+    monkeypatch.delenv("FIREFLY_LLAMACPP", raising=False)
+
+
 @pytest.fixture(scope="module")
 def lms(bloom_dir, qwen_dir):
     return {
