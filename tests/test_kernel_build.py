@@ -128,7 +128,7 @@ def test_stale_locks_planted_in_the_build_folder_and_chat_still_answers(bloom_di
     env = dict(os.environ, FIREFLY_HOME=str(tmp_path), PYTHONIOENCODING="utf-8", FIREFLY_GEMV="1")
     proc = subprocess.run(
         [sys.executable, "-m", "firefly_tui.cli", "chat", "--model", str(bloom_dir), "--device", "cpu",
-         "--dtype", "bf16", "--greedy", "--max-new-tokens", "8", "--threads", "1"],
+         "--dtype", "bf16", "--engine", "torch", "--greedy", "--max-new-tokens", "8", "--threads", "1"],
         input="你好\n", capture_output=True, text=True, encoding="utf-8", env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

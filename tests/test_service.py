@@ -226,3 +226,20 @@ def test_default_threads_one_for_small_models_and_idle_cpus_for_big_ones(monkeyp
     assert service.default_threads(big) == 2
     monkeypatch.setattr(service.os, "getloadavg", lambda: (12.0, 1.0, 1.0))  # overloaded
     assert service.default_threads(big) == 1
+
+
+def test_engine_resolution(monkeypatch):
+    from firefly_core.models import service
+
+    monkeypatch.setattr(service, "llamacpp_unavailable", lambda: None)  # as if llama.cpp were installed
+    r = service.resolve_engine
+    assert r(ModelRequest("m"), "cpu") == ("llamacpp", None)
+    assert r(ModelRequest("m"), "cuda") == ("torch", None)
+    assert r(ModelRequest("m", engine="torch"), "cpu") == ("torch", None)
+    assert r(ModelRequest("m", quantize="int8"), "cpu") == ("torch", None)
+    assert r(ModelRequest("m", dtype="fp32"), "cpu") == ("torch", None)  # an explicit dtype is torch's
+    assert r(ModelRequest("m", dtype="bf16", quantize="q4_k_m"), "cpu") == ("llamacpp", None)
+    monkeypatch.setattr(service, "llamacpp_unavailable", lambda: "not installed")
+    assert r(ModelRequest("m"), "cpu") == ("torch", "not installed")
+    with pytest.raises(service.FireflyError, match="not installed"):
+        r(ModelRequest("m", engine="llamacpp"), "cpu")

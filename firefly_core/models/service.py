@@ -270,10 +270,13 @@ def quiet_loading() -> None:
 
 def resolve_engine(request: ModelRequest, device_type: str) -> tuple[str, str | None]:
     """(engine, why not llama.cpp) for a request: llama.cpp when asked, or automatically on CPU and
-    Apple GPUs when it is usable and no torch-only option (int8) is asked for; torch otherwise."""
+    Apple GPUs when it is usable and the request asks for nothing only torch does (int8 weights,
+    or an explicit dtype with no llama.cpp format: `--dtype fp32` means PyTorch in fp32, not a
+    silently quantized llama.cpp model); torch otherwise."""
     if request.engine == "torch":
         return "torch", None
-    if request.engine is None and (device_type not in ("cpu", "mps") or request.quantize in TORCH_QUANTIZE):
+    torch_only = request.quantize in TORCH_QUANTIZE or (request.dtype is not None and request.quantize is None)
+    if request.engine is None and (device_type not in ("cpu", "mps") or torch_only):
         return "torch", None
     reason = llamacpp_unavailable()
     if reason is None:
