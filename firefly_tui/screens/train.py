@@ -435,7 +435,10 @@ class TrainScreen(Screen):
                 self.action_start()
 
         # Where the user is looking: a dialog over the form, with Start right there when it is fine.
-        self.app.push_screen(DataCheckDialog(message.text, ok=message.ok), done)
+        if self.is_current:
+            self.app.push_screen(DataCheckDialog(message.text, ok=message.ok), done)
+        else:  # they went elsewhere meanwhile: the summary waits on the form, a toast says so
+            self.notify(message.text.splitlines()[0], title=t("train.check_title"), timeout=8)
 
     def action_start(self) -> None:
         req = self._request()
