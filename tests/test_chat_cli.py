@@ -89,3 +89,53 @@ def test_format_stats_line():
     stats = ReplyStats(10, 6, 20, 0.25, 4.5, 4.7, "stop_token", 30, 2048)
     line = format_stats(stats)
     assert "20 tokens" in line and "4.5 tok/s" in line and "250 ms" in line and "6 reused" in line
+
+
+def _chat_bytes(args, stdin: bytes, home):
+    env = dict(os.environ, FIREFLY_HOME=str(home), PYTHONIOENCODING="utf-8", PYTHONWARNINGS="default")
+    return subprocess.run(
+        [sys.executable, "-m", "firefly_tui.cli", "chat", *args],
+        input=stdin, capture_output=True, env=env, timeout=120,
+    )
+
+
+TORCH_FP32 = ["--dtype", "fp32", "--device", "cpu", "--engine", "torch", "--greedy"]
+
+
+def test_gbk_input_is_read_losslessly_and_garbage_is_refused_per_line(bloom_dir, tmp_path):
+    """Bytes piped from a GBK tool are decoded (GB18030 is a lossless superset), undecodable bytes
+    end only their own line with a clear message, and the chat goes on; never a tokenizer TypeError."""
+    proc = _chat_bytes(
+        ["--model", str(bloom_dir), *TORCH_FP32, "--max-new-tokens", "6"],
+        "你好\n".encode("gbk") + b"\xff\xfe\xfd\n" + "你好\n".encode("utf-8"),
+        tmp_path,
+    )
+    stderr = proc.stderr.decode("utf-8")
+    assert proc.returncode == 1, stderr  # one line was refused
+    assert "Traceback" not in stderr and "TypeError" not in stderr
+    assert "GBK/GB18030" in stderr and "line 2" in stderr and "UTF-8" in stderr
+    # Line 1 (GBK) and line 3 (UTF-8) are the same text, and the conversation is two turns of it.
+    replies = _expected_replies(bloom_dir, ["你好", "你好"], 6)
+    assert proc.stdout.decode("utf-8") == "".join(r + "\n" for r in replies)
+
+
+def test_an_over_long_message_ends_its_turn_not_the_chat(bloom_dir, tmp_path):
+    proc = _chat_bytes(
+        ["--model", str(bloom_dir), *TORCH_FP32, "--max-new-tokens", "6"],
+        ("萤火虫" * 3000 + "\n你好\n").encode("utf-8"),
+        tmp_path,
+    )
+    stderr = proc.stderr.decode("utf-8")
+    assert proc.returncode == 1 and "Traceback" not in stderr
+    assert "tokens" in stderr and "hint:" in stderr
+    assert proc.stdout.decode("utf-8") == _expected_replies(bloom_dir, ["你好"], 6)[0] + "\n"
+
+
+def test_chat_output_is_quiet(bloom_dir, tmp_path):
+    """No library warnings (transformers' past_key_values FutureWarning, DeepSpeed's accelerator
+    line, progress bars) in `firefly chat`, even with Python's warnings shown."""
+    proc = _chat_bytes(["--model", str(bloom_dir), "--dtype", "bf16", "--device", "cpu", "--max-new-tokens", "6",
+                        "--seed", "1"], "你好\n".encode(), tmp_path)
+    stderr = proc.stderr.decode("utf-8")
+    assert proc.returncode == 0, stderr
+    assert stderr == "", stderr
