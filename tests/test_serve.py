@@ -376,6 +376,20 @@ def test_several_models_each_answer_with_their_own_format(bloom_dir, qwen_dir, t
         assert r.usage.prompt_tokens == len(lm.prompt_format.render(lm.tokenizer, session.messages[:1], True).ids)
 
 
+def test_a_model_that_cannot_load_is_a_clear_error_and_the_server_keeps_serving(bloom_dir, tmp_path, torch_one_thread):
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(bloom_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    models = served_models([str(bloom_dir), str(broken)], overrides={"device": "cpu", "dtype": "fp32"})
+    with ApiServer(models, port=0) as server:
+        code, reply = _raw(server, "POST", "/v1/chat/completions", {"model": str(broken.resolve()), "messages": USER})
+        assert code == 500 and reply["error"]["type"] == "server_error"
+        assert "weights" in reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
+        code, reply = _raw(server, "POST", "/v1/chat/completions", {"messages": USER, "max_tokens": 2})
+        assert code == 200 and reply["usage"]["completion_tokens"] == 2
+
+
 def test_serve_command_warns_off_loopback_answers_and_stops_on_ctrl_c(bloom_dir, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "firefly_tui.cli", "serve", "--model", str(bloom_dir), "--host", "0.0.0.0",
