@@ -40,6 +40,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from ..errors import PromptTooLongError
 from .cache import cache_argument
+from .sampling import apply_repetition_penalty, top_p_remove_sorted
 
 Status = Callable[[str], None]
 
@@ -155,8 +156,7 @@ class DeviceSampling:
                 torch.cuda.manual_seed(int(config.seed))
 
     def penalized(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.penalty
-        return torch.where(self.seen, torch.where(logits < 0, logits * p, logits / p), logits)
+        return apply_repetition_penalty(logits, self.seen, self.penalty)
 
     def filtered(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ascending sorted filtered scores, their token ids): what sampling draws from."""
@@ -166,9 +166,7 @@ class DeviceSampling:
         kth = sorted_asc.gather(-1, (self.vocab_size - self.top_k).view(1, 1))
         sorted_asc = sorted_asc.masked_fill(sorted_asc < kth, -float("inf"))
         # top-p on what top-k left (the order is unchanged: top-k only masks a prefix).
-        cumulative = sorted_asc.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - self.top_p)
-        remove[..., -1:] = False
+        remove = top_p_remove_sorted(sorted_asc, self.top_p)
         return sorted_asc.masked_fill(remove, -float("inf")), idx
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

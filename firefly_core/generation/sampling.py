@@ -17,8 +17,9 @@ import torch
 from .config import GenerationConfig
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Divide positive / multiply negative logits of tokens already seen (`seen`: bool [batch, vocab])."""
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
+    """Divide positive / multiply negative logits of tokens already seen (`seen`: bool [batch, vocab]).
+    `penalty` may be a device tensor (the CUDA-graph sampler uses this same function)."""
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalized, logits)
 
@@ -36,14 +37,22 @@ def top_k_filter(logits: torch.Tensor, top_k: int, filter_value: float = -float(
     return logits.masked_fill(logits < kth, filter_value)
 
 
+def top_p_remove_sorted(sorted_asc: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Which of the ascending-sorted scores top-p drops (bool, same shape): the tail whose
+    probability sum stays within 1 - top_p; the most likely token is always kept. `top_p` may be a
+    device tensor (the CUDA-graph sampler), so this rule is written once for CPU and GPU."""
+    cumulative = sorted_asc.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False
+    return remove
+
+
 def top_p_filter(logits: torch.Tensor, top_p: float, filter_value: float = -float("inf")) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability sum reaches `top_p`."""
     if top_p >= 1.0:
         return logits
     sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted[..., -1:] = False  # always keep the most likely token
+    remove_sorted = top_p_remove_sorted(sorted_logits, top_p)
     remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
     return logits.masked_fill(remove, filter_value)
 
