@@ -416,8 +416,26 @@ def resume_argv(run_dir: Path) -> list[str]:
 
 
 def launch_training(req: TrainRequest) -> subprocess.Popen:
-    """Start `firefly train` as its own process (own session: it outlives the app)."""
+    """Start `firefly train` as its own process (own session: it outlives the app).
+
+    The run folder is checked first, by the same rule `firefly train` applies (parsed from the very
+    command line the process will get), so a refused folder is an error here, before the app
+    writes its log into it, not a line in train.log.
+    """
+    check_new_run(req.argv())
     return launch_argv(req.argv(), Path(req.out))
+
+
+def check_new_run(cli_argv: list[str]) -> None:
+    """Raise the FireflyError `firefly <cli_argv>` (a new `train`) would raise about its --out."""
+    from firefly_core.training.config import load_config
+    from firefly_core.training.run_dir import check_new_run as _check
+
+    from .cli import build_parser
+    from .commands.train import _overrides
+
+    args = build_parser().parse_args(cli_argv)
+    _check(load_config(args.config, _overrides(args)))
 
 
 def launch_argv(cli_argv: list[str], out: Path) -> subprocess.Popen:

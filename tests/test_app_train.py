@@ -325,3 +325,16 @@ async def test_narrow_train_screen_stacks_the_form_above_the_chart_and_log_lines
         text = screen.query_one("#run-log-text")
         await wait_until(pilot, lambda: text.virtual_region.height > 2)
         assert text.virtual_region.width <= 80  # wrapped to the terminal, not cut off
+
+
+def test_launching_into_a_folder_of_user_files_is_refused_before_anything_is_written(tmp_path):
+    """The app checks --out with `firefly train`'s own rule before it writes its log there."""
+    from firefly_core.errors import OutputExistsError
+
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    req = backend.TrainRequest(model="org/model", data=[str(SAMPLE)], out=mine)
+    with pytest.raises(OutputExistsError):
+        backend.launch_training(req)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "nothing written into the user's folder"
