@@ -15,7 +15,7 @@ from ..errors import ConfigError
 STOP_REASONS = ("stop_token", "stop_string", "max_new_tokens", "cancelled", "context_full")
 
 # Fields marked `setting` are the ones a user chooses (saved per model, per chat, set by flags);
-# `generation.settings.GENERATION_KEYS` is derived from these marks, so the list lives here only.
+# `GENERATION_KEYS` (below) is derived from these marks, so the list lives here only.
 _SETTING = {"setting": True}
 
 
@@ -63,6 +63,10 @@ class GenerationConfig:
         if unknown:
             raise ConfigError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# The keys a user chooses (saved per model, per chat, set by flags), derived from the marks above.
+GENERATION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GenerationConfig) if f.metadata.get("setting"))
 
 
 @dataclass

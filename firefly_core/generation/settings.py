@@ -24,10 +24,9 @@ from dataclasses import fields
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .config import GenerationConfig
+from .config import GENERATION_KEYS, GenerationConfig
 
-# The keys a user chooses (saved per model, per chat, set by flags), derived from GenerationConfig.
-GENERATION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GenerationConfig) if f.metadata.get("setting"))
+__all__ = ["GENERATION_KEYS", "generation_config_for", "resolve_generation_config"]
 # Everything a layer may set (seed, stop strings and do_sample too).
 _ALL_KEYS = {f.name: f for f in fields(GenerationConfig)}
 _INTS = {"max_new_tokens", "top_k"}

@@ -28,11 +28,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from ..errors import ConfigError, FireflyError
+from .settings import ENGINES, LLAMACPP_QUANTIZE, QUANTIZE_CHOICES, TORCH_QUANTIZE  # noqa: F401 (re-exported)
 
-ENGINES = ("torch", "llamacpp")
-TORCH_QUANTIZE = ("int8",)
-LLAMACPP_QUANTIZE = ("bf16", "f16", "q8_0", "q4_k_m")
-QUANTIZE_CHOICES = TORCH_QUANTIZE + LLAMACPP_QUANTIZE
 KEEP_LOADED = 2  # models kept after use (least recently used is dropped first)
 # Below this many bytes of weights read per token, one decode thread is fastest: the work per
 # step is too small to split, and on a busy machine OpenMP's spinning workers made a tiny model
@@ -133,7 +130,7 @@ class ModelService:
     def request_for(self, model: str, **overrides: Any) -> ModelRequest:
         """The request for `model` from the user's saved per-model settings, then `overrides`
         (None = keep the saved value). Unknown names are an error."""
-        from .settings import load_settings
+        from .settings import load_settings  # read at call time: tests and the app change the home
 
         names = {f.name for f in fields(ModelRequest)} - {"model"}
         unknown = set(overrides) - names

@@ -17,6 +17,11 @@ from ..errors import ConfigError
 from ..jsonfile import read_json
 
 SCHEMA_VERSION = 1
+# The engine choices a model's settings may hold (the model service, models/service.py, acts on them).
+ENGINES = ("torch", "llamacpp")
+TORCH_QUANTIZE = ("int8",)
+LLAMACPP_QUANTIZE = ("bf16", "f16", "q8_0", "q4_k_m")
+QUANTIZE_CHOICES = TORCH_QUANTIZE + LLAMACPP_QUANTIZE
 
 
 @dataclass
@@ -70,8 +75,6 @@ class ModelSettings:
             raise bad("system", "is not text")
         if not isinstance(self.trust_remote_code, bool):
             raise bad("trust_remote_code", "must be true or false")
-        from .service import ENGINES, QUANTIZE_CHOICES
-
         if self.engine is not None and self.engine not in ENGINES:
             raise ConfigError(f"{where}: unknown engine {self.engine!r}", f"choose one of: {', '.join(ENGINES)}")
         if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
@@ -85,7 +88,7 @@ class ModelSettings:
 
     def generation_overrides(self) -> dict[str, Any]:
         """The generation fields the user set, ready for GenerationConfig(**...)."""
-        from ..generation.settings import GENERATION_KEYS as names
+        from ..generation.config import GENERATION_KEYS as names
 
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
