@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-LAUNCH_FILE = "app-launch.json"  # what the app writes next to a run it started (pid, command)
-LOG_FILE = "train.log"  # stdout + stderr of a run the app started
+from firefly_core.training.run_dir import LAUNCH_FILE, LOG_FILE  # light: no torch
+
 
 
 # -- models -----------------------------------------------------------------------------------

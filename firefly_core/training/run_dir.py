@@ -26,7 +26,9 @@ LOCK_FILE = ".firefly-train.lock"
 FINAL_DIR = "final"
 # What a front end may put into a run folder before `firefly train` starts in it (the app's
 # launch record and log: firefly_tui/backend.py), and what a start that failed leaves.
-FRONT_END_FILES = ("app-launch.json", "train.log")
+LAUNCH_FILE = "app-launch.json"  # what a front end writes next to a run it started (pid, command)
+LOG_FILE = "train.log"  # stdout + stderr of a run a front end started
+FRONT_END_FILES = (LAUNCH_FILE, LOG_FILE)
 RUN_FILES = (CONFIG_FILE, EVENTS_FILE, ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, LOCK_FILE, MODELS_DIR)
 
 
