@@ -3,6 +3,11 @@
 A model is a local folder or a Hugging Face id already in the standard HF cache (we never
 download here; `firefly pull` does). Defaults are safe: safetensors preferred, `.bin` only through
 torch's weights-only loader (transformers' default), `trust_remote_code` off unless asked.
+
+Front ends do not call `load_model` themselves: they ask the model service
+(`firefly_core.models.service.model_service().get(...)`), which loads once, shares, and prepares
+the model for chat. `load_model` itself is safe to call from several threads (one lock around
+transformers' loading, which patches process-wide torch state).
 """
 
 from __future__ import annotations
