@@ -178,7 +178,9 @@ class LlamaCppDecoder:
     # -- internals
     def _sync(self, ids: Sequence[int]) -> None:
         """Make the context hold exactly `ids`: truncate to the shared prefix, replay the rest."""
-        keep = common_prefix_length(self._held, ids)
+        n = len(ids)
+        # the usual case (one conversation, next token) compared at C speed, not element by element
+        keep = n if n <= len(self._held) and self._held[:n] == ids else common_prefix_length(self._held, ids)
         if keep < len(self._held):
             if not self._lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
                 self._lib.llama_memory_clear(self._mem, True)
