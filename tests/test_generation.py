@@ -89,8 +89,8 @@ def test_kv_cache_matches_dynamic_cache_logits(lms):
     with torch.inference_mode():
         for chunk in (ids[:5], ids[5:], [7], [11], [13]):
             x = torch.tensor([chunk])
-            a = model(input_ids=x, past_key_values=ours, use_cache=True).logits
-            b = model(input_ids=x, past_key_values=ref, use_cache=True).logits
+            a = model(input_ids=x, cache=ours, use_cache=True).logits
+            b = model(input_ids=x, cache=ref, use_cache=True).logits
             torch.testing.assert_close(a, b)
     assert ours.get_seq_length() == ref.get_seq_length() == len(ids) + 3
 
