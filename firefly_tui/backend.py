@@ -431,11 +431,14 @@ def check_new_run(cli_argv: list[str]) -> None:
     from firefly_core.training.config import load_config
     from firefly_core.training.run_dir import check_new_run as _check
 
-    from .cli import build_parser
-    from .commands.train import _overrides
+    import argparse
 
-    args = build_parser().parse_args(cli_argv)
-    _check(load_config(args.config, _overrides(args)))
+    from .commands import train
+
+    parser = argparse.ArgumentParser(prog="firefly")
+    train.register(parser.add_subparsers(dest="command"))  # the very parser `firefly train` uses
+    args = parser.parse_args(cli_argv)
+    _check(load_config(args.config, train._overrides(args)))
 
 
 def launch_argv(cli_argv: list[str], out: Path) -> subprocess.Popen:
