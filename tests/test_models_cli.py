@@ -101,3 +101,16 @@ def test_subprocess_with_piped_stdin(online, tmp_path):
     assert r.returncode == 1 and "aborted" in r.stdout and inventory.find_installed(REPO) is not None
     r = subprocess.run(cli + ["rm", REPO], env=env, input="y\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and inventory.find_installed(REPO) is None
+
+
+def test_use_saves_the_engine_settings_the_model_service_reads(fresh_home, capsys, bloom_dir):
+    """`firefly use` and the app's run settings write the same per-model fields the service reads."""
+    from firefly_core.models.service import model_service
+
+    code, _, err = run(capsys, "use", str(bloom_dir), "--engine", "torch", "--quantize", "int8",
+                       "--threads", "1", "--no-cuda-graph")
+    assert code == 0, err
+    request = model_service().request_for(str(bloom_dir))
+    assert (request.engine, request.quantize, request.threads, request.cuda_graph) == ("torch", "int8", 1, False)
+    code, _, err = run(capsys, "use", str(bloom_dir), "--threads", "0")
+    assert code == 1 and "threads" in err and "Traceback" not in err

@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Any
 
+from firefly_core.models.settings import ENGINES, QUANTIZE_CHOICES  # torch-free
 from firefly_core.units import human_bytes
 
 FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
@@ -76,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system prompt for this model")
     p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
                    help="allow (or with --no-trust-remote-code forbid) this model's own Python code")
+    p.add_argument("--engine", choices=ENGINES, help="decode with PyTorch or llama.cpp "
+                   "(default: llama.cpp on CPU when it is installed)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                   help="int8: PyTorch int8 weights on CPU; the others: the GGUF type llama.cpp runs")
+    p.add_argument("--threads", type=int, help="decode threads (default: chosen for the model and machine)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="on a GPU, replay a captured CUDA graph for each decode step (default: on where it works)")
     p.add_argument("--reset", action="store_true", help="forget this model's saved settings first")
     p.set_defaults(handler=run_use)
 
@@ -327,7 +335,8 @@ def run_use(args: argparse.Namespace) -> int:
         "prompt_format": args.format, "temperature": args.temperature, "top_p": args.top_p,
         "top_k": args.top_k, "repetition_penalty": args.repetition_penalty,
         "max_new_tokens": args.max_new_tokens, "system": args.system,
-        "trust_remote_code": args.trust_remote_code,
+        "trust_remote_code": args.trust_remote_code, "engine": args.engine, "quantize": args.quantize,
+        "threads": args.threads, "cuda_graph": args.cuda_graph,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     ms = ModelSettings() if args.reset else settings.for_model(model)
