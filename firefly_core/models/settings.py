@@ -61,16 +61,12 @@ class ModelSettings:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise bad(name, "is not a whole number")
-        if self.temperature is not None and self.temperature < 0:
-            raise bad("temperature", "must be 0 or more")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise bad("top_p", "must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 0:
-            raise bad("top_k", "must be 0 (off) or more")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "must be more than 0")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise bad("max_new_tokens", "must be 1 or more")
+        try:  # the ranges are GenerationConfig's own rules: one validation for every front end
+            from ..generation.config import GenerationConfig
+
+            GenerationConfig().with_overrides(**self.generation_overrides())
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e.message}", e.hint) from None
         if self.system is not None and not isinstance(self.system, str):
             raise bad("system", "is not text")
         if not isinstance(self.trust_remote_code, bool):
