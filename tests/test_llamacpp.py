@@ -258,3 +258,22 @@ def test_attach_refuses_unknown_types_and_a_disabled_engine(bloom_dir, monkeypat
     monkeypatch.setenv("FIREFLY_LLAMACPP", "0")
     with pytest.raises(FireflyError, match="not available"):
         attach_llamacpp(info, quantize=None, threads=1, status=None)
+
+
+def test_the_service_runs_llamacpp_without_a_pytorch_copy_of_the_weights(bloom_dir):
+    """llama.cpp reads the folder itself: the service never loads the weights into torch for it
+    (that doubled the memory and the wait), and the reply is still transformers' greedy reply."""
+    from firefly_core.models.service import ModelService
+
+    service = ModelService()
+    lm = service.get(service.request_for(str(bloom_dir), engine="llamacpp", quantize="f32"))
+    assert lm.engine == "llamacpp" and lm.model is None
+    ids = _ids(lm, PROMPTS[0])
+    config = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=24)
+    ref = load_model(bloom_dir, dtype="fp32")
+    expected = ref.model.generate(
+        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=False,
+        max_new_tokens=24, eos_token_id=ref.stop_token_ids, pad_token_id=ref.tokenizer.pad_token_id,
+    )[0, len(ids):].tolist()
+    assert generate_ids(lm, ids, config) == expected
+    service.unload()

@@ -53,40 +53,18 @@ def model_info(name: str | os.PathLike, prompt_format: str | None = None, *, tru
     The prompt format is resolved as chat resolves it: `prompt_format`, else the user's saved
     per-model setting, else the catalog's, else the tokenizer's chat template, else Firefly v1.
     """
-    from ..formats import resolve_format
     from ..models.catalog import prompt_format_for
-    from ..models.folder import check_model_folder
-    from ..models.inventory import resolve_model_path
-    from ..models.loading import LoadedModel, _context_length, load_tokenizer
+    from ..models.loading import load_model
     from ..models.settings import load_settings
 
-    path = resolve_model_path(name)
-    config = check_model_folder(path)
-    tokenizer = load_tokenizer(path, trust_remote_code)
     saved = load_settings().for_model(str(name))
-    fmt = resolve_format(tokenizer, prompt_format or saved.prompt_format, prompt_format_for(str(name)))
-    try:
-        from transformers import GenerationConfig
-
-        gen_defaults = GenerationConfig.from_pretrained(path).to_diff_dict()
-    except (OSError, ValueError):
-        gen_defaults = {}
-
-    class _Config(dict):
-        __getattr__ = dict.get
-
-    import torch
-
-    return LoadedModel(
-        model=None,
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),  # where a llama.cpp decoder's logits live
-        dtype=None,
-        path=path,
-        name=str(name),
-        prompt_format=fmt,
-        context_length=_context_length(_Config(config), tokenizer),
-        generation_defaults=gen_defaults,
+    return load_model(
+        name,
+        device="cpu",  # where a llama.cpp decoder's logits live
+        prompt_format=prompt_format or saved.prompt_format,
+        catalog_format=prompt_format_for(str(name)),
+        trust_remote_code=trust_remote_code,
+        weights=False,
     )
 
 

@@ -161,11 +161,14 @@ def load_model(
     catalog_format: str | None = None,
     trust_remote_code: bool = False,
     quantize: str | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
     """Load a model for generation, on the best device, in eval mode.
 
     `quantize="int8"` swaps the linear layers for int8 weight-only ones (CPU; see
-    firefly_core.generation.quantize).
+    firefly_core.generation.quantize). `weights=False` describes the model without reading its
+    weights (`model=None`): the same tokenizer, prompt format, context length and generation
+    defaults, for an engine that reads the folder itself (llama.cpp) or an export.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -180,6 +183,8 @@ def load_model(
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     tokenizer = load_tokenizer(path, trust_remote_code)
+    if not weights:
+        return _described(path, str(name_or_path), tokenizer, dev, dt, prompt_format, catalog_format, trust_remote_code)
     has_safetensors = any(path.glob("*.safetensors"))
     try:
         with _LOAD_LOCK:
@@ -217,3 +222,26 @@ def load_model(
 
         apply_quantization(lm, quantize)
     return lm
+
+
+def _described(path: Path, name: str, tokenizer: Any, dev: Any, dt: Any, prompt_format: str | None,
+               catalog_format: str | None, trust_remote_code: bool) -> LoadedModel:
+    """A LoadedModel without weights, its fields computed as a full load computes them."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:  # what `from_pretrained` gives the model: the file, else defaults from the config
+        generation = GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        generation = GenerationConfig.from_model_config(config)
+    return LoadedModel(
+        model=None,
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=dt,
+        path=path,
+        name=name,
+        prompt_format=resolve_format(tokenizer, prompt_format, catalog_format),
+        context_length=_context_length(config, tokenizer),
+        generation_defaults=generation.to_diff_dict(),
+    )

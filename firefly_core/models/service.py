@@ -97,7 +97,7 @@ def default_threads(lm: Any) -> int:
     are not already busy (1-minute load average, our own loading not counted), at least 1.
     """
     cpus = _usable_cpus()
-    if _weight_bytes(lm.model) < SMALL_MODEL_BYTES:
+    if _weight_bytes(lm) < SMALL_MODEL_BYTES:
         return 1
     try:
         busy = max(0.0, os.getloadavg()[0] - 1.0)  # the load we are doing right now counts ~1
@@ -113,9 +113,14 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _weight_bytes(model: Any) -> int:
-    """Bytes of 2-D weights (what a decode step reads), embeddings included (tied heads read them)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+def _weight_bytes(lm: Any) -> int:
+    """Bytes of 2-D weights (what a decode step reads), embeddings included (tied heads read them);
+    for a model described without its weights (llama.cpp reads the folder), the weight files' size."""
+    if lm.model is None:
+        from .folder import check_weights
+
+        return sum(f.stat().st_size for f in check_weights(lm.path).files)
+    return sum(p.numel() * p.element_size() for p in lm.model.parameters() if p.dim() == 2)
 
 
 class ModelService:
@@ -238,7 +243,12 @@ class ModelService:
         from .catalog import prompt_format_for
         from .loading import load_model
 
+        from .loading import pick_device
+
         quiet_loading()
+        # llama.cpp reads the model folder itself: its engine needs no PyTorch copy of the weights
+        # (that would double the memory and the wait), only the model's description.
+        engine, _why_not = resolve_engine(request, pick_device(request.device).type)
         say("load", f"loading {request.model} …")
         lm = load_model(
             request.model,
@@ -247,6 +257,7 @@ class ModelService:
             prompt_format=request.prompt_format,
             catalog_format=prompt_format_for(request.model),
             trust_remote_code=request.trust_remote_code,
+            weights=engine != "llamacpp",
         )
         check_cancel()
         prepare_for_chat(lm, request, say, cancel)

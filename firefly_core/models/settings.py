@@ -20,7 +20,7 @@ SCHEMA_VERSION = 1
 # The engine choices a model's settings may hold (the model service, models/service.py, acts on them).
 ENGINES = ("torch", "llamacpp")
 TORCH_QUANTIZE = ("int8",)
-LLAMACPP_QUANTIZE = ("bf16", "f16", "q8_0", "q4_k_m")
+LLAMACPP_QUANTIZE = ("bf16", "f16", "f32", "q8_0", "q4_k_m")
 QUANTIZE_CHOICES = TORCH_QUANTIZE + LLAMACPP_QUANTIZE
 
 
