@@ -65,10 +65,12 @@ def load_model(
 
 
 def describe_model(lm) -> dict[str, Any]:
+    from firefly_core.models.service import weights_label
+
     return {
         "name": lm.name,
         "device": str(lm.device),
-        "dtype": str(lm.dtype).replace("torch.", ""),
+        "dtype": weights_label(lm),
         "context_length": lm.context_length,
         "prompt_format": getattr(lm.prompt_format, "name", repr(lm.prompt_format)),
     }

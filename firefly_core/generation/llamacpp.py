@@ -343,5 +343,6 @@ def attach_llamacpp(
     old = getattr(lm, "decoder", None)
     if old is not None and hasattr(old, "close"):
         old.close()
+    decoder.gguf_type = gguf_type  # what the weights are now, for the status line
     lm.decoder = decoder
     lm.context_length = decoder.n_ctx

@@ -357,9 +357,19 @@ def prepare_for_chat(lm: Any, request: ModelRequest, say: Callable[[str, str], N
     lm.notes = tuple(notes)
 
 
+def weights_label(lm: Any) -> str:
+    """What the weights a reply reads are: `bfloat16`, `int8`, or llama.cpp's GGUF type."""
+    gguf_type = getattr(getattr(lm, "decoder", None), "gguf_type", None)
+    if gguf_type:
+        return gguf_type
+    if getattr(lm.model, "firefly_quantization", None) is not None:  # generation/quantize.py's mark
+        return "int8"
+    return str(lm.dtype).removeprefix("torch.")
+
+
 def describe(lm: Any) -> str:
-    """One line for a ready model: name, device, dtype, engine, format."""
-    dtype = str(lm.dtype).removeprefix("torch.")
+    """One line for a ready model: name, device, weights, engine, format."""
+    dtype = weights_label(lm)
     decoder = getattr(lm, "decoder", None)
     extra = []
     if getattr(decoder, "threads", None):
