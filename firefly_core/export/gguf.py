@@ -190,7 +190,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, gguf_type: str
     """llama.cpp's quantizer (`llama_model_quantize`): a float GGUF in, `gguf_type` out."""
     import ctypes
 
-    from ..generation.llamacpp import llama_cpp_module
+    from ..llamacpp_lib import llama_cpp_module
 
     gguf_type = check_type(gguf_type)
     llama_cpp = llama_cpp_module()

@@ -1,0 +1,64 @@
+"""llama.cpp's library for firefly: loading it quietly, and why it cannot be used here.
+
+A leaf that both the GGUF exporter (llama.cpp's quantizer) and the llama.cpp decoder import, so
+neither has to import the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+INSTALL_HINT = "install it with: pip install 'firefly-tui[llamacpp]' (builds llama.cpp once, a few minutes)"
+
+
+def llama_cpp_module():
+    """The `llama_cpp` module, quiet (its log goes to our handler, not to the terminal)."""
+    import llama_cpp
+
+    _quiet(llama_cpp)
+    return llama_cpp
+
+
+def available() -> str | None:
+    """None when the llama.cpp engine can be used here, else the reason it cannot."""
+    if os.environ.get("FIREFLY_LLAMACPP", "").strip() == "0":
+        return "FIREFLY_LLAMACPP=0 is set"
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return f"the gguf package is not installed; {INSTALL_HINT}"
+    try:
+        llama_cpp_module()
+    except ImportError:
+        return f"llama-cpp-python is not installed; {INSTALL_HINT}"
+    except (OSError, RuntimeError) as e:  # the shared library failed to load
+        return f"llama-cpp-python cannot load llama.cpp ({e})"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- logging
+_LOG: dict[str, Any] = {"installed": False, "callback": None, "last_error": ""}
+
+
+def _quiet(llama_cpp: Any) -> None:
+    """Send llama.cpp's log to a handler that keeps the last error line (shown in our errors)."""
+    if _LOG["installed"]:
+        return
+
+    @llama_cpp.llama_log_callback
+    def handler(level, text, _user_data):  # GGML_LOG_LEVEL_ERROR = 4
+        if level == 4 and text:
+            _LOG["last_error"] = text.decode("utf-8", "replace").strip()
+
+    _LOG["callback"] = handler  # keep a reference: llama.cpp calls it from C
+    llama_cpp.llama_log_set(handler, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    _LOG["installed"] = True
+
+
+def last_error() -> str:
+    """The last error line llama.cpp logged (consumed), as `: text`, or an empty string."""
+    text, _LOG["last_error"] = _LOG["last_error"], ""
+    return f": {text}" if text else ""
