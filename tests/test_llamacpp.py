@@ -219,7 +219,9 @@ def test_context_window_of_llamacpp_is_enforced(lms, ggufs):
 
 
 # ------------------------------------------------------------------------------- attach_llamacpp
-def test_attach_makes_the_gguf_once_then_reuses_it(qwen_dir):
+def test_attach_makes_the_gguf_once_then_reuses_it(qwen_dir, monkeypatch, tmp_path):
+    # a cache of our own: other tests (the service, the chat CLI) may have made this model's GGUF
+    monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "home"))
     info = model_info(qwen_dir)  # no torch weights at all: model=None
     assert info.model is None
     said: list[str] = []
