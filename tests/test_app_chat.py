@@ -515,8 +515,8 @@ async def test_a_chat_with_its_own_model_loads_it_through_the_service_and_shows_
         chat = chat_of(app)
         await send(pilot, "你好")
         lm = chat.session.lm
-        assert lm.model is model_service().get(str(qwen_dir)).model  # the service's shared model
-        assert lm.model is not bloom_lm.model and app.lm is bloom_lm  # the active model stays
+        assert lm is model_service().get(str(qwen_dir))  # the service's shared model
+        assert lm is not bloom_lm and app.lm is bloom_lm  # the active model stays
         assert any("loading" in s and "tiny-qwen2" in s for s in shown), shown  # the service's steps
         assert "tiny-qwen2" in str(chat.query_one("#status").render())
         assert store.messages(conv.id)[-1].meta["settings"]["model"] == str(qwen_dir)
