@@ -156,21 +156,7 @@ def run_ours(lm, prompt, new_tokens):
     """Our loop; returns (new token ids, seconds to the first new token)."""
     from firefly_core.generation import GenerationConfig, ModelDecoder, generate_ids
 
-    class FirstToken:  # the default decoder, noting when the prefill's logits are ready
-        def __init__(self, inner):
-            self.inner, self.at = inner, None
-            self.vocab_size, self.device = inner.vocab_size, inner.device
-
-        def new_cache(self):
-            return self.inner.new_cache()
-
-        def forward(self, ids, cache):
-            out = self.inner.forward(ids, cache)
-            if self.at is None:
-                self.at = time.perf_counter()
-            return out
-
-    dec = FirstToken(lm.decoder if getattr(lm, "decoder", None) else ModelDecoder(lm.model))
+    dec = _FirstForward(lm.decoder if getattr(lm, "decoder", None) else ModelDecoder(lm.model))
     lm.decoder = dec.inner
     cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens)
     t = time.perf_counter()
