@@ -20,12 +20,8 @@ from firefly_core.chat import ChatSession  # noqa: E402
 from firefly_core.errors import FireflyError, PromptTooLongError  # noqa: E402
 from firefly_core.export.gguf import ExportCancelled, export_gguf, model_info  # noqa: E402
 from firefly_core.generation import GenerationConfig, ReplyDone, TextDelta, generate_ids, generate_stream  # noqa: E402
-from firefly_core.generation.llamacpp import (  # noqa: E402
-    LlamaCppDecoder,
-    attach_llamacpp,
-    available,
-    gguf_cache_path,
-)
+from firefly_core.export.gguf_cache import attach_llamacpp, gguf_cache_path  # noqa: E402
+from firefly_core.generation.llamacpp import LlamaCppDecoder, available  # noqa: E402
 from firefly_core.generation.loop import decoder_for  # noqa: E402
 from firefly_core.models.loading import load_model  # noqa: E402
 

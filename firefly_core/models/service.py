@@ -313,7 +313,7 @@ def prepare_for_chat(lm: Any, request: ModelRequest, say: Callable[[str, str], N
     engine, why_not = resolve_engine(request, lm.device.type)
     threads = request.threads or default_threads(lm)
     if engine == "llamacpp":
-        from ..generation.llamacpp import attach_llamacpp
+        from ..export.gguf_cache import attach_llamacpp
 
         attach_llamacpp(lm, quantize=request.quantize, threads=threads, status=lambda m: say("llamacpp", m), cancel=cancel)
         lm.engine = "llamacpp"
