@@ -19,6 +19,8 @@ from ..errors import ConfigError
 
 CONFIG_FILE = "train_config.json"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+METHODS = ("sft", "dpo", "pretrain")
+DPO_LOSSES = ("sigmoid", "ipo")
 SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 # Options that may differ when resuming (they do not change what was already computed).
 RESUME_OVERRIDABLE = {"max_steps", "epochs", "save_every", "eval_every", "keep_checkpoints", "log_every"}
@@ -29,6 +31,14 @@ class TrainConfig:
     model: str = ""
     data: list[str] = field(default_factory=list)
     out: str = ""
+    # what is trained: "sft" (answers of instruction data), "dpo" (preference pairs), "pretrain"
+    # (every token of raw text, documents packed to max_length)
+    method: str = "sft"
+    packing: bool = False  # several samples per row, each attending only to itself (sft, pretrain)
+    beta: float = 0.1  # DPO: strength of the pull towards the reference model
+    loss: str = "sigmoid"  # DPO loss: "sigmoid" (DPO) or "ipo"
+    precompute_ref: bool = False  # DPO: reference log-probs computed once before training (no copy kept)
+    train_embeddings_only: bool = False  # train only the input embeddings and the output head
     prompt_format: str | None = None  # None: the model's own (as chat resolves it)
     # schedule of work
     epochs: float = 1.0
@@ -101,8 +111,35 @@ class TrainConfig:
             raise ConfigError("--eval-fraction must be in [0, 1)")
         if self.lora and self.deepspeed == 3:
             raise ConfigError("LoRA with ZeRO-3 is not supported here", "use --deepspeed 2 with --lora")
+        self._validate_method()
         self.devices()  # validates gpu
         return self
+
+    def _validate_method(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+        if self.method != "dpo":
+            for name in ("precompute_ref",):
+                if getattr(self, name):
+                    raise ConfigError(f"--{name.replace('_', '-')} is for --method dpo")
+            if self.loss != "sigmoid":
+                raise ConfigError("--loss is for --method dpo")
+        if self.loss not in DPO_LOSSES:
+            raise ConfigError(f"unknown DPO loss {self.loss!r}", f"choose one of: {', '.join(DPO_LOSSES)}")
+        if self.beta <= 0:
+            raise ConfigError("--beta must be positive")
+        if self.method == "dpo" and self.packing:
+            raise ConfigError(
+                "--packing is for --method sft and pretrain",
+                "a preference pair is trained as two rows (chosen, rejected); drop --packing",
+            )
+        if self.precompute_ref and self.lora:
+            raise ConfigError(
+                "--precompute-ref is not needed with --lora",
+                "with LoRA the reference is the model with its adapter switched off (no copy); drop one of them",
+            )
+        if self.train_embeddings_only and self.lora:
+            raise ConfigError("--train-embeddings-only and --lora exclude each other", "choose one of them")
 
     def devices(self) -> list[str]:
         """["cpu"] or the CUDA indices as strings."""

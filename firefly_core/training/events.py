@@ -87,7 +87,7 @@ class StartEvent(TrainEvent):
 
 @dataclass
 class StepEvent(TrainEvent):
-    """One optimizer step (every `log_every` steps). Losses are rounded to 4 decimals."""
+    """One optimizer step (every `log_every` steps). Losses are rounded to 6 decimals."""
 
     type: ClassVar[str] = "step"
     step: int = 0
@@ -103,6 +103,12 @@ class StepEvent(TrainEvent):
     elapsed: float = 0.0
     eta: float = 0.0
     memory: dict[str, float] = field(default_factory=dict)
+    # DPO only (None otherwise): share of pairs whose chosen answer out-scores the rejected one,
+    # the mean margin between them, and the mean implicit rewards beta * log(policy / reference).
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    chosen_reward: float | None = None
+    rejected_reward: float | None = None
 
 
 @dataclass

@@ -188,7 +188,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     from transformers import AutoModelForCausalLM, get_scheduler
 
     from ..data import collate, load_samples, tokenize_samples
-    from ..errors import DataError
+    from ..errors import ConfigError, DataError
     from ..formats import resolve_format
     from ..models.folder import check_model_folder
     from ..models.inventory import resolve_model_path
@@ -202,6 +202,8 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     rank = accelerator.process_index
     started = time.time()
 
+    if config.method != "sft" or config.packing:
+        raise ConfigError(f"--method {config.method} and --packing are not ready yet", "use --method sft")
     # ---- data, rendered with the model's prompt format (the one chat uses)
     model_path = resolve_model_path(config.model)
     base_cfg = check_model_folder(model_path)

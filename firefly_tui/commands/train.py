@@ -7,6 +7,9 @@ import sys
 
 # (option, type, help); every default is None so train.toml < command line is decidable.
 _OPTIONS: list[tuple[str, type, str]] = [
+    ("--method", str, "sft (default: answers of instruction data), dpo (preference pairs) or pretrain (raw text)"),
+    ("--beta", float, "DPO: how strongly the model is held near the starting model (default 0.1)"),
+    ("--loss", str, "DPO loss: sigmoid (default, DPO) or ipo"),
     ("--epochs", float, "passes over the data (default 1)"),
     ("--max-steps", int, "optimizer steps; wins over --epochs"),
     ("--batch-size", int, "samples per device per micro-batch (default 16, as in the recipe)"),
@@ -37,6 +40,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("--lora-dropout", float, "LoRA dropout (default 0.05)"),
 ]
 _FLAGS = [
+    ("--packing", "several samples per row, each attending only to itself (sft; pretrain always packs)"),
+    ("--precompute-ref", "DPO without LoRA: compute the reference log-probs once instead of keeping a model copy"),
+    ("--train-embeddings-only", "train only the embeddings and output head (after extending or pruning a vocabulary)"),
     ("--gradient-checkpointing", "recompute activations to save memory"),
     ("--offload", "ZeRO CPU offload of the optimizer (and parameters with stage 3)"),
     ("--lora", "train LoRA adapters instead of all weights"),
