@@ -306,6 +306,28 @@ class CudaGraphDecoder:
             slot.set_length(before)  # as if the step never ran (the loop crops to its own count too)
             raise
 
+    def logits(self, ids: torch.Tensor, cache: StaticCacheHandle) -> torch.Tensor:
+        """Float32 logits of every position of `ids` [n, vocab], run eagerly through the static cache
+        (scoring; no sampling)."""
+        slot = cache.slot
+        n = ids.shape[-1]
+        layers = slot.cache.layers
+        before = layers[0].host_len
+        if before + n > self.max_cache_len:
+            raise PromptTooLongError(
+                f"the static KV cache holds {self.max_cache_len} tokens; this step would need {before + n}",
+                "shorten the context",
+            )
+        try:
+            for layer in layers:
+                layer.host_len += n
+            self._step_sampled = False
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: slot.cache})
+            return out.logits[0].float()
+        except BaseException:
+            slot.set_length(before)
+            raise
+
     def make_sampler(self, config: Any, vocab_size: int, prompt_ids: Iterable[int], device: Any = None) -> GraphSampler:
         """A sampler with `TokenSampler`'s signature whose decode-step draws happen inside the graph."""
         return GraphSampler(self, config, prompt_ids)

@@ -107,6 +107,14 @@ class ModelDecoder:
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **self._extra)
         return out.logits[:, -1, :].float()
 
+    def logits(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Like `forward`, but float32 logits of every position, [n, vocab] (for scoring)."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with float32_matmuls(self.float32_prefill and ids.shape[-1] >= MIN_ROWS):
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+        return out.logits[0].float()
+
 
 def decoder_for(lm: Any) -> Decoder:
     """The decoder attached to a LoadedModel (`lm.decoder`, set by the model service), or a
