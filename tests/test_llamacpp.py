@@ -35,13 +35,13 @@ class CountingDecoder(LlamaCppDecoder):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_run = 0
-        self.logits: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
 
-    def _decode(self, ids, *, want_logits):
+    def _decode(self, ids, *, want_logits, **kw):
         self.tokens_run += len(ids)
-        out = super()._decode(ids, want_logits=want_logits)
+        out = super()._decode(ids, want_logits=want_logits, **kw)
         if out is not None:
-            self.logits.append(out.clone())
+            self.outputs.append(out.clone())
         return out
 
 
@@ -157,15 +157,15 @@ def test_three_turns_with_prefix_reuse_equal_fresh_prefill(lms, ggufs, family):
     session = ChatSession(lm, system="你是一个乐于助人的助手。", config=cfg)
     previous_prompt = 0
     for i, text in enumerate(TURNS):
-        ran_before, logits_before = lm.decoder.tokens_run, len(lm.decoder.logits)
+        ran_before, logits_before = lm.decoder.tokens_run, len(lm.decoder.outputs)
         done = _run(session.send(text))
-        reused_logits = lm.decoder.logits[logits_before:]
+        reused_logits = lm.decoder.outputs[logits_before:]
         _, ids = ChatSession(lm, system=session.system, config=cfg, messages=session.messages[:-1]).prompt_ids()
         fresh_dec = _dec(ggufs, family)
         fresh = _run(generate_stream(lm, ids, cfg, decoder=fresh_dec))
         assert done.text == fresh.text and done.stats.new_tokens == fresh.stats.new_tokens
-        assert len(reused_logits) == len(fresh_dec.logits)
-        for a, b in zip(reused_logits, fresh_dec.logits):
+        assert len(reused_logits) == len(fresh_dec.outputs)
+        for a, b in zip(reused_logits, fresh_dec.outputs):
             # same weights, same ids; only the prefill's batching differs (f16 KV, other sum order)
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.max() - b.min()))
         # the fast path ran: llama.cpp saw only the part of the prompt that was not reused

@@ -146,3 +146,36 @@ def test_bad_inputs_are_clear_errors(lms):
     small.context_length = 8
     with pytest.raises(PromptTooLongError):
         score_continuations(small, list(range(1, 7)), [[1, 2, 3]])
+
+
+# ------------------------------------------------------------------------------------- llama.cpp
+@pytest.fixture(scope="module")
+def ggufs(lms, tmp_path_factory):
+    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'firefly-tui[llamacpp]')")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'firefly-tui[llamacpp]')")
+    from firefly_core.export.gguf import export_gguf
+
+    out = tmp_path_factory.mktemp("gguf")
+    return {f: export_gguf(lm, out / f"{f}.gguf", gguf_type="f32") for f, lm in lms.items()}
+
+
+@pytest.mark.parametrize("family", ["bloom", "qwen2"])
+def test_llamacpp_scores_equal_its_own_full_sequence_scoring(lms, ggufs, family, monkeypatch):
+    monkeypatch.delenv("FIREFLY_LLAMACPP", raising=False)
+    from firefly_core.generation.llamacpp import LlamaCppDecoder
+
+    lm = lms[family]
+    context = _ids(lm, CONTEXT)
+    conts = [_ids(lm, a) for a in ANSWERS] + [[t] for t in range(0, 40, 7)]
+    # n_batch 4: the context and the longer answers run in several chunks (logits read per chunk)
+    dec = Counting(LlamaCppDecoder(ggufs[family], n_ctx=256, threads=1, n_batch=4))
+    got = score_continuations(_with_decoder(lm, dec), context, conts)
+    assert dec.calls == [len(context)] + [len(c) - 1 for c in conts if len(c) > 1]
+    oracle = LlamaCppDecoder(ggufs[family], n_ctx=256, threads=1)  # one pass over each whole sequence
+    for cont, score in zip(conts, got):
+        rows = oracle.logits(torch.tensor([context + cont]), oracle.new_cache())[len(context) - 1 : -1]
+        logp = torch.log_softmax(rows, dim=-1).gather(-1, torch.tensor(cont)[:, None]).sum()
+        assert score.logprob == pytest.approx(float(logp), abs=1e-4)
+        assert score.greedy == bool((rows.argmax(-1) == torch.tensor(cont)).all())
+        # and an f32 GGUF agrees with transformers' own scoring
+        assert score.logprob == pytest.approx(_oracle(lm, context, cont)[0], abs=1e-2)

@@ -112,6 +112,17 @@ class LlamaCppDecoder:
             cache.ids.extend(new)
         return logits
 
+    def logits(self, ids: torch.Tensor, cache: LlamaCppCache) -> torch.Tensor:
+        """Run `ids` after what `cache` holds; float32 logits of every position [n, vocab] (scoring)."""
+        new = [int(i) for i in ids.reshape(-1).tolist()]
+        if not new:
+            raise ValueError("logits needs at least one token")
+        with self._lock:
+            self._sync(cache.ids)
+            rows = self._decode(new, want_logits=True, all_rows=True)
+            cache.ids.extend(new)
+        return rows
+
     # -- internals
     def _sync(self, ids: Sequence[int]) -> None:
         """Make the context hold exactly `ids`: truncate to the shared prefix, replay the rest."""
@@ -126,13 +137,16 @@ class LlamaCppDecoder:
         if keep < len(ids):
             self._decode(list(ids[keep:]), want_logits=False)
 
-    def _decode(self, ids: list[int], *, want_logits: bool) -> torch.Tensor | None:
+    def _decode(self, ids: list[int], *, want_logits: bool, all_rows: bool = False) -> torch.Tensor | None:
+        """Run `ids` after what the context holds; the last position's logits [1, vocab] when
+        `want_logits`, every position's [n, vocab] with `all_rows`, else None."""
         if len(self._held) + len(ids) > self.n_ctx:
             raise PromptTooLongError(
                 f"the conversation needs {len(self._held) + len(ids)} tokens; llama.cpp's context holds {self.n_ctx}",
                 "shorten the conversation (/reset) or the message",
             )
         lib, batch = self._lib, self._batch
+        rows: list[torch.Tensor] = []
         for start in range(0, len(ids), self.n_batch):
             chunk = ids[start : start + self.n_batch]
             last_chunk = start + self.n_batch >= len(ids)
@@ -143,7 +157,7 @@ class LlamaCppDecoder:
                 batch.pos[i] = pos0 + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = 0
+                batch.logits[i] = int(all_rows)
             if last_chunk and want_logits:
                 batch.logits[len(chunk) - 1] = 1
             rc = lib.llama_decode(self._ctx, batch)
@@ -152,6 +166,10 @@ class LlamaCppDecoder:
                 lib.llama_memory_seq_rm(self._mem, 0, pos0, -1)
                 raise FireflyError(f"llama.cpp failed to run the model (code {rc}){_last_error()}", "try --engine torch")
             self._held.extend(chunk)
+            if all_rows:  # read now: the next chunk's decode overwrites llama.cpp's logits buffer
+                rows.append(torch.from_numpy(_as_array(lib.llama_get_logits(self._ctx), len(chunk) * self.vocab_size).copy()))
+        if all_rows:
+            return torch.cat(rows).view(len(ids), self.vocab_size)
         if not want_logits:
             return None
         ptr = lib.llama_get_logits_ith(self._ctx, -1)
