@@ -11,22 +11,28 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..setting_spec import setting
 
 STOP_REASONS = ("stop_token", "stop_string", "max_new_tokens", "cancelled", "context_full")
 
-# Fields marked `setting` are the ones a user chooses (saved per model, per chat, set by flags);
-# `GENERATION_KEYS` (below) is derived from these marks, so the list lives here only.
-_SETTING = {"setting": True}
+# Fields with a `setting(...)` are the ones a user chooses (saved per model, per chat, set by
+# flags, shown in the app): `GENERATION_KEYS` (below), the flags and the dialogs are derived from
+# these declarations, and their ranges are the one rule (firefly_core/setting_spec.py) every layer
+# is checked with. Floors: a temperature or repetition penalty below 0.01 scales logits by more
+# than 100x (1e-300 overflows them to inf and the reply ends in NaN); 0.01 keeps even fp16 logits
+# finite, and sampling below it is greedy in all but name (use temperature 0 for greedy).
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = field(default=200, metadata=_SETTING)
+    max_new_tokens: int = field(default=200, metadata=setting("longest reply in tokens", min=1))
     do_sample: bool = True
-    temperature: float = field(default=0.35, metadata=_SETTING)  # 0 = greedy
-    top_p: float = field(default=0.85, metadata=_SETTING)
-    top_k: int = field(default=0, metadata=_SETTING)  # 0 = off
-    repetition_penalty: float = field(default=1.2, metadata=_SETTING)
+    temperature: float = field(default=0.35, metadata=setting(
+        "sampling temperature; 0 = greedy", min=0.01, zero_ok=True, below_hint="use 0 for greedy decoding, else 0.01 or more"))
+    top_p: float = field(default=0.85, metadata=setting("nucleus sampling: keep this share of probability", above=0, max=1))
+    top_k: int = field(default=0, metadata=setting("keep the k most likely tokens; 0 = off", min=0))
+    repetition_penalty: float = field(default=1.2, metadata=setting(
+        "penalty for repeated tokens; 1 = none", min=0.01, max=100, below_hint="1 means no penalty; below 1 favours repeats"))
     stop_strings: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's own stop ids
     seed: int | None = None
