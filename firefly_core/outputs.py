@@ -8,9 +8,9 @@ A user's files are never deleted without being asked:
   and never is or contains an input file (a corpus, the data) — not even with --force, since
   replacing the output would delete its inputs;
 - an existing non-empty output is replaced only with --force;
-- the result is written into a temporary folder next to the output (same filesystem) and renamed
-  into place whole. The temporary folder's name carries our pid, so one left by a killed run is
-  recognised and removed when the next run writes there.
+- the result is written into a temporary folder (or file, for a single-file output such as a GGUF)
+  next to the output (same filesystem) and renamed into place whole. The temporary name carries
+  our pid, so one left by a killed run is recognised and removed when the next run writes there.
 """
 
 from __future__ import annotations
@@ -108,9 +108,12 @@ def check_output(
     return path
 
 
-def clean_stale_temp(out: Path) -> list[Path]:
-    """Remove temporary folders next to `out` left by runs that were killed: ours by pid (the
-    process is gone), older unnamed ones by age. Returns what was removed."""
+def clean_stale_temp(out: Path, *, every_name: bool = False) -> list[Path]:
+    """Remove temporary folders and files next to `out` left by runs that were killed: ours by
+    pid (the process is gone), older unnamed ones by age. Returns what was removed.
+
+    `every_name`: those of every output in `out`'s folder, not only `out`'s (for a folder that
+    only firefly writes, such as the GGUF cache, where an output's name changes with its source)."""
     out = Path(out)
     parent = out.parent
     removed: list[Path] = []
@@ -121,19 +124,26 @@ def clean_stale_temp(out: Path) -> list[Path]:
     now = time.time()
     for entry in entries:
         m = _OURS.match(entry.name)
-        if m and m.group("name") == out.name:
+        if m and (every_name or m.group("name") == out.name):
             stale = int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid")))
         else:
             m = _LEGACY.match(entry.name)
-            if not (m and m.group("name") == out.name):
+            if not (m and (every_name or m.group("name") == out.name)):
                 continue
             try:
                 stale = now - entry.stat().st_mtime > LEGACY_STALE_S
             except OSError:
                 continue
-        if stale and entry.is_dir() and not entry.is_symlink():
+        if not stale or entry.is_symlink():
+            continue
+        if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        else:
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+        removed.append(entry)
     return removed
 
 
@@ -149,6 +159,15 @@ def temp_folder(out: Path) -> Path:
     tmp = _sibling(out, "tmp")
     tmp.mkdir()
     return tmp
+
+
+def temp_file(out: Path) -> Path:
+    """A free name next to `out` to write its replacement file into (stale ones are cleaned
+    first); it carries our pid, so the file a killed run leaves is removed by the next one."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(out)
+    return _sibling(out, "tmp")
 
 
 def replace_folder(tmp: Path, out: Path) -> None:

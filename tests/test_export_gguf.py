@@ -388,3 +388,137 @@ def test_llamacpp_tokenizes_our_exported_metadata_like_hugging_face(real_vocab_f
         ours = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         assert ours == tok.encode(text, add_special_tokens=False), repr(text)
         assert llm.detokenize(ours).decode("utf-8") == text
+
+
+# ------------------------------------------------------- hostile: damaged cache, killed exports, odd places
+def _flip_weight_bytes(path: Path) -> None:
+    """Overwrite bytes inside one weight tensor's data: the header stays valid, llama.cpp loads it."""
+    reader = gguf.GGUFReader(path)
+    tensor = next(t for t in reader.tensors if t.name.startswith("blk.0.") and t.name.endswith(".weight") and len(t.shape) == 2)
+    offset = int(tensor.data_offset)
+    del reader
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = bytearray(f.read(512))
+        f.seek(offset)
+        f.write(bytes(b ^ 0x5A for b in data))
+
+
+def test_a_cached_gguf_with_flipped_weight_bytes_is_remade(qwen_dir, monkeypatch, tmp_path):
+    from firefly_core.export.gguf_cache import attach_llamacpp, checksum_path, file_sha256, gguf_cache_path
+
+    monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "home"))
+    info = model_info(qwen_dir)
+    attach_llamacpp(info, quantize="f16", threads=1, status=None)
+    path = gguf_cache_path(qwen_dir, "f16")
+    good = file_sha256(path)
+    assert checksum_path(path).read_text().split()[0] == good  # written when made
+    ids = _ids(info)
+    reply = generate_ids(info, ids, GenerationConfig(do_sample=False, max_new_tokens=12))
+    original_logits = info.decoder.forward(torch.tensor([ids]), info.decoder.new_cache())
+    info.decoder.close()
+
+    _flip_weight_bytes(path)
+    damaged = _decoder(path)  # the damage is real: llama.cpp loads the file and answers differently
+    assert not torch.equal(damaged.forward(torch.tensor([ids]), damaged.new_cache()), original_logits)
+    damaged.close()
+
+    said: list[str] = []
+    again = model_info(qwen_dir)
+    attach_llamacpp(again, quantize="f16", threads=1, status=said.append)
+    assert any("damaged" in s and "checksum" in s for s in said), said
+    assert file_sha256(path) == good
+    assert generate_ids(again, ids, GenerationConfig(do_sample=False, max_new_tokens=12)) == reply
+    again.decoder.close()
+
+
+def test_a_cached_gguf_without_its_checksum_is_remade(bloom_dir, monkeypatch, tmp_path):
+    from firefly_core.export.gguf_cache import attach_llamacpp, checksum_path, gguf_cache_path
+
+    monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "home"))
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=None)
+    path = gguf_cache_path(bloom_dir, "f16")
+    checksum_path(path).unlink()
+    said: list[str] = []
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=said.append)
+    assert any("no checksum" in s for s in said) and checksum_path(path).is_file()
+    said.clear()
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=said.append)
+    assert not any("making" in s for s in said)
+
+
+_KILLED_EXPORT = """
+import sys, time
+from firefly_core.export.gguf import export_gguf, model_info
+from firefly_core.export.gguf_cache import attach_llamacpp
+
+def status(message):
+    if message.startswith("writing GGUF"):
+        print("writing", flush=True)  # the parent kills us now, mid-write
+        time.sleep(600)
+
+info = model_info(sys.argv[1])
+if sys.argv[2] == "cache":
+    attach_llamacpp(info, quantize="q8_0", threads=1, status=status)
+else:
+    export_gguf(info, sys.argv[2], gguf_type="q8_0", status=status)
+"""
+
+
+def _kill_mid_write(model: Path, target: str, sig: int, env: dict) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(model), target],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("sig_name", ["SIGKILL", "SIGTERM"])
+def test_temp_files_of_a_killed_export_are_removed_by_the_next_one(bloom_dir, tmp_path, sig_name):
+    import signal
+
+    out = tmp_path / "out" / "model.gguf"
+    out.parent.mkdir()
+    _kill_mid_write(bloom_dir, str(out), getattr(signal, sig_name), dict(os.environ))
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left and all(n.startswith(".model.gguf.") and n.endswith(".tmp") for n in left), left
+    export_gguf(model_info(bloom_dir), out, gguf_type="f16")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.gguf"]
+
+
+def test_temp_files_of_a_killed_cache_build_are_removed_at_the_next_load(bloom_dir, tmp_path, monkeypatch):
+    import signal
+
+    from firefly_core.export.gguf_cache import attach_llamacpp, gguf_cache_path
+
+    monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "home"))
+    path = gguf_cache_path(bloom_dir, "q8_0")
+    _kill_mid_write(bloom_dir, "cache", signal.SIGKILL, dict(os.environ))
+    left = [p.name for p in path.parent.iterdir()]
+    assert left and all(n.startswith(f".{path.name}.") for n in left), left
+    # a live build's file (another process still writing) is left alone
+    live = path.parent / f".other.gguf.{os.getppid()}-0123456789ab.tmp"
+    live.write_bytes(b"being written")
+    attach_llamacpp(model_info(bloom_dir), quantize="q8_0", threads=1, status=None)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.name + ".sha256", live.name])
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_export_to_an_impossible_place_is_a_clear_error(bloom_dir, tmp_path, capsys, where):
+    from firefly_tui.cli import main
+
+    if where == "under_a_file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / "sub" / "model.gguf"
+    else:
+        out = Path("/proc/firefly-test/model.gguf")
+    assert main(["export", str(bloom_dir), "--gguf", str(out), "--type", "f16"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out.parent.parent if where == "under_a_file" else "/proc") in err, err
+    if where == "under_a_file":
+        assert (tmp_path / "notes.txt").read_text() == "mine"

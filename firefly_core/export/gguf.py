@@ -7,7 +7,8 @@ tokens (`gguf_vocab`). Float types (f32, f16, bf16) are written tensor by tensor
 (q8_0, q4_k_m) are made from a lossless float GGUF by llama.cpp's own quantizer
 (`llama_model_quantize`, from llama-cpp-python), so the bits are exactly what llama.cpp's
 `llama-quantize` would make. Output files are written beside their final path and renamed when
-complete: an interrupted export never leaves a half file behind.
+complete: an interrupted export never leaves a half file behind, and the temporary file a killed
+one (kill -9, SIGTERM) leaves is removed by the next export there (`outputs`: owner pid, age).
 
 `model_info(name)` describes a model for export without loading its weights (tokenizer, prompt
 format, stop tokens, generation defaults).
@@ -18,11 +19,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .. import atomic
-from ..errors import FireflyError, UnsupportedModelError
+from ..errors import ConfigError, FireflyError, StorageError, UnsupportedModelError
+from ..outputs import resolve_output, temp_file
 from .gguf_model import family_for, gguf_name, read_config, source_tensors
 from .gguf_vocab import build_vocab, write_vocab
 
@@ -88,24 +90,60 @@ def export_gguf(
     """Write `info`'s model (a LoadedModel; its weights are read from `info.path`, not from memory)
     as a GGUF of `gguf_type` to `out`. Returns `out`."""
     gguf_type = check_type(gguf_type)
-    out = Path(out)
+    out = check_gguf_output(out)
     say = status or (lambda _msg: None)
     t0 = time.perf_counter()
-    if gguf_type in FLOAT_TYPES:
-        with atomic.replacing(out) as tmp:
-            _write_float(info, tmp, gguf_type, say, cancel)
-    else:
-        float_type = _lossless_float_type(info.path)
-        with atomic.replacing(out) as tmp:
-            float_tmp = tmp.with_name(f"{tmp.name}.{float_type}")  # a step only: never renamed into place
-            try:
-                _write_float(info, float_tmp, float_type, say, cancel)
-                say(f"quantizing to {gguf_type.upper()} with llama.cpp")
-                quantize_gguf(float_tmp, tmp, gguf_type, threads=threads)
-            finally:
-                float_tmp.unlink(missing_ok=True)
+    try:
+        if gguf_type in FLOAT_TYPES:
+            with _replacing(out) as tmp:
+                _write_float(info, tmp, gguf_type, say, cancel)
+        else:
+            float_type = _lossless_float_type(info.path)
+            with _replacing(out) as tmp:
+                float_tmp = temp_file(out)  # a step only: never renamed into place
+                try:
+                    _write_float(info, float_tmp, float_type, say, cancel)
+                    say(f"quantizing to {gguf_type.upper()} with llama.cpp")
+                    quantize_gguf(float_tmp, tmp, gguf_type, threads=threads)
+                finally:
+                    float_tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if isinstance(e, FireflyError):
+            raise
+        raise StorageError.from_os_error(e, out) from None
     say(f"GGUF {gguf_type} written in {time.perf_counter() - t0:.1f} s: {out}")
     return out
+
+
+def check_gguf_output(out: str | os.PathLike) -> Path:
+    """The resolved path of a GGUF to write, refused at once (not after minutes of work) when
+    its folder cannot be made or written: under a regular file, in /proc, read-only."""
+    path = Path(out).expanduser()
+    if str(out).strip() == "" or path.name in ("", ".", ".."):
+        raise ConfigError(f"{str(out)!r} is not a file name", "name the output like model.gguf")
+    path = path.resolve()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder", "give a file name ending in .gguf")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"cannot write {path}: {above} is a file, not a folder", "choose another place for the GGUF")
+    folder = resolve_output(path.parent, "--gguf")  # can the folder be made and written (/proc, read-only)?
+    return folder / path.name
+
+
+@contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temporary file beside `out` (named with our pid: a killed export's file is removed by the
+    next one) that replaces `out` when the block ends without error, and is removed otherwise."""
+    tmp = temp_file(out)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _lossless_float_type(folder: Path) -> str:

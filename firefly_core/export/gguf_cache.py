@@ -5,6 +5,12 @@
 afterwards, and sets `lm.decoder` to a `LlamaCppDecoder` over it. The model service calls it; the
 decoder itself (generation/llamacpp.py) knows nothing about where its file came from.
 
+A cached file is trusted only if whole: its SHA-256, written beside it (`NAME.gguf.sha256`) when it
+is made, is checked at every load (a flipped weight byte loads fine in llama.cpp and answers
+wrongly; hashing costs a fraction of the load: see the README), and a damaged or unverifiable file
+is remade. Temporary files of builds that were killed (kill -9, SIGTERM, power loss) are removed at
+the next load by the owner-pid/age rule of `outputs.clean_stale_temp`.
+
 The weights are read from the model's folder, not from `lm.model`, which may be None.
 """
 
@@ -17,8 +23,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import atomic
 from ..errors import ConfigError, FireflyError
 from ..llamacpp_lib import available
+from ..outputs import clean_stale_temp
 
 Status = Callable[[str], None]
 
@@ -61,12 +69,41 @@ def gguf_cache_path(model_path: str | os.PathLike, gguf_type: str) -> Path:
     return paths.cache_dir() / "gguf" / f"{slug}-{_fingerprint(folder)}.{gguf_type}.gguf"
 
 
-def _is_gguf(path: Path) -> bool:
+def checksum_path(path: Path) -> Path:
+    """The file beside a cached GGUF holding its SHA-256, written when the GGUF is made."""
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_checksum(path: Path) -> None:
+    atomic.write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+
+
+def cached_gguf_damage(path: Path) -> str | None:
+    """None when the cached GGUF at `path` is whole (its SHA-256 is the one written when it was
+    made), else what is wrong: missing, not a GGUF, no checksum, or changed bytes. A flipped weight
+    byte leaves the header intact and llama.cpp loads the file, so only the checksum sees it."""
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
+            if f.read(4) != b"GGUF":
+                return "not a GGUF file"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    try:
+        expected = checksum_path(path).read_text(encoding="utf-8").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return "no checksum"
+    try:
+        actual = file_sha256(path)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return None if actual == expected else "its bytes changed since it was made (checksum)"
 
 
 def attach_llamacpp(
@@ -88,15 +125,20 @@ def attach_llamacpp(
     if reason is not None:
         raise FireflyError(f"the llama.cpp engine is not available: {reason}", "use --engine torch")
     from ..generation.llamacpp import LlamaCppDecoder, default_threads
-    from .gguf import ExportCancelled, export_gguf
+    from .gguf import ExportCancelled
 
     say = status or (lambda _msg: None)
     gguf_type = gguf_type_for(quantize)
     path = gguf_cache_path(lm.path, gguf_type)
+    clean_stale_temp(path, every_name=True)  # files of builds killed before they finished
     made = False
-    if not _is_gguf(path):
-        say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
-        export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
+    damage = cached_gguf_damage(path)
+    if damage is not None:
+        if damage == "missing":
+            say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
+        else:
+            say(f"remaking the llama.cpp model ({gguf_type}): the cached {path.name} is damaged: {damage}")
+        _make(lm, path, gguf_type, say, cancel, threads)
         made = True
     if cancel is not None and cancel.is_set():
         raise ExportCancelled("loading stopped", None)
@@ -108,9 +150,8 @@ def attach_llamacpp(
         if made:
             raise
         # a cached file we made but llama.cpp refuses (e.g. written by an older llama.cpp): remake it once
-        path.unlink(missing_ok=True)
         say(f"remaking the llama.cpp model ({gguf_type})")
-        export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
+        _make(lm, path, gguf_type, say, cancel, threads)
         decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
     old = getattr(lm, "decoder", None)
     if old is not None and hasattr(old, "close"):
@@ -118,3 +159,12 @@ def attach_llamacpp(
     decoder.gguf_type = gguf_type  # what the weights are now, for the status line
     lm.decoder = decoder
     lm.context_length = decoder.n_ctx
+
+
+def _make(lm: Any, path: Path, gguf_type: str, say: Status, cancel: threading.Event | None, threads: int | None) -> None:
+    """Export the GGUF into the cache and write its checksum (a file without one is remade)."""
+    from .gguf import export_gguf
+
+    checksum_path(path).unlink(missing_ok=True)
+    export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
+    _write_checksum(path)
