@@ -963,3 +963,26 @@ def _write_ref(storage: Path, revision: str | None, commit: str) -> None:
     if ref.is_symlink():
         ref.unlink()
     atomic.write_text(ref, commit)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def dataset_cache_folder(repo_id: str) -> Path:
+    """The standard HF cache folder of dataset `repo_id` (`datasets--org--name`)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return paths.hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="dataset")
+
+
+def find_dataset(repo_id: str) -> Path | None:
+    """The snapshot folder of a downloaded dataset (the one refs/main names, else the newest), or None."""
+    from .inventory import _current_snapshot
+
+    if not valid_repo_id(repo_id):
+        return None
+    storage = dataset_cache_folder(repo_id)
+    if not storage.is_dir():
+        return None
+    snapshot, _problem = _current_snapshot(storage)
+    return snapshot
