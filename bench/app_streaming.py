@@ -45,7 +45,7 @@ def _bare(lm, tokens: int) -> float:
     """What `firefly chat` does for one reply (commands/chat.py): same config resolution, same lock."""
     from firefly_core.chat import ChatSession
     from firefly_core.generation import ReplyDone
-    from firefly_core.generation.settings import generation_config_for
+    from firefly_core.models.generation_layers import generation_config_for
 
     config = generation_config_for(lm, overrides={"max_new_tokens": tokens})
     for _attempt in range(5):  # a random tiny model may hit its stop token early: retry

@@ -161,7 +161,7 @@ def main() -> None:
 
     from firefly_core.formats import Message
     from firefly_core.generation import PrefixCache, decoder_for
-    from firefly_core.generation.settings import generation_config_for
+    from firefly_core.models.generation_layers import generation_config_for
     from firefly_tui.server import ApiServer, served_models
 
     tmp = None

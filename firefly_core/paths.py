@@ -48,7 +48,7 @@ def runs_dir() -> Path:
 
 
 def config_file() -> Path:
-    """The user settings (JSON: firefly_core.models.settings reads and writes it atomically)."""
+    """The user settings (JSON: firefly_core.models.user_settings reads and writes it atomically)."""
     return config_dir() / "config.json"
 
 

@@ -39,6 +39,7 @@ class Setting:
     zero_ok: bool = False
     flag: str | None = None
     below_hint: str = ""  # the hint when a value is below `min`
+    above_hint: str = ""  # the hint when a value is above `max`
 
     def flag_name(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -120,7 +121,8 @@ def check_setting(name: str, spec: Setting, kind: type, value: Any, where: str =
         raise bad(f"is below {spec.min:g}{zero}", spec.below_hint or None)
     top = spec.upper()
     if top is not None and value > top:
-        raise bad(f"is above {top:g}", f"use a value from {spec.min if spec.min is not None else 0:g} to {top:g}")
+        low = spec.min if spec.min is not None else 0
+        raise bad(f"is above {top:g}", " ".join(x for x in (spec.above_hint, f"use {low:g} to {top:g}") if x))
     return value
 
 

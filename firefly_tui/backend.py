@@ -97,7 +97,7 @@ def list_installed() -> list:
 def pull(repo_id: str, progress: Callable | None = None, cancel=None) -> Path:
     """Download (or resume) `repo_id`, honouring the user's remote-code opt-in for that model."""
     from firefly_core.models.hub import pull as _pull
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     trusted = load_settings().for_model(repo_id).trust_remote_code
     return _pull(repo_id, progress=progress, cancel=cancel, allow_remote_code=trusted)
@@ -120,7 +120,7 @@ ENGINE_SETTING_KEYS = ("engine", "quantize", "cuda_graph", "threads")
 
 def engine_settings(model: str) -> dict[str, Any]:
     """The user's saved engine choices for `model` (None = automatic), for the Models screen."""
-    from firefly_core.models.settings import load_settings as _load
+    from firefly_core.models.user_settings import load_settings as _load
 
     ms = _load().for_model(model)
     import dataclasses
@@ -131,7 +131,7 @@ def engine_settings(model: str) -> dict[str, Any]:
 def save_engine_settings(model: str, values: dict[str, Any]):
     """Save engine / quantize / cuda_graph / threads for `model` (validated by the core); the
     model service applies them the next time the model is loaded."""
-    from firefly_core.models.settings import update_model_settings
+    from firefly_core.models.user_settings import update_model_settings
 
     return update_model_settings(model, **{k: values.get(k) for k in ENGINE_SETTING_KEYS})
 
@@ -174,14 +174,14 @@ def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], N
 def load_settings():
     """The user's saved settings, or None when the settings module is not there."""
     try:
-        from firefly_core.models.settings import load_settings as _load
+        from firefly_core.models.user_settings import load_settings as _load
     except ImportError:
         return None
     return _load()
 
 
 def save_settings(settings) -> None:
-    from firefly_core.models.settings import save_settings as _save
+    from firefly_core.models.user_settings import save_settings as _save
 
     _save(settings)
 
@@ -226,7 +226,7 @@ def generation_lock(lm):
 
 def chat_generation_config(lm, model_id: str | None, chat: dict[str, Any] | None):
     """The chat's GenerationConfig: core's one resolution (model file, catalog, saved, chat)."""
-    from firefly_core.generation.settings import resolve_generation_config
+    from firefly_core.models.generation_layers import resolve_generation_config
 
     return resolve_generation_config(
         model_id or getattr(lm, "name", ""),
@@ -237,7 +237,7 @@ def chat_generation_config(lm, model_id: str | None, chat: dict[str, Any] | None
 
 def generation_defaults(lm, model_id: str | None) -> dict[str, Any]:
     """What each generation key is when the chat sets nothing (shown as "default" in the dialog)."""
-    from firefly_core.generation.settings import GENERATION_KEYS
+    from firefly_core.models.generation_layers import GENERATION_KEYS
 
     cfg = chat_generation_config(lm, model_id, None)
     return {k: getattr(cfg, k) for k in GENERATION_KEYS}
@@ -299,7 +299,7 @@ def new_session(lm, messages: list[tuple[str, str]], settings: dict[str, Any], m
 
 def settings_used(lm, model_id: str | None, session) -> dict[str, Any]:
     """What a reply was actually made with: model, prompt format, system prompt, every generation key."""
-    from firefly_core.generation.settings import GENERATION_KEYS
+    from firefly_core.models.generation_layers import GENERATION_KEYS
 
     cfg = session.config
     return {

@@ -524,7 +524,7 @@ async def test_a_chat_with_its_own_model_loads_it_through_the_service_and_shows_
 
 async def test_a_message_sent_while_the_active_model_loads_waits_for_that_one_load(store, bloom_dir, fresh_home):
     from firefly_core.models.service import model_service
-    from firefly_core.models.settings import UserSettings
+    from firefly_core.models.user_settings import UserSettings
 
     model_service().unload(str(bloom_dir))  # a fresh load, as at start-up
     conv = store.create_conversation("s", {"max_new_tokens": 3})

@@ -33,7 +33,7 @@ async def open_models(pilot) -> ModelsScreen:
 
 
 async def test_welcome_then_catalog_then_use_local_folder(store, bloom_dir, fresh_home):
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     app = FireflyApp(store=store, language="en")  # real settings in this test's FIREFLY_HOME
     async with app.run_test(size=SIZE) as pilot:
@@ -347,7 +347,7 @@ async def test_model_settings_expose_engine_int8_cuda_graphs_threads(store, bloo
     from textual.widgets import Select
 
     from firefly_core.models.inventory import register_local
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
     from firefly_tui.screens.dialogs import ModelSettingsDialog
 
     register_local(bloom_dir)

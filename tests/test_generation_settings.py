@@ -9,7 +9,7 @@ import pytest
 
 from firefly_core.errors import ConfigError
 from firefly_core.generation import GenerationConfig
-from firefly_core.generation.settings import GENERATION_KEYS, resolve_generation_config
+from firefly_core.models.generation_layers import GENERATION_KEYS, resolve_generation_config
 
 MODEL = "some-org/some-model"
 
@@ -20,14 +20,14 @@ def _private_home(tmp_path, monkeypatch):
 
 
 def _save(**values):
-    from firefly_core.models.settings import update_model_settings
+    from firefly_core.models.user_settings import update_model_settings
 
     update_model_settings(MODEL, **values)
 
 
 def test_keys_come_from_generation_config():
     assert set(GENERATION_KEYS) == {"temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"}
-    from firefly_core.models.settings import ModelSettings
+    from firefly_core.models.user_settings import ModelSettings
 
     # The saved per-model settings can hold every key (the list lives in one place).
     assert set(GENERATION_KEYS) <= {f for f in ModelSettings.__dataclass_fields__}

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from firefly_core.models import folder, hub, inventory
-from firefly_core.models.settings import load_settings
+from firefly_core.models.user_settings import load_settings
 from firefly_tui.cli import main
 
 REPO = "test-org/tiny-bloom"

@@ -192,7 +192,7 @@ def test_a_seed_makes_sampled_replies_repeatable(client, bloom_server):
 
 def test_plain_completions_equal_the_loop_on_the_encoded_prompt(client, bloom_server):
     from firefly_core.generation import ReplyDone, generate_stream
-    from firefly_core.generation.settings import generation_config_for
+    from firefly_core.models.generation_layers import generation_config_for
 
     served = bloom_server.models[0]
     prompt = "从前有一只萤火虫"
@@ -358,7 +358,7 @@ def test_api_key_is_required_when_set(bloom_dir, torch_one_thread):
 
 def test_several_models_each_answer_with_their_own_format(bloom_dir, qwen_dir, torch_one_thread):
     from firefly_core.chat import ChatSession
-    from firefly_core.generation.settings import generation_config_for
+    from firefly_core.models.generation_layers import generation_config_for
 
     models = served_models([str(bloom_dir), str(qwen_dir)], overrides={"device": "cpu", "dtype": "fp32"})
     with ApiServer(models, port=0) as server:

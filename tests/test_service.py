@@ -158,7 +158,7 @@ def test_cancel_while_waiting_for_another_load(bloom_dir, qwen_dir):
 
 
 def test_request_for_layers_saved_settings_and_overrides(bloom_dir):
-    from firefly_core.models.settings import update_model_settings
+    from firefly_core.models.user_settings import update_model_settings
 
     update_model_settings(str(bloom_dir), quantize="int8", threads=3, cuda_graph=False, prompt_format="firefly-v2")
     service = ModelService()

@@ -8,7 +8,7 @@ import pytest
 
 from firefly_core import paths
 from firefly_core.errors import ConfigError
-from firefly_core.models.settings import (
+from firefly_core.models.user_settings import (
     ModelSettings,
     UserSettings,
     load_settings,

@@ -57,7 +57,7 @@ def model_info(name: str | os.PathLike, prompt_format: str | None = None, *, tru
     """
     from ..models.catalog import prompt_format_for
     from ..models.loading import load_model
-    from ..models.settings import load_settings
+    from ..models.user_settings import load_settings
 
     saved = load_settings().for_model(str(name))
     return load_model(

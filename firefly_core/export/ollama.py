@@ -83,7 +83,7 @@ def _default_system(tokenizer: Any, start: str, end: str) -> str | None:
 
 
 def _generation_settings(info: Any) -> Any:
-    from ..generation.settings import resolve_generation_config
+    from ..models.generation_layers import resolve_generation_config
 
     return resolve_generation_config(str(info.name), model_defaults=info.generation_defaults)
 

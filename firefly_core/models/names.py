@@ -137,3 +137,26 @@ def quoted(value: object, limit: int = 80) -> str:
     """A value from outside, quoted and cut short, safe to print on a terminal."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+MAX_MODEL_NAME_CHARS = 4096  # PATH_MAX on Linux: no folder path is longer
+
+
+def check_model_name(name: object, *, where: str) -> str:
+    """A model as a user names it (a hub id or a folder path), from a flag or the settings file:
+    text, at most 4096 characters, no control character, each part at most 255 bytes. Anything
+    else could never name a model, and would fail deep inside a file-system call (an
+    `active_model` of 100k characters was an OSError traceback in every later run)."""
+    problem = None
+    if not isinstance(name, str) or not name.strip():
+        problem = "it is not a non-empty text"
+    elif len(name) > MAX_MODEL_NAME_CHARS:
+        problem = f"it is longer than {MAX_MODEL_NAME_CHARS} characters"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        problem = "it holds a control character (NUL, newline, ...)"
+    elif any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_PART_BYTES for part in name.replace("\\", "/").split("/")):
+        problem = "a part of it is longer than a file name can be"
+    if problem:
+        raise ConfigError(f"{where}: {quoted(name)} is not a model name or folder: {problem}",
+                          "give a hub id (org/name) or a model folder")
+    return name  # type: ignore[return-value]

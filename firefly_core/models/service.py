@@ -28,7 +28,17 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from ..errors import ConfigError, FireflyError
-from .settings import ENGINES, LLAMACPP_QUANTIZE, QUANTIZE_CHOICES, TORCH_QUANTIZE  # noqa: F401 (re-exported)
+from ..setting_spec import include_settings
+from .engine_settings import (  # noqa: F401 (the engine choices, re-exported)
+    ENGINES,
+    LLAMACPP_QUANTIZE,
+    QUANTIZE_CHOICES,
+    TORCH_QUANTIZE,
+    ENGINE_KEYS,
+    EngineSettings,
+    check_engine_settings,
+)
+from .names import check_model_name
 
 KEEP_LOADED = 2  # models kept after use (least recently used is dropped first)
 # Below this many bytes of weights read per token, one decode thread is fastest: the work per
@@ -42,37 +52,23 @@ class LoadCancelled(FireflyError):
 
 
 @dataclass(frozen=True)
+@include_settings((EngineSettings, None))
 class ModelRequest:
-    """What to load and how; None fields mean "the automatic choice"."""
+    """What to load and how; None fields mean "the automatic choice". After the fields below come
+    the declared engine settings (engine, quantize, cuda_graph, threads: models/engine_settings.py),
+    checked by the same rule that guards the saved settings."""
 
     model: str  # folder or hub id, as the user gave it
     device: str | None = None
     dtype: str | None = None
     prompt_format: str | None = None
     trust_remote_code: bool = False
-    engine: str | None = None  # "torch" | "llamacpp" | None = auto
-    quantize: str | None = None  # torch: "int8"; llamacpp: "bf16" | "f16" | "q8_0" | "q4_k_m"
-    cuda_graph: bool | None = None  # None = on where it works
-    threads: int | None = None  # decode threads (torch and llama.cpp); None = chosen by us
 
     def validate(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("no model given", "pass a model folder or a downloaded hub id")
-        if self.engine is not None and self.engine not in ENGINES:
-            raise ConfigError(f"unknown engine {self.engine!r}", f"use one of: {', '.join(ENGINES)}")
-        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
-            raise ConfigError(f"unknown quantization {self.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
-        if self.engine == "torch" and self.quantize in LLAMACPP_QUANTIZE:
-            raise ConfigError(
-                f"quantization {self.quantize!r} is a llama.cpp format", "use --engine llamacpp, or --quantize int8 with torch"
-            )
-        if self.engine == "llamacpp" and self.quantize in TORCH_QUANTIZE:
-            raise ConfigError(
-                f"quantization {self.quantize!r} is for the torch engine",
-                f"with llama.cpp use one of: {', '.join(LLAMACPP_QUANTIZE)}",
-            )
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a whole number, 1 or more (got {self.threads!r})")
+        check_model_name(self.model, where="model")
+        check_engine_settings(self)
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class ModelService:
     def request_for(self, model: str, **overrides: Any) -> ModelRequest:
         """The request for `model` from the user's saved per-model settings, then `overrides`
         (None = keep the saved value). Unknown names are an error."""
-        from .settings import load_settings  # read at call time: tests and the app change the home
+        from .user_settings import load_settings  # read at call time: tests and the app change the home
 
         names = {f.name for f in fields(ModelRequest)} - {"model"}
         unknown = set(overrides) - names
@@ -146,10 +142,7 @@ class ModelService:
             model=str(model),
             prompt_format=saved.prompt_format,
             trust_remote_code=bool(saved.trust_remote_code),
-            engine=saved.engine,
-            quantize=saved.quantize,
-            cuda_graph=saved.cuda_graph,
-            threads=saved.threads,
+            **{name: getattr(saved, name) for name in ENGINE_KEYS},
         )
         request = replace(request, **{k: v for k, v in overrides.items() if v is not None})
         request.validate()

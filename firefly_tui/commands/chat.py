@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _active_model() -> str:
     from firefly_core.errors import ConfigError
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     model = load_settings().active_model
     if not model:
@@ -104,9 +104,9 @@ def model_request(model: str, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from firefly_core.chat import ChatSession
     from firefly_core.errors import FireflyError
-    from firefly_core.generation.settings import generation_config_for, resolve_generation_config
+    from firefly_core.models.generation_layers import generation_config_for, resolve_generation_config
     from firefly_core.models.service import model_service
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     model = args.model or _active_model()
     flags = generation_flags(args)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = args.model
     if not model:
-        from firefly_core.models.settings import load_settings
+        from firefly_core.models.user_settings import load_settings
 
         model = load_settings().active_model
         if not model:

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from firefly_core.models.settings import ENGINES, QUANTIZE_CHOICES  # torch-free
+from firefly_core.models.user_settings import ENGINES, QUANTIZE_CHOICES  # torch-free
 from firefly_core.units import human_bytes
 
 FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
@@ -146,7 +146,7 @@ class _ConsoleProgress:
 
 
 def _remote_code_allowed(model: str) -> bool:
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     return load_settings().for_model(model).trust_remote_code
 
@@ -157,7 +157,7 @@ def _remote_code_allowed(model: str) -> bool:
 def run_pull(args: argparse.Namespace) -> int:
     from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import DownloadCancelled
-    from firefly_core.models.settings import set_active_model, update_model_settings
+    from firefly_core.models.user_settings import set_active_model, update_model_settings
 
     model = args.model
     allow = args.trust_remote_code or _remote_code_allowed(model)
@@ -207,7 +207,7 @@ def run_pull(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     from firefly_core.models import folder, hub, inventory
     from firefly_core.models.catalog import catalog
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     active = load_settings().active_model
     installed = inventory.list_installed()
@@ -242,7 +242,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_rm(args: argparse.Namespace) -> int:
     from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.models.settings import load_settings, save_settings
+    from firefly_core.models.user_settings import load_settings, save_settings
 
     found = inventory.find_installed(args.model)
     if found is None:
@@ -269,7 +269,7 @@ def run_show(args: argparse.Namespace) -> int:
     from firefly_core.models import folder, hub, inventory
     from firefly_core.models.catalog import find_entry
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     entry = find_entry(args.model)
     found = inventory.find_installed(args.model)
@@ -313,7 +313,7 @@ def run_use(args: argparse.Namespace) -> int:
 
     from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.models.settings import ModelSettings, load_settings, save_settings
+    from firefly_core.models.user_settings import ModelSettings, load_settings, save_settings
 
     settings = load_settings()
     if args.model is None:

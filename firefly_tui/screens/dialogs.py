@@ -276,7 +276,7 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
             self.dismiss(None)
             return
         from firefly_core.errors import FireflyError
-        from firefly_core.models.settings import ModelSettings
+        from firefly_core.models.user_settings import ModelSettings
 
         error = self.query_one("#error", Label)
         try:

@@ -1,4 +1,4 @@
-"""The one resolution of generation settings: every front end builds its GenerationConfig here.
+"""The layers of generation settings, resolved into one GenerationConfig for every front end.
 
 Layers, lowest first; a later layer wins for each key it sets (None or "" means "not set"):
 
@@ -12,25 +12,27 @@ Layers, lowest first; a later layer wins for each key it sets (None or "" means 
 Temperature 0 means greedy at every layer; a layer that sets a temperature above 0 without saying
 `do_sample` turns sampling back on (a user who picks a temperature wants it used), `do_sample`
 set at a layer wins over the temperature of lower layers. Values from files and dialogs are
-untrusted: each is checked once here and a bad one raises a ConfigError naming the layer.
+untrusted: each is checked once here, by its field's declared rule (`setting_spec.check_setting`,
+the same rule that guards the saved settings file, so temperature 1e-300 is refused from a file,
+a flag or an API request alike), and a bad one raises a ConfigError naming the layer.
 
-This module is torch-free, so the UI can import `GENERATION_KEYS` at module level.
+It lives with the saved settings it reads (models/, next to `user_settings.py`): generation/ is
+the decode path and never reads the user's files. Torch-free, so the UI can import it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .config import GENERATION_KEYS, GenerationConfig
+from ..generation.config import GENERATION_KEYS, GenerationConfig
+from ..setting_spec import check_setting, setting_fields
 
 __all__ = ["GENERATION_KEYS", "generation_config_for", "resolve_generation_config"]
 # Everything a layer may set (seed, stop strings and do_sample too).
 _ALL_KEYS = {f.name: f for f in fields(GenerationConfig)}
-_INTS = {"max_new_tokens", "top_k"}
-_FLOATS = {"temperature", "top_p", "repetition_penalty"}
+_DECLARED = {f.name: (spec, kind) for f, spec, kind in setting_fields(GenerationConfig)}
 _LAYERS = ("the model's generation_config.json", "the catalog entry", "the saved model settings",
            "the chat's settings", "the overrides")
 
@@ -40,16 +42,9 @@ def _check(layer: str, key: str, value: Any) -> Any:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{layer}: {key} = {value!r} {why}", "fix or clear that setting")
 
-    if key in _INTS:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("is not a whole number")
-        return value
-    if key in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad("is not a number")
-        return float(value)
+    if key in _DECLARED:
+        spec, kind = _DECLARED[key]
+        return check_setting(key, spec, kind, value, layer)
     if key == "do_sample":
         if not isinstance(value, bool):
             raise bad("must be true or false")
@@ -89,14 +84,14 @@ def _layer_values(layer: str, values: Mapping[str, Any] | None, *, strict: bool)
 
 
 def _catalog_defaults(model_id: str) -> Mapping[str, Any] | None:
-    from ..models.catalog import find_entry
+    from .catalog import find_entry
 
     entry = find_entry(model_id)
     return getattr(entry, "generation_defaults", None) if entry is not None else None
 
 
 def _saved_defaults(model_id: str) -> Mapping[str, Any]:
-    from ..models.settings import load_settings
+    from .user_settings import load_settings
 
     return load_settings().for_model(model_id).generation_overrides()
 
