@@ -205,7 +205,7 @@ class ServedModel:
 
     def _run(self, job: Job) -> None:
         from firefly_core.generation import ReplyDone, generate_stream
-        from firefly_core.generation.settings import generation_config_for
+        from firefly_core.models.generation_layers import generation_config_for
         from firefly_core.models.service import model_service
 
         service = model_service()
@@ -278,7 +278,7 @@ def render_chat(lm: Any, model_name: str, messages: list[ChatMessage]) -> list[i
     """Prompt ids for a conversation, exactly as `firefly chat` renders it: the model's prompt
     format, and the model's saved system prompt when the request brings none."""
     from firefly_core.formats import Message
-    from firefly_core.models.settings import load_settings
+    from firefly_core.models.user_settings import load_settings
 
     msgs = [Message(m.role, m.content) for m in messages]
     if msgs[0].role != "system":
