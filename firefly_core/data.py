@@ -46,6 +46,7 @@ class BadLine:
     path: str
     line: int
     reason: str
+    wrong_kind: bool = False  # a valid line of another method's data (a pair in SFT data, ...)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -105,6 +106,37 @@ def _type_name(value) -> str:
 
 class _Invalid(Exception):
     pass
+
+
+class WrongKind(ValueError):
+    """A record that is valid data for another training method: an error naming file:line, not a
+    line to skip, because the whole file was most likely given to the wrong method."""
+
+
+# What each method's data looks like, for the messages that name the method a line belongs to.
+KIND_NAMES = {
+    "sft": "an instruction example (input/target, conversation or messages)",
+    "dpo": "a preference pair (prompt, chosen, rejected)",
+    "pretrain": "raw text (a 'text' field)",
+}
+
+
+def record_method(obj: Any) -> str | None:
+    """The training method whose data `obj` looks like, by its keys ("sft", "dpo", "pretrain")."""
+    if not isinstance(obj, dict):
+        return None
+    if "chosen" in obj or "rejected" in obj:
+        return "dpo"
+    if "conversation" in obj or "messages" in obj or "input" in obj or "target" in obj:
+        return "sft"
+    if "text" in obj:
+        return "pretrain"
+    return None
+
+
+def wrong_kind(found: str, wanted: str) -> WrongKind:
+    return WrongKind(f"this line is {KIND_NAMES[found]}, not {KIND_NAMES[wanted]}: "
+                     f"train it with --method {found}")
 
 
 def _need_str(obj: dict, key: str, where: str = "", allow_empty: bool = False) -> str:
@@ -183,6 +215,9 @@ def parse_record(obj: Any) -> tuple[str, str, list[Message]]:
     """(format, kind, messages) of one parsed record; raises `ValueError` with the reason."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {_type_name(obj)}")
+    found = record_method(obj)
+    if found not in (None, "sft"):
+        raise wrong_kind(found, "sft")
     try:
         if "conversation" in obj:
             return ("conversation", *_parse_conversation(obj))
@@ -231,7 +266,7 @@ def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLin
             try:
                 fmt, kind, messages = parse_record(rec.value)
             except ValueError as e:
-                bad.append(BadLine(rec.path, rec.line, str(e)))
+                bad.append(BadLine(rec.path, rec.line, str(e), isinstance(e, WrongKind)))
                 continue
             samples.append(Sample(rec.path, rec.line, fmt, kind, messages))
     return samples, bad, lines
@@ -240,6 +275,7 @@ def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLin
 def load_samples(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[Sample], list[BadLine]]:
     """Read and validate; with `strict`, any bad line refuses the files (all listed)."""
     samples, bad, _ = read_samples(paths)
+    refuse_wrong_kind(bad)
     if strict and bad:
         shown = "\n".join(str(b) for b in bad[:20])
         more = f"\n... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -250,6 +286,16 @@ def load_samples(paths: Iterable[str | Path], strict: bool = False) -> tuple[lis
     if not samples:
         raise DataError("no valid samples in the data files", "run: firefly data check FILE")
     return samples, bad
+
+
+def refuse_wrong_kind(bad: Sequence[BadLine]) -> None:
+    """Lines of another method's data are an error naming them (file:line), never skipped."""
+    wrong = [b for b in bad if b.wrong_kind]
+    if wrong:
+        shown = "\n".join(str(b) for b in wrong[:5])
+        more = f"\n... and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise DataError(f"{len(wrong)} line(s) hold data for another training method:\n{shown}{more}",
+                        "give each method its own files (see: firefly data check FILE)")
 
 
 # ---------------------------------------------------------------- tokenization

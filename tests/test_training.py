@@ -13,7 +13,8 @@ import pytest
 
 from firefly_core.errors import ConfigError, OutOfMemoryError
 from firefly_core.training.config import TrainConfig, load_config
-from firefly_core.training.events import EVENT_TYPES, EventTail, list_runs, read_events
+from firefly_core.training.events import EVENT_TYPES, EventTail, read_events
+from firefly_core.training.run import list_runs
 from firefly_core.training.launch import launch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -123,7 +124,7 @@ def test_loss_is_normalised_over_the_whole_optimizer_step(bloom_dir):
 
     from firefly_core.data import collate, load_samples, tokenize_samples
     from firefly_core.formats import get_format
-    from firefly_core.training.loop import _token_loss_sum
+    from firefly_core.training.methods import token_loss_sum as _token_loss_sum
 
     tok = AutoTokenizer.from_pretrained(bloom_dir)
     samples, _ = load_samples([INSTRUCTIONS])
@@ -173,9 +174,9 @@ def test_lora_run_and_merge(bloom_dir, tmp_path):
 def test_out_of_memory_is_reported_with_step_and_suggestions(bloom_dir, tmp_path, monkeypatch):
     import torch
 
-    from firefly_core.training import loop
+    from firefly_core.training import methods
 
-    real, calls = loop._token_loss_sum, []
+    real, calls = methods.token_loss_sum, []
 
     def flaky(model, batch):
         calls.append(1)
@@ -183,7 +184,7 @@ def test_out_of_memory_is_reported_with_step_and_suggestions(bloom_dir, tmp_path
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, batch)
 
-    monkeypatch.setattr(loop, "_token_loss_sum", flaky)
+    monkeypatch.setattr(methods, "token_loss_sum", flaky)
     with pytest.raises(OutOfMemoryError) as e:
         launch(_config(bloom_dir, tmp_path / "oom", max_steps=5))
     assert "at step 3" in e.value.message

@@ -26,6 +26,7 @@ from ..errors import FireflyError, OutOfMemoryError
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import build_accelerator, resolve_precision  # noqa: F401  (resolve_precision: re-export)
+from .dpo import reward_fields
 from .events import CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, EventWriter, StartEvent, StepEvent, TrainEvent
 from .quiet import quiet_libraries
 
@@ -187,14 +188,13 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from ..data import collate, load_samples, tokenize_samples
-    from ..errors import ConfigError, DataError
     from ..formats import resolve_format
     from ..models.folder import check_model_folder
     from ..models.inventory import resolve_model_path
     from ..models.loading import load_tokenizer
     from .final import save_final_model
     from .lora import ADAPTER_DIR, apply_lora
+    from .methods import Method, load_data
     from .run_dir import FINAL_DIR
 
     main = accelerator.is_main_process
@@ -202,27 +202,15 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     rank = accelerator.process_index
     started = time.time()
 
-    if config.method != "sft" or config.packing:
-        raise ConfigError(f"--method {config.method} and --packing are not ready yet", "use --method sft")
     # ---- data, rendered with the model's prompt format (the one chat uses)
     model_path = resolve_model_path(config.model)
     base_cfg = check_model_folder(model_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     fmt = resolve_format(tokenizer, config.prompt_format, prompt_format_for(config.model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    samples, bad = load_samples(config.data, strict=config.strict)
-    train_idx, eval_idx = split_eval(len(samples), config)
-    train_set, stats = tokenize_samples([samples[i] for i in train_idx], fmt, tokenizer, config.max_length)
-    if config.eval_file:
-        eval_samples, _ = load_samples([config.eval_file], strict=config.strict)
-        eval_set, _ = tokenize_samples(eval_samples, fmt, tokenizer, config.max_length)
-    else:
-        eval_set, _ = tokenize_samples([samples[i] for i in eval_idx], fmt, tokenizer, config.max_length)
-    if not train_set:
-        raise DataError(
-            "no training sample has a supervised token left within --max-length",
-            f"raise --max-length (now {config.max_length})",
-        )
+    data = load_data(config, fmt, tokenizer)
+    train_set, eval_set = data.train, data.eval
+    method = Method(config, pad_id)
     plan = Plan([len(t.input_ids) for t in train_set], config.batch_size, config.grad_accum * world, config.seed)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
     warmup = config.warmup_steps if config.warmup_steps is not None else min(3000, math.ceil(0.03 * total_steps))
@@ -232,6 +220,9 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32, trust_remote_code=config.trust_remote_code
     )
+    if config.train_embeddings_only:
+        _embeddings_only(model)
+    method.prepare_model(model, accelerator, train_set)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -248,12 +239,16 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     # The scheduler is ours to step once per optimizer step (accelerate's wrapper would step it
     # once per process); registering it puts it in checkpoints.
     accelerator.register_for_checkpointing(scheduler)
+    if method.reference is not None:
+        method.reference.place()
+        method.reference.precompute(model, train_set + eval_set, config.batch_size, method.collate)
 
     start_step = 0
     resumed_from = None
-    notes: list[str] = []
+    notes: list[str] = list(data.start.get("notes", []))
     if resume:
-        ckpt, state, notes = _resume_from(accelerator, run_dir)
+        ckpt, state, resume_notes = _resume_from(accelerator, run_dir)
+        notes += resume_notes
         start_step = int(state["step"])
         resumed_from = str(ckpt)
     accelerator.step = 0  # accumulation counter: each optimizer step is exactly grad_accum micro-batches
@@ -269,14 +264,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         steps_per_epoch=plan.steps_per_epoch,
         warmup_steps=warmup,
         world_size=world,
-        train_samples=len(train_set),
-        eval_samples=len(eval_set),
-        bad_lines=len(bad),
-        bad_examples=[str(b) for b in bad[:10]],
-        truncated=stats.truncated,
-        cut_away=stats.cut_away,
-        cut_away_where=stats.cut_away_where,
-        supervised_tokens=stats.supervised_tokens,
+        **{k: v for k, v in data.start.items() if k != "notes"},
         trainable_params=sum(p.numel() for p in params),
         device=str(accelerator.device),
         mixed_precision=str(accelerator.mixed_precision),
@@ -286,30 +274,39 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
 
     device = accelerator.device
     losses: dict[int, float] = {}
+    last_eval = None
     session_start = time.time()
     done_steps = 0
     checkpoint = None
     step = start_step
+    before = None  # pretraining: perplexity on the eval set before the first step
+    if config.method == "pretrain" and eval_set and start_step == 0:
+        ev = evaluate(model, accelerator, eval_set, config.batch_size, method)
+        before = _eval_event(0, ev, eval_set, config)
+        emit(before)
     model.train()
     while step < total_steps:
         progress["step"] = step
         t0 = time.time()
         batches = plan.step_batches(step)
-        n_global = sum(train_set[i].supervised for b in batches for i in b)
+        n_global = sum(method.weight(train_set[i]) for b in batches for i in b)
         mine = batches[rank::world]
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        metric_sum = torch.zeros(method.metrics, device=device, dtype=torch.float32)
         computed = real = 0  # tokens through the model, and of those the non-padding ones
         grad_norm = None
         for b in mine:
-            batch = {k: v.to(device) for k, v in collate([train_set[i] for i in b], pad_id).items()}
+            batch = {k: v.to(device) for k, v in method.collate([train_set[i] for i in b]).items()}
             computed += batch["input_ids"].numel()
             real += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model):
-                token_loss_sum = _token_loss_sum(model, batch)
-                # Sum over tokens / all supervised tokens of the step; times grad_accum (undone by
+                batch_loss_sum, metrics = method.loss_sum(model, batch)
+                # Sum over tokens (pairs for DPO) / all of the step's; times grad_accum (undone by
                 # accelerate/DeepSpeed) and world size (undone by the DDP/ZeRO gradient mean).
-                accelerator.backward(token_loss_sum * (config.grad_accum * world / max(1, n_global)))
-                loss_sum += token_loss_sum.detach().float()
+                accelerator.backward(batch_loss_sum * (config.grad_accum * world / max(1, n_global)))
+                loss_sum += batch_loss_sum.detach().float()
+                if metrics is not None:
+                    metric_sum += metrics
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(params if not config.deepspeed else model.parameters(), config.max_grad_norm)
                     grad_norm = float(norm) if norm is not None else None
@@ -320,6 +317,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         done_steps += 1
         loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(1, n_global)
         computed_t, real_t = accelerator.reduce(torch.tensor([computed, real], device=device), reduction="sum").tolist()
+        rewards = reward_fields(accelerator.reduce(metric_sum, reduction="sum").tolist(), n_global) if method.metrics else {}
         losses[step] = loss
         if not math.isfinite(loss):
             raise FireflyError(
@@ -343,11 +341,13 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
                 elapsed=round(now - started, 3),
                 eta=round(elapsed / done_steps * (total_steps - step), 1),
                 memory=_memory(),
+                **rewards,
             ))
         eval_every = config.eval_every or config.save_every
         if eval_set and (step % eval_every == 0 or step == total_steps):
-            ev = evaluate(model, accelerator, eval_set, config.batch_size, pad_id)
-            emit(EvalEvent(step=step, loss=round(ev, 6), perplexity=round(math.exp(min(ev, 50)), 4), samples=len(eval_set)))
+            ev = evaluate(model, accelerator, eval_set, config.batch_size, method)
+            last_eval = _eval_event(step, ev, eval_set, config)
+            emit(last_eval)
             model.train()
         stopping = _agreed_stop(accelerator, stop)
         if step % config.save_every == 0 or stopping or step == total_steps:
@@ -378,7 +378,8 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
     accelerator.wait_for_everyone()
     last = losses.get(step)
     emit(DoneEvent(status="completed", step=step, total=total_steps, final_path=str(final),
-                   elapsed=round(time.time() - started, 3), last_loss=None if last is None else round(last, 6)))
+                   elapsed=round(time.time() - started, 3), last_loss=None if last is None else round(last, 6),
+                   message=_perplexity_note(before, last_eval, config)))
     accelerator.end_training()
     return RunResult("completed", step, total_steps, final, checkpoint, losses)
 
@@ -416,21 +417,32 @@ def _agreed_stop(accelerator, stop: _StopFlag) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum") > 0)
 
 
-def _token_loss_sum(model, batch):
-    """Sum of next-token cross-entropy over supervised tokens (float32 logits)."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1, :].float()
-    labels = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
+def _embeddings_only(model) -> None:
+    """Freeze everything but the input embeddings and the output head (tied or not)."""
+    model.requires_grad_(False)
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.weight.requires_grad_(True)
 
 
-def evaluate(model, accelerator, eval_set, batch_size: int, pad_id: int) -> float:
-    """Mean loss per supervised token over the eval set (split across processes)."""
+def _eval_event(step: int, loss: float, eval_set, config) -> EvalEvent:
+    """Perplexity is exp(mean token loss): meaningless for DPO's pair loss, so None there."""
+    ppl = None if config.method == "dpo" else round(math.exp(min(loss, 50)), 4)
+    return EvalEvent(step=step, loss=round(loss, 6), perplexity=ppl, samples=len(eval_set))
+
+
+def _perplexity_note(before: EvalEvent | None, after: EvalEvent | None, config) -> str | None:
+    """The run's closing note for pretraining: held-out perplexity before and after."""
+    if before is None or after is None or before.perplexity is None or after.perplexity is None:
+        return None
+    where = config.eval_file or "the held-out documents"
+    return f"perplexity on {where}: {before.perplexity:.2f} before, {after.perplexity:.2f} after"
+
+
+def evaluate(model, accelerator, eval_set, batch_size: int, method) -> float:
+    """Mean loss per averaging unit (supervised token, or pair for DPO) over the eval set (split
+    across processes)."""
     import torch
-
-    from ..data import collate, supervised_count
 
     model.eval()
     order = sorted(range(len(eval_set)), key=lambda i: len(eval_set[i].input_ids))
@@ -444,10 +456,10 @@ def evaluate(model, accelerator, eval_set, batch_size: int, pad_id: int) -> floa
         for r in range(rounds):
             k = r * world + rank
             b = batches[k] if k < len(batches) else batches[0]
-            batch = {key: v.to(accelerator.device) for key, v in collate([eval_set[i] for i in b], pad_id).items()}
-            loss = float(_token_loss_sum(model, batch))
+            batch = {key: v.to(accelerator.device) for key, v in method.collate([eval_set[i] for i in b]).items()}
+            loss = float(method.loss_sum(model, batch)[0])
             if k < len(batches):
                 total[0] += loss
-                total[1] += supervised_count(batch["labels"])
+                total[1] += sum(method.weight(eval_set[i]) for i in b)
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / max(1.0, float(total[1])))
