@@ -276,7 +276,9 @@ class FireflyApp(App):
         if callable(stop):
             stop()  # a reply in progress stops between tokens and keeps its text
         try:
-            running = backend.running_runs()
+            from firefly_core.training.run import running_runs
+
+            running = running_runs()
         except Exception:  # noqa: BLE001 - quitting must not fail on a broken runs folder
             running = []
         if running:

@@ -103,11 +103,11 @@ async def test_first_start_chat_stop_train_restart(fresh_home, bloom_dir):
         await wait_until(pilot, lambda: "samples" in str(train.query_one("#check-summary").render()), timeout=60)
         assert "300 lines" in str(train.query_one("#check-summary").render())
         await pilot.press("ctrl+l")
-        await wait_until(pilot, lambda: train.view is not None and train.view.run_dir == run_dir)
+        await wait_until(pilot, lambda: train.run is not None and train.run.path == run_dir)
         plot = train.query_one("#loss-plot", LossPlot)
         await wait_until(pilot, lambda: len(plot.train) >= 2, timeout=120, what="the loss panel to fill")
-        await wait_until(pilot, lambda: train.view.status in ("done", "error"), timeout=120, what="the run to end")
-        assert train.view.status == "done", train.view.message
+        await wait_until(pilot, lambda: train.run.status in ("done", "error"), timeout=120, what="the run to end")
+        assert train.run.status == "done", train.run.state.detail
         assert len(plot.train) == 4 and len(plot.eval) == 2
         assert "step 4/4" in str(train.query_one("#run-stats").render())
         assert (run_dir / "final" / "config.json").is_file()
@@ -122,7 +122,7 @@ async def test_first_start_chat_stop_train_restart(fresh_home, bloom_dir):
         await wait_until(pilot, lambda: app.lm is not None, timeout=60, what="the saved model")
         await pilot.press("f4")
         train = await wait_screen(pilot, TrainScreen)
-        await wait_until(pilot, lambda: train.view is not None and train.view.run_dir == run_dir)
+        await wait_until(pilot, lambda: train.run is not None and train.run.path == run_dir)
         await wait_until(pilot, lambda: len(train.query_one("#loss-plot", LossPlot).train) == 4)
-        assert train.view.status == "done"
+        assert train.run.status == "done"
         assert "e2e-run" in screen_text(app)

@@ -1,5 +1,6 @@
 """Pilot tests of the training screen: the live panel tails RUN_DIR/events.jsonl, re-attaches,
-checks data before launch, and stops a run with SIGINT."""
+checks data before launch, and stops a run with SIGINT. Starting processes goes through the
+screen's `RunLauncher`, which tests replace with a recording one (no module is patched)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from app_helpers import screen_text, wait_screen, wait_until, write_events
 
 from firefly_core.paths import runs_dir
 from firefly_core.store import ChatStore
-from firefly_tui import backend
+from firefly_core.training.run import TrainRequest, start_run
+from firefly_core.training.run_dir import LOG_FILE
 from firefly_tui.app import FireflyApp
 from firefly_tui.screens.chat import ChatScreen
 from firefly_tui.screens.dialogs import ChoiceDialog, ConfirmDialog, DataCheckDialog, TextDialog
 from firefly_tui.screens.train import TrainScreen
 from firefly_tui.widgets.loss_plot import LossPlot
+from firefly_tui.widgets.run_panel import RunLauncher
+from firefly_tui.widgets.train_form import config_of
 
 SIZE = (150, 48)
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
@@ -37,9 +41,38 @@ def make_app(store) -> FireflyApp:
     return FireflyApp(store=store, welcome=False, language="en", settings=None)
 
 
-async def open_train(pilot) -> TrainScreen:
+async def open_train(pilot, launcher: RunLauncher | None = None) -> TrainScreen:
     await pilot.press("f4")
-    return await wait_screen(pilot, TrainScreen)
+    screen = await wait_screen(pilot, TrainScreen)
+    if launcher is not None:
+        screen.launcher = launcher
+    return screen
+
+
+class RecordingLauncher(RunLauncher):
+    """Records what would be started; a checkpoint "becomes" `model` (turning a real checkpoint
+    into a model folder is tested on a real run in test_checkpoint_model)."""
+
+    def __init__(self, model: Path | None = None) -> None:
+        self.started: list[TrainRequest] = []
+        self.resumed: list[list[str]] = []
+        self.made: list[str] = []
+        self.model = model
+
+    def start(self, request, config):
+        self.started.append(request)
+
+    def resume(self, run) -> None:
+        self.resumed.append(run.resume_argv())
+
+    def checkpoint_model(self, run, checkpoint):
+        self.made.append(Path(checkpoint).name)
+        return self.model
+
+
+def shown(screen: TrainScreen, path: Path | None = None) -> bool:
+    """The panel shows a run (that one)."""
+    return screen.run is not None and (path is None or screen.run.path == path)
 
 
 class JsonlRun:
@@ -76,12 +109,12 @@ async def test_panel_reattaches_tails_and_chats_with_final(store, fresh_home, bl
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         w = write_run(live, 3, pid=sleeper.pid)
-        (live / backend.LOG_FILE).write_text("line one\nstep 3 loss 1.0\n")
+        (live / LOG_FILE).write_text("line one\nstep 3 loss 1.0\n")
         app = make_app(store)
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_train(pilot)
             # re-attached to the running one, not the newest finished one
-            await wait_until(pilot, lambda: screen.view is not None and screen.view.run_dir == live)
+            await wait_until(pilot, lambda: shown(screen, live))
             plot = screen.query_one("#loss-plot", LossPlot)
             await wait_until(pilot, lambda: len(plot.train) == 3)
             stats = str(screen.query_one("#run-stats").render())
@@ -100,8 +133,8 @@ async def test_panel_reattaches_tails_and_chats_with_final(store, fresh_home, bl
             runs.focus()
             runs.index = [i.run_dir for i in runs.children].index(old)
             await pilot.press("enter")
-            await wait_until(pilot, lambda: screen.view.run_dir == old and len(plot.train) == 8)
-            assert screen.view.status == "done" and not screen.query_one("#chat-final").disabled
+            await wait_until(pilot, lambda: shown(screen, old) and len(plot.train) == 8)
+            assert screen.run.status == "done" and not screen.query_one("#chat-final").disabled
             await pilot.press("ctrl+t")
             await wait_until(pilot, lambda: app.model_name == str(old / "final"), timeout=60, what="final loaded")
             assert isinstance(app.screen, ChatScreen)
@@ -127,7 +160,7 @@ async def test_process_gone_without_final_event_is_an_error(store, fresh_home):
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
-        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "error")
+        await wait_until(pilot, lambda: shown(screen) and screen.run.status == "error")
         assert "without a final event" in str(screen.query_one("#run-title").render())
 
 
@@ -162,7 +195,7 @@ async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path)
         app = make_app(store)
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_train(pilot)
-            await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) >= 3, timeout=20)
+            await wait_until(pilot, lambda: shown(screen) and len(screen.run.state.train) >= 3, timeout=20)
             await pilot.press("ctrl+x")
             await wait_screen(pilot, ConfirmDialog)
             await pilot.press("escape")  # No: nothing sent
@@ -178,7 +211,7 @@ async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path)
             await pilot.press("right")
             assert dialog.focused.id == "yes"
             await pilot.press("enter")
-            await wait_until(pilot, lambda: screen.view.status == "stopped", timeout=20)
+            await wait_until(pilot, lambda: screen.run.status == "stopped", timeout=20)
             assert "stopped by SIGINT" in str(screen.query_one("#run-title").render())
         assert proc.wait(10) == 0
     finally:
@@ -186,14 +219,14 @@ async def test_stop_sends_sigint_after_confirmation(store, fresh_home, tmp_path)
             proc.kill()
 
 
-async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, monkeypatch, tmp_path):
-    launched = []
-    monkeypatch.setattr(backend, "launch_training", lambda req: launched.append(req))
+async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, tmp_path):
+    launcher = RecordingLauncher()
+    launched = launcher.started
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"conversation": [{"human": "你好", "assistant": "你好！"}]}\nnot json\n', encoding="utf-8")
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_train(pilot)
+        screen = await open_train(pilot, launcher)
         screen.query_one("#f-model").value = str(bloom_dir)
         screen.query_one("#f-data").value = str(bad)
         screen.query_one("#f-out").value = str(tmp_path / "run")
@@ -201,7 +234,9 @@ async def test_data_check_is_shown_before_launch(store, fresh_home, bloom_dir, m
         dialog = await wait_screen(pilot, DataCheckDialog, timeout=30)
         text = dialog.text
         assert "2 lines, 1 samples, 1 bad" in text and "bad.jsonl:2" in text
-        assert "2 lines, 1 samples, 1 bad" in screen_text(app)  # on screen, not below the fold
+        # on screen, not below the fold: the summary's whole text inside the terminal
+        summary = dialog.query_one("#text")
+        assert summary.region.height >= 2 and app.screen.region.contains_region(summary.region)
         assert launched == []
         await pilot.press("ctrl+l")  # Start from the dialog launches
         await wait_until(pilot, lambda: launched)
@@ -220,7 +255,7 @@ def write_config(run_dir: Path, **values) -> dict:
     return cfg
 
 
-async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_home, monkeypatch, tmp_path):
+async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_home, tmp_path):
     import shlex
 
     run = runs_dir() / "run-stopped"
@@ -233,23 +268,23 @@ async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_hom
     data = tmp_path / "指令.jsonl"
     write_config(run, model="YeungNLP/bloom-1b4-zh", data=[str(data)], out=str(run), gpu="cpu", lora=True, lr=1e-4,
                  batch_size=2, max_steps=10, max_length=256, eval_fraction=0.1, save_every=2, gradient_checkpointing=True)
-    launched = []
-    monkeypatch.setattr(backend, "launch_argv", lambda argv, out: launched.append((argv, out)))
+    launcher = RecordingLauncher()
+    launched = launcher.resumed
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_train(pilot)
-        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "stopped")
+        screen = await open_train(pilot, launcher)
+        await wait_until(pilot, lambda: shown(screen) and screen.run.status == "stopped")
         assert not screen.query_one("#resume").disabled and screen.query_one("#stop").disabled
         # resume: confirmed, then `firefly train --resume --out RUN`
         await pilot.press("ctrl+r")
         await wait_screen(pilot, ConfirmDialog)
         await pilot.click("#yes")
         await wait_until(pilot, lambda: launched)
-        assert launched == [(["train", "--resume", "--out", str(run)], run)]
+        assert launched == [["train", "--resume", "--out", str(run)]]
         # clone: the run's settings in the form, a new output folder, the rest as extra options
         await pilot.click("#clone")
         await wait_until(pilot, lambda: screen.query_one("#f-model").value == "YeungNLP/bloom-1b4-zh")
-        form = screen._read_form()
+        form = screen.form.values()
         assert form["data"] == str(data) and form["mode"] == "lora" and form["lr"] == "0.0001"
         assert form["batch"] == "2" and form["max_steps"] == "10" and form["max_length"] == "256" and form["gpu"] == "cpu"
         assert form["out"] != str(run) and Path(form["out"]).parent == run.parent
@@ -259,7 +294,7 @@ async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_hom
         dialog = await wait_screen(pilot, TextDialog)
         line = dialog.text
         argv = shlex.split(line)
-        assert argv[0] == "firefly" and argv[1:] == screen._request().argv() and argv[1] == "train"
+        assert argv[0] == "firefly" and argv[1:] == screen.form.request().argv() and argv[1] == "train"
         assert "--lora" in argv and "--gradient-checkpointing" in argv and str(data) in argv
         await pilot.press("escape")
         await pilot.press("f2")  # leaving the screen remembers the form
@@ -273,7 +308,7 @@ async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_hom
         assert screen.query_one("#f-out").value != form["out"]  # a new run folder every time
 
 
-async def test_ctrl_t_without_final_offers_the_newest_checkpoint(store, fresh_home, bloom_dir, monkeypatch):
+async def test_ctrl_t_without_final_offers_the_newest_checkpoint(store, fresh_home, bloom_dir):
     run = runs_dir() / "run-partial"
     w = write_run(run, 6, total=10)
     w.emit("done", status="stopped", step=6, total=10, message="stopped")
@@ -281,18 +316,12 @@ async def test_ctrl_t_without_final_offers_the_newest_checkpoint(store, fresh_ho
         c = run / "checkpoints" / f"step-{step:08d}"
         c.mkdir(parents=True)
         (c / "trainer_state.json").write_text(f'{{"step": {step}}}')
-    made = []
-
-    def fake_checkpoint_model(run_dir, checkpoint):
-        """Turning a checkpoint into a model folder is tested on a real run in test_checkpoint_model."""
-        made.append(Path(checkpoint).name)
-        return bloom_dir
-
-    monkeypatch.setattr(backend, "checkpoint_model", fake_checkpoint_model)
+    launcher = RecordingLauncher(model=bloom_dir)
+    made = launcher.made
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_train(pilot)
-        await wait_until(pilot, lambda: screen.view is not None and screen.view.status == "stopped")
+        screen = await open_train(pilot, launcher)
+        await wait_until(pilot, lambda: shown(screen) and screen.run.status == "stopped")
         assert not screen.query_one("#chat-final").disabled
         await pilot.press("ctrl+t")
         dialog = await wait_screen(pilot, ChoiceDialog)
@@ -311,11 +340,11 @@ async def test_narrow_train_screen_stacks_the_form_above_the_chart_and_log_lines
     run = runs_dir() / "run-narrow"
     write_run(run, 5, total=10, done=True).close()
     long_line = "warning: " + "很长的日志行 " * 40 + "END"
-    (run / backend.LOG_FILE).write_text(f"short\n{long_line}\n", encoding="utf-8")
+    (run / LOG_FILE).write_text(f"short\n{long_line}\n", encoding="utf-8")
     app = make_app(store)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_train(pilot)
-        await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) == 5)
+        await wait_until(pilot, lambda: shown(screen) and len(screen.run.state.train) == 5)
         form, panel = screen.query_one("#train-form"), screen.query_one("#train-panel")
         plot = screen.query_one("#loss-plot")
         await wait_until(pilot, lambda: plot.virtual_region.width > 0)
@@ -334,7 +363,7 @@ def test_launching_into_a_folder_of_user_files_is_refused_before_anything_is_wri
     mine = tmp_path / "my-notes"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    req = backend.TrainRequest(model="org/model", data=[str(SAMPLE)], out=mine)
+    req = TrainRequest(model="org/model", data=[str(SAMPLE)], out=mine)
     with pytest.raises(OutputExistsError):
-        backend.launch_training(req)
+        start_run(req, config_of(req))
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "nothing written into the user's folder"

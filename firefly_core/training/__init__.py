@@ -1,5 +1,5 @@
 """Fine-tuning: config, the training loop, launching (one device or several), distributed set-up,
-run folders, typed events, checkpoints, LoRA."""
+run folders, typed events, checkpoints, LoRA, and the `Run` handle every front end uses."""
 
 from .config import TrainConfig, load_config
 from .events import (
@@ -8,15 +8,15 @@ from .events import (
     ErrorEvent,
     EvalEvent,
     EventTail,
-    RunSummary,
     StartEvent,
     StepEvent,
     TrainEvent,
-    list_runs,
     read_events,
 )
+from .run import Run, RunSummary, TrainRequest, list_runs, open_run
 
 __all__ = [
     "TrainConfig", "load_config", "EventTail", "RunSummary", "TrainEvent", "StartEvent", "StepEvent", "EvalEvent",
     "CheckpointEvent", "DoneEvent", "ErrorEvent", "list_runs", "read_events",
+    "Run", "TrainRequest", "open_run",
 ]

@@ -1,5 +1,5 @@
-"""The metrics stream of a run: typed events, RUN_DIR/events.jsonl, its writer, an incremental
-reader, and run summaries.
+"""The metrics stream of a run: typed events, RUN_DIR/events.jsonl, its writer and an incremental
+reader (what a run's events add up to is `run.py`'s `RunState`).
 
 Each event is a dataclass (`StartEvent`, `StepEvent`, `EvalEvent`, `CheckpointEvent`, `DoneEvent`,
 `ErrorEvent`) written as one JSON object per line with its "type" and "time" (Unix seconds). A
@@ -20,8 +20,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
-
-from ..process import pid_alive
 
 EVENTS_FILE = "events.jsonl"
 EVENT_TYPES = ("start", "step", "eval", "checkpoint", "done", "error")
@@ -254,50 +252,3 @@ class EventTail:
 def read_events(run_dir: Path) -> list[TrainEvent]:
     """All complete events of a run so far."""
     return EventTail(Path(run_dir) / EVENTS_FILE).poll()
-
-
-@dataclass
-class RunSummary:
-    path: Path
-    status: str  # running | done | error | stopped
-    step: int
-    total: int
-    last_loss: float | None
-    started: float | None  # Unix time of the first start event
-    message: str | None = None  # the error, when status is "error"
-
-
-def summarize(run_dir: Path, events: list[TrainEvent] | None = None) -> RunSummary | None:
-    events = read_events(run_dir) if events is None else events
-    starts = [i for i, e in enumerate(events) if isinstance(e, StartEvent)]
-    if not starts:
-        return None
-    start = events[starts[-1]]
-    assert isinstance(start, StartEvent)
-    steps = [e for e in events if isinstance(e, StepEvent)]
-    status, message = "running", None
-    for e in events[starts[-1]:]:
-        if isinstance(e, DoneEvent):
-            status = "stopped" if e.stopped else "done"
-        elif isinstance(e, ErrorEvent):
-            status, message = "error", e.message
-    if status == "running" and not pid_alive(start.pid):
-        status, message = "error", "the training process ended without a final event (killed?)"
-    return RunSummary(
-        path=Path(run_dir),
-        status=status,
-        step=steps[-1].step if steps else start.start_step,
-        total=start.total_steps,
-        last_loss=steps[-1].loss if steps else None,
-        started=events[starts[0]].time,
-        message=message,
-    )
-
-
-def list_runs(parent: Path) -> list[RunSummary]:
-    """Runs (folders with events.jsonl) directly under `parent`, newest first."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return []
-    runs = [s for d in parent.iterdir() if (d / EVENTS_FILE).is_file() and (s := summarize(d))]
-    return sorted(runs, key=lambda r: r.started or 0, reverse=True)
