@@ -127,6 +127,11 @@ def record_method(obj: Any) -> str | None:
         return None
     if "chosen" in obj or "rejected" in obj:
         return "dpo"
+    turns = obj.get("conversation")
+    if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and (
+        "chosen" in turns[-1] or "rejected" in turns[-1]
+    ):
+        return "dpo"  # a conversation whose last turn has two answers
     if "conversation" in obj or "messages" in obj or "input" in obj or "target" in obj:
         return "sft"
     if "text" in obj:

@@ -147,11 +147,11 @@ def parse_pair(obj: Any) -> tuple[str, list[Message], str, str]:
             raise ValueError("unknown format: expected keys prompt/chosen/rejected "
                              f"(found: {', '.join(sorted(obj)) or 'none'})")
         raise wrong_kind(found, "dpo")
+    if "conversation" in obj:
+        return ("conversation", *_parse_conversation_pair(obj))
     for key in ("chosen", "rejected"):
         if key not in obj:
             raise ValueError(f"missing field {key!r}")
-    if "conversation" in obj:
-        return ("conversation", *_parse_conversation_pair(obj))
     if "prompt" in obj:
         prompt = _system(obj) + _messages(obj["prompt"], "prompt", "user")
         sides = {}

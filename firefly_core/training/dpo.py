@@ -8,9 +8,9 @@ The reference is the starting model, in one of three ways (chosen once per run b
   training (kept with the pairs, no model copy), for when a second copy does not fit.
 
 The formulas are TRL's (`DPOTrainer`), so TRL is the test oracle: for a batch, chosen and rejected
-log-probs summed over answer tokens (IPO: averaged per token), logits = (policy chosen - policy
-rejected) - (reference chosen - reference rejected); sigmoid: -log σ(β·logits); IPO:
-(logits - 1/(2β))². Rewards are β·(policy - reference) per side.
+log-probs summed over answer tokens; per side the log-ratio policy - reference; sigmoid:
+-log σ(β·(chosen ratio - rejected ratio)); IPO: each ratio divided by its answer's token count,
+then (difference - 1/(2β))². Rewards are β·(policy - reference) per side (summed log-probs).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import math
 METRICS = 4  # chosen reward sum, rejected reward sum, correct pairs, margin sum
 
 
-def answer_logps(model, batch, average: bool = False):
-    """(rows,) sum (or mean) over answer tokens of log p(token | prefix), in float32."""
+def answer_logps(model, batch):
+    """(rows,) sum over answer tokens of log p(token | prefix), in float32."""
     import torch
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -30,23 +30,28 @@ def answer_logps(model, batch, average: bool = False):
     mask = labels != -100
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    total = picked.sum(-1)
-    return total / mask.sum(-1).clamp(min=1) if average else total
+    return picked.sum(-1)
 
 
-def dpo_losses(policy, reference, beta: float, loss_type: str = "sigmoid"):
-    """Per-pair losses and rewards from (2n,) log-probs laid out chosen rows then rejected rows."""
+def answer_tokens(batch):
+    """(rows,) answer tokens per row (what IPO normalises by)."""
+    return (batch["labels"][:, 1:] != -100).sum(-1)
+
+
+def dpo_losses(policy, reference, beta: float, loss_type: str = "sigmoid", tokens=None):
+    """Per-pair losses and rewards from (2n,) summed log-probs laid out chosen rows then rejected
+    rows (`tokens`: answer tokens per row, needed by IPO)."""
     import torch.nn.functional as F
 
     n = policy.size(0) // 2
-    pc, pr = policy[:n], policy[n:]
-    rc, rr = reference[:n].to(policy.dtype), reference[n:].to(policy.dtype)
-    logits = (pc - pr) - (rc - rr)
+    ratios = policy - reference.to(policy.dtype)
+    chosen, rejected = ratios[:n], ratios[n:]
     if loss_type == "ipo":
-        losses = (logits - 1 / (2 * beta)) ** 2
+        lengths = tokens.to(policy.dtype).clamp(min=1)
+        losses = (chosen / lengths[:n] - rejected / lengths[n:] - 1 / (2 * beta)) ** 2
     else:
-        losses = -F.logsigmoid(beta * logits)
-    return losses, beta * (pc - rc).detach(), beta * (pr - rr).detach()
+        losses = -F.logsigmoid(beta * (chosen - rejected))
+    return losses, beta * chosen.detach(), beta * rejected.detach()
 
 
 class Reference:
@@ -54,7 +59,6 @@ class Reference:
 
     def __init__(self, model, config, accelerator) -> None:
         self.accelerator = accelerator
-        self.average = config.loss == "ipo"
         self.mode = "adapter-off" if config.lora else ("precomputed" if config.precompute_ref else "copy")
         self.copy = None
         if self.mode == "copy":
@@ -72,10 +76,10 @@ class Reference:
             return batch["ref_logps"]
         with torch.no_grad(), self.accelerator.autocast():
             if self.mode == "copy":
-                return answer_logps(self.copy, batch, self.average)
+                return answer_logps(self.copy, batch)
             unwrapped = self.accelerator.unwrap_model(model)
             with unwrapped.disable_adapter():
-                return answer_logps(unwrapped, batch, self.average)
+                return answer_logps(unwrapped, batch)
 
     def precompute(self, model, items, batch_size: int, collate) -> None:
         """Fill `item.ref` for every pair with the (still untrained) model's log-probs."""
@@ -91,7 +95,7 @@ class Reference:
                 for t in chunk:
                     t.ref = None
                 batch = {key: v.to(self.accelerator.device) for key, v in collate(chunk).items()}
-                values = answer_logps(model, batch, self.average).double().cpu().tolist()
+                values = answer_logps(model, batch).double().cpu().tolist()
                 n = len(chunk)
                 for i, t in enumerate(chunk):
                     t.ref = (values[i], values[n + i])
@@ -102,9 +106,9 @@ def pair_loss_sum(model, batch, reference: Reference, beta: float, loss_type: st
     """Summed DPO loss of a batch's pairs, and its metric sums (METRICS values)."""
     import torch
 
-    policy = answer_logps(model, batch, average=loss_type == "ipo")
+    policy = answer_logps(model, batch)
     ref = reference.logps(model, batch)
-    losses, chosen, rejected = dpo_losses(policy, ref, beta, loss_type)
+    losses, chosen, rejected = dpo_losses(policy, ref, beta, loss_type, answer_tokens(batch))
     metrics = torch.stack([chosen.sum(), rejected.sum(), (chosen > rejected).float().sum(),
                            (chosen - rejected).sum()]).float()
     return losses.sum(), metrics
