@@ -307,6 +307,13 @@ def _module() -> Any:
     return _state[0] if _state else None
 
 
+def kernels_ready() -> bool:
+    """Whether this process already built or loaded the kernels (`prepare_kernels`); never builds,
+    so a forward pass or a test's collection cannot start a compile."""
+    state = _state
+    return state is not None and state[1] is None
+
+
 def unavailable_reason() -> str | None:
     """None when the kernel is ready, else why decoding uses PyTorch's bf16 GEMV (builds it first
     if needed)."""

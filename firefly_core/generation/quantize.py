@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .gemv import gemv_int8_linear
-from .gemv import unavailable_reason as gemv_unavailable_reason
+from .gemv import kernels_ready as gemv_kernels_ready
 
 QUANTIZE_METHODS = ("int8",)
 INT8_MAX = 127
@@ -38,10 +38,31 @@ def _kernel_op():
     return getattr(torch.ops.aten, "_weight_int8pack_mm", None)
 
 
-def int8_kernel_supported(device: torch.device | str, in_features: int) -> bool:
-    """Whether `_weight_int8pack_mm` can run this layer: CPU, and a reduction length that is a
-    multiple of 8 (other lengths give wrong results or crash in PyTorch 2.13's CPU kernel)."""
-    return torch.device(device).type == "cpu" and in_features % 8 == 0 and _kernel_op() is not None
+# The reduction lengths (in_features) `_weight_int8pack_mm` computes correctly, per CPU code path
+# PyTorch dispatches to (`torch.backends.cpu.get_cpu_capability()`, which honours
+# ATEN_CPU_CAPABILITY). Measured on PyTorch 2.13 for K in {8..64} x N in {8..64} x 1-7 rows: the
+# AVX-512 path returns garbage for K % 16 != 0 and segfaults from 7 rows on (the process dies);
+# the AVX2 and default paths are right for K % 8 == 0. Any other code path (NEON, SVE, ZVECTOR)
+# is unmeasured, so it is not used there: the dequantizing fallback is always right.
+INT8_KERNEL_K_MULTIPLE = {"DEFAULT": 8, "AVX2": 8, "AVX512": 16}
+
+
+def int8_kernel_supported(device: torch.device | str, in_features: int, capability: str | None = None) -> bool:
+    """Whether `_weight_int8pack_mm` is known to run this layer correctly on the running CPU:
+    CPU, a code path we measured, and a reduction length that path handles
+    (INT8_KERNEL_K_MULTIPLE; other lengths give wrong results or crash the process).
+
+    Decided once per layer when it is quantized (`Int8Linear.use_kernel`), never per call."""
+    if torch.device(device).type != "cpu" or _kernel_op() is None:
+        return False
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    multiple = INT8_KERNEL_K_MULTIPLE.get(capability.upper())
+    return multiple is not None and in_features % multiple == 0
+
+
+def _int8pack_mm(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """PyTorch's int8 weight-only CPU matmul; only called for layers `int8_kernel_supported` admits."""
+    return torch.ops.aten._weight_int8pack_mm(x, q, scales)
 
 
 def quantize_weight_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.bfloat16):
@@ -114,11 +135,12 @@ class Int8Linear(nn.Module):
         scales = self.scales
         if scales.dtype != self.compute_dtype:  # e.g. after model.half(), which casts float buffers
             scales = scales.to(self.compute_dtype)
-        if x2.shape[0] == 1 and x2.device.type == "cpu" and gemv_unavailable_reason() is None:
-            # Decode steps (one row): our AVX2 kernel reads int8 weights faster (gemv.py).
+        if x2.shape[0] == 1 and x2.device.type == "cpu" and gemv_kernels_ready():
+            # Decode steps (one row): our AVX2 kernel reads int8 weights faster (gemv.py). Only
+            # when the model service already built it: a forward never compiles anything.
             y = gemv_int8_linear(x2, self.weight_int8, scales)
         elif self.use_kernel and x2.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, scales)  # [tokens, out]
+            y = _int8pack_mm(x2, self.weight_int8, scales)  # [tokens, out]
         else:
             # Integers up to 127 are exact in bf16/fp16, so x @ q.T then * scale equals the kernel's
             # arithmetic without materializing a scaled float copy of the weight.
