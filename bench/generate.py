@@ -156,7 +156,7 @@ def run_ours(lm, prompt, new_tokens):
     """Our loop; returns (new token ids, seconds to the first new token)."""
     from firefly_core.generation import GenerationConfig, ModelDecoder, generate_ids
 
-    dec = _FirstForward(lm.decoder if getattr(lm, "decoder", None) else ModelDecoder(lm.model))
+    dec = _FirstToken(lm.decoder if getattr(lm, "decoder", None) else ModelDecoder(lm.model))
     lm.decoder = dec.inner
     cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new_tokens)
     t = time.perf_counter()
@@ -333,8 +333,9 @@ def engines_gguf(folder: Path, gguf_type: str) -> Path:
     return path
 
 
-class _FirstForward:
-    """Wraps a decoder; notes when the prefill's logits are ready (the first token's time)."""
+class _FirstToken:
+    """Wraps a decoder (the loop's seam: prefill/decode return the next token); notes when the
+    prefill has returned the first token."""
 
     def __init__(self, inner):
         self.inner, self.at = inner, None
@@ -343,11 +344,14 @@ class _FirstForward:
     def new_cache(self):
         return self.inner.new_cache()
 
-    def forward(self, ids, cache):
-        out = self.inner.forward(ids, cache)
+    def prefill(self, ids, cache, sampler):
+        token = self.inner.prefill(ids, cache, sampler)
         if self.at is None:
             self.at = time.perf_counter()
-        return out
+        return token
+
+    def decode(self, token, cache, sampler):
+        return self.inner.decode(token, cache, sampler)
 
 
 def _variant_runner(args, kind: str):
@@ -397,7 +401,7 @@ def _variant_runner(args, kind: str):
     inner = decoder_for(lm)
 
     def run(prompt, n):
-        dec = _FirstForward(inner)
+        dec = _FirstToken(inner)
         cfg = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=n)
         t = time.perf_counter()
         ids = generate_ids(bare_lm, prompt, cfg, decoder=dec)

@@ -160,7 +160,7 @@ def main() -> None:
         return client_process(args.client)
 
     from firefly_core.formats import Message
-    from firefly_core.generation import PrefixCache, decoder_for
+    from firefly_core.generation import decoder_for
     from firefly_core.models.generation_layers import generation_config_for
     from firefly_tui.server import ApiServer, served_models
 
@@ -193,7 +193,7 @@ def main() -> None:
                     reused = inside.reused_tokens
                 else:
                     # A fresh cache, as the server gives a new conversation (reused: 0 tokens).
-                    prefix = PrefixCache(decoder_for(lm).new_cache())
+                    prefix = decoder_for(lm).new_cache()
                     results[side] = run_in_process(lm, prefix, ids, config)
             a, b = results["api"], results["in-process"]
             assert a[0] == b[0] and a[3] == b[3], "the API and in-process replies differ"

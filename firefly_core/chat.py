@@ -113,10 +113,10 @@ class ChatSession:
     # -- internals --------------------------------------------------------------------------
 
     def _prefix_cache(self):
-        from .generation import PrefixCache, decoder_for
+        from .generation import decoder_for
 
         if self._prefix is None:
-            self._prefix = PrefixCache(decoder_for(self.lm).new_cache())
+            self._prefix = decoder_for(self.lm).new_cache()
         return self._prefix
 
     def _reply(self, change: Callable[[], None], cancel: threading.Event | None) -> Iterator[Event]:

@@ -10,13 +10,13 @@ import torch
 
 from firefly_core.chat import ChatSession
 from firefly_core.formats import Message
-from firefly_core.generation import GenerationConfig, ModelDecoder, ReplyDone, TextDelta, generate_stream
+from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder, ReplyDone, TextDelta, generate_stream
 from firefly_core.models.loading import load_model
 
 TURNS = ["你好，请介绍一下你自己。", "Write a short poem about fireflies.", "把上面的诗翻译成中文：萤火虫"]
 
 
-class RecordingDecoder:
+class RecordingDecoder(Decoder):
     """The default decoder, keeping the logits of every forward pass."""
 
     def __init__(self, model):
@@ -27,8 +27,8 @@ class RecordingDecoder:
     def new_cache(self):
         return self.inner.new_cache()
 
-    def forward(self, ids, cache):
-        out = self.inner.forward(ids, cache)
+    def forward(self, ids, cache, every_position=False):
+        out = self.inner.forward(ids, cache, every_position)
         self.logits.append(out.clone())
         return out
 

@@ -21,14 +21,14 @@ from firefly_core.chat import ChatSession
 from firefly_core.conversation import Conversation, answered_history
 from firefly_core.errors import ConfigError, ModelNotFoundError
 from firefly_core.formats import Message
-from firefly_core.generation import GenerationConfig, ModelDecoder, ReplyDone, TextDelta
+from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder, ReplyDone, TextDelta
 from firefly_core.models.loading import load_model
 from firefly_core.store import ChatStore, StoreError
 
 GREEDY = GenerationConfig(do_sample=False, max_new_tokens=8)
 
 
-class FailingDecoder:
+class FailingDecoder(Decoder):
     """The real decoder of the model, raising on forward pass number `fail_at` (1 = the prefill)."""
 
     def __init__(self, model, fail_at: int):
@@ -42,11 +42,11 @@ class FailingDecoder:
     def new_cache(self):
         return self.inner.new_cache()
 
-    def forward(self, ids, cache):
+    def forward(self, ids, cache, every_position=False):
         self.calls += 1
         if self.calls >= self.fail_at:
             raise RuntimeError("the device fell off the bus")
-        return self.inner.forward(ids, cache)
+        return self.inner.forward(ids, cache, every_position)
 
 
 @pytest.fixture(scope="module")
@@ -286,23 +286,23 @@ def test_killed_between_the_question_and_its_reply_then_reopened(tmp_path, bloom
         import os, signal, dataclasses
         from firefly_core.chat import ChatSession
         from firefly_core.conversation import Conversation
-        from firefly_core.generation import GenerationConfig, ModelDecoder
+        from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder
         from firefly_core.models.loading import load_model
         from firefly_core.store import ChatStore
 
         lm = load_model({str(bloom_dir)!r}, dtype="fp32", device="cpu")
         inner = ModelDecoder(lm.model)
-        class KillingDecoder:
+        class KillingDecoder(Decoder):
             calls = 0
             def __getattr__(self, name):
                 return getattr(inner, name)
             def new_cache(self):
                 return inner.new_cache()
-            def forward(self, ids, cache):
+            def forward(self, ids, cache, every_position=False):
                 KillingDecoder.calls += 1
                 if KillingDecoder.calls == 3:
                     os.kill(os.getpid(), signal.SIGKILL)
-                return inner.forward(ids, cache)
+                return inner.forward(ids, cache, every_position)
         lm.decoder = KillingDecoder()
         conv = Conversation.create(ChatStore({str(db)!r}), "t", session=ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=8)))
         for event in conv.send("你好"):

@@ -15,7 +15,7 @@ import torch
 from firefly_core.chat import ChatSession
 from firefly_core.errors import PromptTooLongError
 from firefly_core.formats import Message
-from firefly_core.generation import GenerationConfig, ModelDecoder, ReplyDone, TokenSampler, generate_ids
+from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder, ReplyDone, TokenSampler, generate_ids
 from firefly_core.generation.cuda_graph import (
     CudaGraphDecoder,
     DeviceSampling,
@@ -31,19 +31,19 @@ def _prompt(lm, text="写一首关于萤火虫的诗。Write a poem about firefl
     return lm.prompt_format.render(lm.tokenizer, [Message("user", text)], True).ids
 
 
-def _loop_with(lm, decoder, prompt, config):
-    """A minimal loop that takes its sampler from the decoder (what the fast path needs)."""
-    sampler = decoder.make_sampler(config, decoder.vocab_size, prompt, lm.device)
+def _loop_with(lm, decoder, prompt, config, *, step=None):
+    """The loop's shape over the seam: prefill, then decode, each returning the next token.
+    `step=Decoder` runs the generic step instead (the decoder's logits sampled by `TokenSampler`)."""
+    step = step or type(decoder)
+    sampler = TokenSampler(config, decoder.vocab_size, prompt, lm.device)
     cache = decoder.new_cache()
-    out = []
     with torch.inference_mode():
-        logits = decoder.forward(torch.tensor([prompt], device=lm.device), cache)
-        while True:
-            token = sampler.pick(logits)
+        token = step.prefill(decoder, prompt, cache, sampler)
+        out = [token]
+        while token not in lm.stop_token_ids and len(out) < config.max_new_tokens:
+            token = step.decode(decoder, token, cache, sampler)
             out.append(token)
-            if token in lm.stop_token_ids or len(out) >= config.max_new_tokens:
-                return out
-            logits = decoder.forward(torch.tensor([[token]], device=lm.device), cache)
+    return out
 
 
 # ------------------------------------------------------------------------------------ fallback
@@ -84,10 +84,30 @@ def test_static_cache_greedy_equals_the_eager_loop(model_dir, penalty):
     cfg = GenerationConfig(max_new_tokens=20, do_sample=False, repetition_penalty=penalty)
     reference = generate_ids(lm, prompt, cfg)
     dec = CudaGraphDecoder(lm.model, lm.context_length, use_graph=False)
-    # Through the generation loop as it is (its own TokenSampler on our logits) ...
+    # Through the generation loop, the token drawn inside the decode step (the graph body) ...
     assert generate_ids(lm, prompt, cfg, decoder=dec) == reference
-    # ... and with the token drawn inside the decode step (the graph body).
-    assert _loop_with(lm, dec, prompt, cfg) == reference
+    # ... and its logits, sampled by the generic step (TokenSampler), give the same tokens.
+    assert _loop_with(lm, dec, prompt, cfg, step=Decoder) == reference
+
+
+def test_two_replies_interleaved_on_one_decoder_keep_their_own_settings(bloom_dir):
+    """Sampling state lives in the decoder: a step of a reply other than the last one prefilled
+    reloads that reply's settings (the penalty's ids come from its own cache)."""
+    lm = load_model(bloom_dir, device="cpu", dtype="fp32")
+    prompt = _prompt(lm)
+    a_cfg = GenerationConfig(max_new_tokens=12, do_sample=False, repetition_penalty=1.5, stop_token_ids=())
+    b_cfg = GenerationConfig(max_new_tokens=12, do_sample=False, repetition_penalty=1.0, stop_token_ids=())
+    dec = CudaGraphDecoder(lm.model, lm.context_length, use_graph=False)
+    want_a, want_b = generate_ids(lm, prompt, a_cfg), generate_ids(lm, prompt[:-3], b_cfg)
+    assert want_a != want_b[: len(want_a)]
+    caches = dec.new_cache(), dec.new_cache()
+    samplers = [TokenSampler(c, dec.vocab_size, p) for c, p in ((a_cfg, prompt), (b_cfg, prompt[:-3]))]
+    with torch.inference_mode():
+        got = [[dec.prefill(prompt, caches[0], samplers[0])], [dec.prefill(prompt[:-3], caches[1], samplers[1])]]
+        for _ in range(11):
+            for i in (0, 1):
+                got[i].append(dec.decode(got[i][-1], caches[i], samplers[i]))
+    assert got == [want_a, want_b]
 
 
 def test_three_turns_with_prefix_reuse_equal_fresh_prefill(model_dir):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from firefly_core.generation import (
+    Decoder,
     GenerationConfig,
     KVCache,
     ModelDecoder,
-    PrefixCache,
     ReplyDone,
     TextDelta,
+    TokenCache,
     generate_ids,
     generate_stream,
 )
@@ -125,11 +126,11 @@ def test_kv_cache_grows_past_its_first_buffer(lms):
 def test_prefix_cache_reuses_common_prefix(lms):
     lm = lms["bloom"]
     ids = _ids(lm, PROMPTS[1])
-    pc = PrefixCache(ModelDecoder(lm.model).new_cache())
+    pc = ModelDecoder(lm.model).new_cache()
     cfg = GenerationConfig(do_sample=False, max_new_tokens=4)
     first = list(generate_stream(lm, ids, cfg, prefix_cache=pc))[-1]
     assert first.stats.reused_tokens == 0
-    assert pc.ids[: len(ids)] == ids and pc.cache.get_seq_length() == len(pc.ids)
+    assert pc.ids[: len(ids)] == ids and pc.get_seq_length() == len(pc.ids)
     again = list(generate_stream(lm, ids, cfg, prefix_cache=pc))[-1]
     assert again.stats.reused_tokens == len(ids) - 1  # the last prompt token is always re-run
     assert again.text == first.text
@@ -211,28 +212,32 @@ def test_interrupted_forward_leaves_cache_consistent(lms):
     lm = lms["qwen2"]
     inner = ModelDecoder(lm.model)
 
-    class Flaky:
+    class Flaky(ModelDecoder):
         calls = 0
-        vocab_size, device = inner.vocab_size, inner.device
 
-        def new_cache(self):
-            return inner.new_cache()
-
-        def forward(self, ids, cache):
+        def forward(self, ids, cache, every_position=False):
             Flaky.calls += 1
             if Flaky.calls == 3:
                 # update the first layer only, then fail, like an interrupt in the middle of a step
-                layer = cache.layers[0]
-                layer.update(layer.keys[..., -1:, :].clone(), layer.values[..., -1:, :].clone())
-                raise KeyboardInterrupt
-            return inner.forward(ids, cache)
+                def half_step(*args, **kwargs):
+                    layer = cache.layers[0]
+                    layer.update(layer.keys[..., -1:, :].clone(), layer.values[..., -1:, :].clone())
+                    raise KeyboardInterrupt
+
+                self.model, real = half_step, self.model
+                try:
+                    return super().forward(ids, cache, every_position)
+                finally:
+                    self.model = real
+            return super().forward(ids, cache, every_position)
 
     ids = _ids(lm, PROMPTS[0])
-    pc = PrefixCache(inner.new_cache())
+    pc = inner.new_cache()
     cfg = GenerationConfig(do_sample=False, max_new_tokens=10, stop_token_ids=())
     with pytest.raises(KeyboardInterrupt):
-        list(generate_stream(lm, ids, cfg, prefix_cache=pc, decoder=Flaky()))
-    assert all(layer.get_seq_length() == len(pc.ids) for layer in pc.cache.layers)
+        list(generate_stream(lm, ids, cfg, prefix_cache=pc, decoder=Flaky(lm.model)))
+    assert len(pc.ids) == len(ids) + 1  # the prompt and the first token's step; not the failed one
+    assert all(layer.get_seq_length() == len(pc.ids) for layer in pc.layers)
     resumed = list(generate_stream(lm, ids, cfg, prefix_cache=pc))[-1]
     fresh = list(generate_stream(lm, ids, cfg))[-1]
     assert resumed.text == fresh.text and resumed.stats.reused_tokens == len(ids) - 1
@@ -284,20 +289,20 @@ def test_float32_prefill_gives_the_same_logits_on_a_bf16_model(bloom_dir):
 # -- the decode seam: the loop touches only the Decoder protocol ------------------------------
 
 
-class _CountingCache:
-    """A cache that is just a token count, croppable like the protocol says."""
+class _CountingCache(TokenCache):
+    """A cache that is just the ids, recording its crops."""
 
     def __init__(self):
-        self.length = 0
+        self.ids: list[int] = []
         self.crops: list[int] = []
 
-    def crop_to(self, length):
+    def _crop_storage(self, length):
         self.crops.append(length)
-        self.length = min(self.length, length)
 
 
-class _FakeDecoder:
-    """A deterministic 'model': the next token is (last id * 7 + position) % vocab, as one-hot logits."""
+class _FakeDecoder(Decoder):
+    """A deterministic 'model': the next token is (last id * 7 + position) % vocab, as one-hot logits.
+    It implements only `new_cache` and `forward`: the Decoder's own prefill/decode sample them."""
 
     def __init__(self, vocab_size):
         self.vocab_size = vocab_size
@@ -307,12 +312,12 @@ class _FakeDecoder:
     def new_cache(self):
         return _CountingCache()
 
-    def forward(self, ids, cache):
+    def forward(self, ids, cache, every_position=False):
         assert ids.dtype == torch.long and ids.shape[0] == 1 and ids.device == self.device
         self.seen.append(ids[0].tolist())
-        cache.length += ids.shape[1]
+        cache.ids.extend(ids[0].tolist())
         logits = torch.full((1, self.vocab_size), -10.0)
-        logits[0, (int(ids[0, -1]) * 7 + cache.length) % self.vocab_size] = 10.0
+        logits[0, (int(ids[0, -1]) * 7 + len(cache.ids)) % self.vocab_size] = 10.0
         return logits
 
 
@@ -339,7 +344,7 @@ def test_the_loop_uses_only_the_decoder_protocol(lms):
     assert generate_ids(lm, prompt, cfg) == _expected_fake(prompt, 6, vocab)
     assert fake.seen[0] == prompt and all(len(s) == 1 for s in fake.seen[1:])
     # Streaming: the same tokens, detokenized; a second turn reuses the shared prefix by cropping.
-    pc = PrefixCache(fake.new_cache())
+    pc = fake.new_cache()
     done = list(generate_stream(lm, prompt, cfg, prefix_cache=pc))[-1]
     expected = _expected_fake(prompt, 6, vocab)
     # (the streaming detokenizer never shows half a character: an unfinished byte sequence is held)
@@ -348,30 +353,36 @@ def test_the_loop_uses_only_the_decoder_protocol(lms):
     second = prompt + expected[:3] + [17]
     done2 = list(generate_stream(lm, second, cfg, prefix_cache=pc))[-1]
     assert done2.stats.reused_tokens == len(prompt) + 3
-    assert pc.cache.crops[-1] == len(prompt) + 3 and fake.seen[0] == [17]
+    assert pc.crops[-1] == len(prompt) + 3 and fake.seen[0] == [17]
     # The context window ends a reply (the decoder is never asked past it).
     lm.context_length = 8
     done3 = list(generate_stream(lm, prompt, GenerationConfig(do_sample=False, max_new_tokens=50)))[-1]
     assert done3.stats.stop_reason == "context_full" and done3.stats.context_used == 8
 
 
-def test_a_decoder_that_samples_inside_its_step_is_asked_for_its_sampler(lms):
+def test_a_decoder_that_samples_inside_its_step_returns_the_token(lms):
+    """The seam is prefill/decode -> next token: a step that samples on its own (as the CUDA graph
+    does) is used as is, the loop never asks for logits."""
     from types import SimpleNamespace
 
-    class Picks:
-        def __init__(self):
-            self.calls = 0
+    class OwnSampling(_FakeDecoder):
+        def forward(self, ids, cache, every_position=False):
+            raise AssertionError("the loop asked for logits")
 
-        def pick(self, logits):
-            self.calls += 1
-            return 42
+        def prefill(self, ids, cache, sampler):
+            cache.ids.extend(ids)
+            self.seen.append(list(ids))
+            return 41
 
-    fake = _FakeDecoder(100)
-    picks = Picks()
-    fake.make_sampler = lambda config, vocab_size, prompt_ids, device: picks
-    lm = SimpleNamespace(tokenizer=lms["bloom"].tokenizer, stop_token_ids=[42], context_length=64, decoder=fake)
-    assert generate_ids(lm, [1, 2], GenerationConfig(max_new_tokens=5)) == [42]  # 42 is the stop id
-    assert picks.calls == 1
+        def decode(self, token, cache, sampler):
+            cache.ids.append(token)
+            self.seen.append([token])
+            return token + 1
+
+    fake = OwnSampling(100)
+    lm = SimpleNamespace(tokenizer=lms["bloom"].tokenizer, stop_token_ids=[43], context_length=64, decoder=fake)
+    assert generate_ids(lm, [1, 2], GenerationConfig(max_new_tokens=5)) == [41, 42, 43]  # 43 is the stop id
+    assert fake.seen == [[1, 2], [41], [42]]
 
 
 def test_token_ids_outside_the_vocabulary_are_a_clear_error(lms):

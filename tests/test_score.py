@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from firefly_core.errors import FireflyError, PromptTooLongError
-from firefly_core.generation import PrefixCache
 from firefly_core.generation.cuda_graph import CudaGraphDecoder
 from firefly_core.generation.loop import ModelDecoder
 from firefly_core.generation.score import Continuation, score_continuations
@@ -55,9 +54,9 @@ class Counting:
     def new_cache(self):
         return self.inner.new_cache()
 
-    def logits(self, ids, cache):
+    def forward(self, ids, cache, every_position=False):
         self.calls.append(ids.shape[-1])
-        return self.inner.logits(ids, cache)
+        return self.inner.forward(ids, cache, every_position)
 
 
 def _with_decoder(lm, decoder):
@@ -111,7 +110,7 @@ def test_prefix_cache_is_reused_and_left_holding_the_context(lms, one_torch_thre
     conts = [_ids(lm, " A"), _ids(lm, " 蓝色的天空")]
     dec = Counting(ModelDecoder(lm.model))
     slm = _with_decoder(lm, dec)
-    prefix = PrefixCache(dec.new_cache())
+    prefix = dec.new_cache()
     _check(lm, q1, conts, score_continuations(slm, q1, conts, prefix))
     assert prefix.ids == q1
     dec.calls.clear()
@@ -173,7 +172,8 @@ def test_llamacpp_scores_equal_its_own_full_sequence_scoring(lms, ggufs, family,
     assert dec.calls == [len(context)] + [len(c) - 1 for c in conts if len(c) > 1]
     oracle = LlamaCppDecoder(ggufs[family], n_ctx=256, threads=1)  # one pass over each whole sequence
     for cont, score in zip(conts, got):
-        rows = oracle.logits(torch.tensor([context + cont]), oracle.new_cache())[len(context) - 1 : -1]
+        every = oracle.forward(torch.tensor([context + cont]), oracle.new_cache(), every_position=True)
+        rows = every[len(context) - 1 : -1]
         logp = torch.log_softmax(rows, dim=-1).gather(-1, torch.tensor(cont)[:, None]).sum()
         assert score.logprob == pytest.approx(float(logp), abs=1e-4)
         assert score.greedy == bool((rows.argmax(-1) == torch.tensor(cont)).all())

@@ -9,7 +9,7 @@ tokens are added (the harness's default `add_bos_token=False`). An input longer 
 `max_length` + 1 is cut from the left, as its `_loglikelihood_tokens` does.
 
 The forward passes go through the decode seam (`generation.score.score_continuations`): the
-subject's few-shot header is the same for every question, so one `PrefixCache` per subject keeps
+subject's few-shot header is the same for every question, so one decoder cache per subject keeps
 its keys/values and each question prefills only its own tokens; four one-token letters are scored
 from the context's last position, in no extra pass. Any engine the model service loads works.
 """
@@ -156,7 +156,6 @@ def score_exam(
     """Each question's log-likelihoods and predicted letter (the most likely; the first on a tie,
     as numpy's argmax in the harness). `chat_template`: the 0-shot question as one user turn in the
     model's own prompt format, the letter as the start of its reply (not a harness protocol)."""
-    from ..generation.cache import PrefixCache
     from ..generation.loop import decoder_for
     from ..generation.score import score_continuations
 
@@ -168,7 +167,7 @@ def score_exam(
     t0 = time.perf_counter()
     results: list[QuestionResult] = []
     for exam in exams:
-        prefix = PrefixCache(decoder.new_cache())  # one per subject: its header is what is shared
+        prefix = decoder.new_cache()  # one per subject: its header is what is shared
         for item in exam.items:
             if cancel is not None and cancel.is_set():
                 raise EvalCancelled("the evaluation was cancelled")

@@ -12,7 +12,7 @@ from typing import Any
 
 _WHERE = {
     "KVCache": "cache",
-    "PrefixCache": "cache",
+    "TokenCache": "cache",
     "GenerationConfig": "config",
     "ReplyDone": "config",
     "ReplyStats": "config",
@@ -26,6 +26,8 @@ _WHERE = {
     "generate_stream": "loop",
     "prefill_prefix": "loop",
     "TokenSampler": "sampling",
+    "Continuation": "score",
+    "score_continuations": "score",
     "GENERATION_KEYS": "settings",
     "resolve_generation_config": "settings",
     "generation_config_for": "settings",

@@ -1,19 +1,16 @@
-"""The KV cache: preallocated per-layer buffers written in place, and the prefix bookkeeping for reuse.
+"""Caches that know their token ids: every decoder's cache holds `ids` (what its keys/values are
+for, in order) and `crop_to(length)` keeps the first `length` of them; that is all the loop, chat's
+prefix reuse and scoring rely on (`TokenCache`).
 
 transformers' DynamicCache grows by `torch.cat` at every token, which copies the whole cache of every
 layer once per token (quadratic in the reply length). `KVCache` is a transformers `Cache` whose
 layers keep a buffer with spare room (doubled when full) and write new keys/values into it; the
-model sees a view of the filled part. It can be cropped to any length, which is what multi-turn
-prefix reuse needs. Models whose layers are not plain full attention (sliding windows, linear
-attention) keep transformers' own layers.
-
-`PrefixCache` pairs a cache with the token ids it holds, so the next prompt can reuse the longest
-common prefix and prefill only the rest.
+model sees a view of the filled part. Models whose layers are not plain full attention (sliding
+windows, linear attention) keep transformers' own layers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -91,34 +88,54 @@ class GrowingLayer(DynamicLayer):
     batch_select_indices = batch_repeat_interleave
 
 
-class KVCache(DynamicCache):
+class TokenCache:
+    """What every decoder's cache is: the token ids whose keys/values it holds, and a crop.
+
+    A decoder's `forward` appends to `ids` only when the pass succeeded, and leaves the storage as
+    `ids` says when it fails (so an interrupt never leaves half a step behind). Subclasses say how
+    their storage drops positions (`_crop_storage`).
+    """
+
+    ids: list[int]
+
+    def crop_to(self, length: int) -> None:
+        """Keep the first `length` positions (storage and ids). Not transformers' `Cache.crop`,
+        which takes a negative count of tokens to drop."""
+        length = max(0, int(length))
+        self._crop_storage(length)
+        del self.ids[length:]
+
+    def clear(self) -> None:
+        self.crop_to(0)
+
+    def reuse_for(self, prompt_ids: Sequence[int], *, leave: int = 1) -> int:
+        """Crop to the longest prefix shared with `prompt_ids`, leaving at least `leave` prompt
+        tokens to run (their logits start a reply or a score); return how many are reused."""
+        keep = max(0, min(common_prefix_length(self.ids, prompt_ids), len(prompt_ids) - leave))
+        self.crop_to(keep)
+        return keep
+
+    def _crop_storage(self, length: int) -> None:
+        raise NotImplementedError
+
+
+class KVCache(TokenCache, DynamicCache):
     """A DynamicCache whose full-attention layers are `GrowingLayer`s (no torch.cat per token)."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__(config=config)
+        DynamicCache.__init__(self, config=config)
+        self.ids = []
         if self.layers:
             self.layers = [GrowingLayer() if type(l) is DynamicLayer else l for l in self.layers]
         else:  # layers created lazily, one per layer index
             self.layer_class_to_replicate = GrowingLayer
 
-    def crop_to(self, length: int) -> None:
-        """Keep the first `length` positions of every layer (layers may differ after an interrupted step)."""
+    def _crop_storage(self, length: int) -> None:
+        # layer by layer: after an interrupted step the layers may hold different lengths
         for layer in self.layers:
             have = layer.get_seq_length()
             if have > length:
                 layer.crop(length - have)
-
-
-def crop_cache(cache: Any, length: int) -> None:
-    """Crop a cache to `length` positions: any object with `crop_to(length)` (ours, or a plugged-in
-    decoder's own cache), else a transformers cache, layer by layer."""
-    if hasattr(cache, "crop_to"):
-        cache.crop_to(length)
-        return
-    for layer in getattr(cache, "layers", []):
-        have = layer.get_seq_length()
-        if have > length:
-            layer.crop(length - have)
 
 
 def cache_argument(model: Any) -> str:
@@ -132,30 +149,9 @@ def cache_argument(model: Any) -> str:
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case (the next turn extends the last), compared at C speed
+        return n
     i = 0
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-@dataclass
-class PrefixCache:
-    """A KV cache and the token ids whose keys/values it holds, in order."""
-
-    cache: Any
-    ids: list[int] = field(default_factory=list)
-
-    def reuse_for(self, prompt_ids: Sequence[int]) -> int:
-        """Crop to the longest prefix shared with `prompt_ids` and return its length.
-
-        At least one prompt token is always left to prefill, since its logits start the reply.
-        """
-        keep = min(common_prefix_length(self.ids, prompt_ids), len(prompt_ids) - 1)
-        keep = max(keep, 0)
-        crop_cache(self.cache, keep)
-        del self.ids[keep:]
-        return keep
-
-    def clear(self) -> None:
-        crop_cache(self.cache, 0)
-        self.ids.clear()

@@ -6,22 +6,22 @@ launch cost one call. A graph replays fixed memory addresses, so everything it t
 
 - the KV cache is a transformers `Cache` of `StaticLayer`s allocated once for the whole context
   window (their lengths are device tensors the captured step itself advances);
-- the step reads its input token from a fixed buffer and writes its logits to another;
+- the step reads its input token from a fixed buffer and writes the token it draws to another;
 - sampling runs inside the same graph, on the GPU (`DeviceSampling`: repetition penalty,
   temperature, top-k, top-p with transformers' semantics, then an exponential race that draws
   from the filtered distribution without a host round trip), so the only host synchronisation per
   token is reading the new token id.
 
-`CudaGraphDecoder` plugs into the generation loop through the `Decoder` protocol (`new_cache()`,
-`forward(ids, cache)`), and offers `make_sampler(...)` with `TokenSampler`'s signature: a loop that
-asks the decoder for its sampler gets the token sampled inside the graph; a loop that uses its own
-`TokenSampler` still gets correct results (it samples from the returned logits). Prefill runs
-eagerly through the same static cache; multi-turn prefix reuse works because the cache can be
-cropped (its length is just a counter; entries past it are masked and later overwritten).
+`CudaGraphDecoder` is a `Decoder` whose `decode(token, cache, sampler)` replays the graph and
+returns the token drawn inside it (gpt-fast's `decode_one_token`); `prefill` runs the prompt
+eagerly through the same static cache and draws on the device too, loading the reply's settings
+(`sampler.config`) into the device tensors. Multi-turn prefix reuse works because the cache crops
+itself (its length is just a counter; entries past it are masked and later overwritten).
 
 Each cache gets its own graph (captured on its first decode step, or up front by `warm_up`); caches
 no longer referenced go back to a pool with their graph, so one-shot generations do not recapture.
-One reply at a time per decoder: the sampling state is shared by its graphs.
+The sampling state is the decoder's: one reply at a time (the model service's generation lock);
+a decode step for another reply than the last one prefilled reloads that reply's settings.
 
 `enable_fast_decode(lm)` turns this on for a LoadedModel when it can, and otherwise keeps the eager
 loop and says why (`FastDecodePlan.reason`). On CPU the same decoder runs without a graph
@@ -39,7 +39,8 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from ..errors import PromptTooLongError
-from .cache import cache_argument
+from .cache import TokenCache, cache_argument
+from .loop import Decoder, ids_tensor
 from .sampling import apply_repetition_penalty, top_p_remove_sorted
 
 Status = Callable[[str], None]
@@ -87,15 +88,15 @@ class _Slot:
             layer.set_length(length)
 
 
-class StaticCacheHandle:
-    """What `CudaGraphDecoder.new_cache()` returns: a cache the generation loop can crop.
+class StaticCacheHandle(TokenCache):
+    """What `CudaGraphDecoder.new_cache()` returns: a `TokenCache` over one pooled static slot.
 
-    `layers` are the static layers (what `crop_cache` walks); when the handle is garbage-collected
-    its slot (cache tensors + graph) returns to the decoder's pool.
+    When the handle is garbage-collected its slot (cache tensors + graph) returns to the decoder's pool.
     """
 
     def __init__(self, slot: _Slot) -> None:
         self.slot = slot
+        self.ids = []
 
     @property
     def layers(self) -> list:
@@ -104,7 +105,7 @@ class StaticCacheHandle:
     def get_seq_length(self) -> int:
         return self.slot.cache.layers[0].host_len
 
-    def crop_to(self, length: int) -> None:
+    def _crop_storage(self, length: int) -> None:
         self.slot.set_length(length)
 
 
@@ -190,37 +191,6 @@ class DeviceSampling:
         self.seen.scatter_(1, token.view(1, 1), True)
 
 
-class GraphSampler:
-    """`TokenSampler`'s interface over `DeviceSampling`: `pick(logits) -> int`, `observe(int)`.
-
-    When `logits` are the output of a decode step, the step already sampled the token inside the
-    graph and `pick` only reads it (the one host sync per token).
-    """
-
-    def __init__(self, decoder: "CudaGraphDecoder", config: Any, prompt_ids: Iterable[int]) -> None:
-        self.decoder = decoder
-        self.config = config
-        decoder._reply += 1
-        self._reply = decoder._reply
-        decoder.sampling.configure(config, prompt_ids)
-        decoder._step_sampled = False
-
-    def pick(self, logits: torch.Tensor) -> int:
-        dec = self.decoder
-        if dec._reply != self._reply:
-            raise RuntimeError("another reply started on this model; a decoder serves one reply at a time")
-        if logits is dec.logits_buf and dec._step_sampled:
-            dec._step_sampled = False
-            return int(dec.token_buf.item())
-        token = dec.sampling.sample(logits.float())
-        dec.sampling.observe(token)
-        return int(token.item())
-
-    def observe(self, token: int) -> None:
-        t = torch.tensor([int(token)], device=self.decoder.device)
-        self.decoder.sampling.observe(t)
-
-
 # ----------------------------------------------------------------------------------------- decoder
 def _num_layers(config: Any) -> int:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
@@ -230,7 +200,7 @@ def _num_layers(config: Any) -> int:
     raise ValueError("cannot tell how many layers this model has")
 
 
-class CudaGraphDecoder:
+class CudaGraphDecoder(Decoder):
     """A `Decoder` with a static KV cache whose single-token step is replayed as a CUDA graph."""
 
     def __init__(
@@ -256,17 +226,16 @@ class CudaGraphDecoder:
             getattr(out, "out_features", model.config.vocab_size)
         )
         self.sampling = DeviceSampling(self.vocab_size, self.device)
+        self._sampler: Any = None  # the reply whose settings `sampling` holds
+        # the graph's fixed input and output: the token fed, the token drawn
         self.ids_buf = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self.logits_buf = torch.zeros(1, self.vocab_size, dtype=torch.float32, device=self.device)
         self.token_buf = torch.zeros(1, dtype=torch.long, device=self.device)
-        self._step_sampled = False
-        self._reply = 0
         self._free: list[_Slot] = []
         self._pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.capture_s: list[float] = []  # seconds spent in each capture (warm-up included)
         self.fallback_reason: str | None = None  # set if a later capture failed and we went eager
 
-    # -- the Decoder protocol -------------------------------------------------------------------
+    # -- the Decoder seam -------------------------------------------------------------------------
     def new_cache(self) -> StaticCacheHandle:
         slot = self._free.pop() if self._free else _Slot(self.num_layers, self.max_cache_len)
         slot.set_length(0)
@@ -274,70 +243,73 @@ class CudaGraphDecoder:
         weakref.finalize(handle, self._free.append, slot)
         return handle
 
-    def forward(self, ids: torch.Tensor, cache: StaticCacheHandle) -> torch.Tensor:
-        """`ids` [1, n] -> float32 logits of the last position [1, vocab]. n == 1 replays the graph
-        (which also samples the next token); longer inputs (prefill) run eagerly."""
-        slot = cache.slot
-        n = ids.shape[-1]
-        layers = slot.cache.layers
-        if layers[0].host_len + n > self.max_cache_len:
-            raise PromptTooLongError(
-                f"the static KV cache holds {self.max_cache_len} tokens; this step would need "
-                f"{layers[0].host_len + n}", "start a new conversation (/reset)",
-            )
-        before = layers[0].host_len
+    def forward(self, ids: torch.Tensor, cache: StaticCacheHandle, every_position: bool = False) -> torch.Tensor:
+        """An eager pass through the static cache (prompts, scoring): float32 logits of the last
+        position [1, vocab], or of every position [n, vocab]."""
+        before = self._advance(cache, ids.shape[-1])
+        keep = {} if every_position else {"logits_to_keep": 1}
         try:
-            for layer in layers:
-                layer.host_len += n
-            if n == 1 and slot.initialized:
-                self.ids_buf.copy_(ids.view(1, 1), non_blocking=True)
-                if self.use_graph and slot.graph is None:
-                    self._capture_or_fall_back(slot)
-                if self.use_graph:
-                    slot.graph.replay()
-                else:
-                    self._step(slot)
-                self._step_sampled = True
-                return self.logits_buf
-            self._step_sampled = False
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: slot.cache})
-            return out.logits[:, -1, :].float()
+            out = self.model(input_ids=ids, use_cache=True, **keep, **{self._cache_arg: cache.slot.cache})
         except BaseException:
-            slot.set_length(before)  # as if the step never ran (the loop crops to its own count too)
+            cache.slot.set_length(before)  # as if the pass never ran
             raise
+        cache.ids.extend(ids[0].tolist())
+        return out.logits[0].float() if every_position else out.logits[:, -1, :].float()
 
-    def logits(self, ids: torch.Tensor, cache: StaticCacheHandle) -> torch.Tensor:
-        """Float32 logits of every position of `ids` [n, vocab], run eagerly through the static cache
-        (scoring; no sampling)."""
+    def prefill(self, ids: Sequence[int], cache: StaticCacheHandle, sampler: Any) -> int:
+        """Start a reply: load its settings (and the penalty's prompt, `cache.ids` + `ids`) into the
+        device tensors, run the prompt eagerly, draw the first token on the device."""
+        self._sampler = sampler
+        self.sampling.configure(sampler.config, cache.ids + list(ids))
+        return self._sample(self.forward(ids_tensor(ids, self.device), cache))
+
+    def decode(self, token: int, cache: StaticCacheHandle, sampler: Any) -> int:
+        """One step, replayed as a CUDA graph that also draws the next token (the one host sync)."""
+        if sampler is not self._sampler:  # another reply ran on this decoder since: reload this one's
+            self._sampler = sampler
+            self.sampling.configure(sampler.config, cache.ids + [token])
         slot = cache.slot
-        n = ids.shape[-1]
-        layers = slot.cache.layers
+        if not slot.initialized:  # nothing ran through this cache yet: no static tensors to replay
+            return self._sample(self.forward(ids_tensor([token], self.device), cache))
+        before = self._advance(cache, 1)
+        try:
+            self.ids_buf.fill_(int(token))
+            if self.use_graph and slot.graph is None:
+                self._capture_or_fall_back(slot)
+            if self.use_graph:
+                slot.graph.replay()
+            else:
+                self._step(slot)
+        except BaseException:
+            slot.set_length(before)
+            raise
+        cache.ids.append(int(token))
+        return int(self.token_buf.item())
+
+    def _advance(self, cache: StaticCacheHandle, n: int) -> int:
+        """Move the host-side length on by `n` (the device lengths move inside the model); return
+        the length before. Overflow is an error here, before a kernel indexes past the end."""
+        layers = cache.slot.cache.layers
         before = layers[0].host_len
         if before + n > self.max_cache_len:
             raise PromptTooLongError(
                 f"the static KV cache holds {self.max_cache_len} tokens; this step would need {before + n}",
-                "shorten the context",
+                "start a new conversation (/reset)",
             )
-        try:
-            for layer in layers:
-                layer.host_len += n
-            self._step_sampled = False
-            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: slot.cache})
-            return out.logits[0].float()
-        except BaseException:
-            slot.set_length(before)
-            raise
+        for layer in layers:
+            layer.host_len += n
+        return before
 
-    def make_sampler(self, config: Any, vocab_size: int, prompt_ids: Iterable[int], device: Any = None) -> GraphSampler:
-        """A sampler with `TokenSampler`'s signature whose decode-step draws happen inside the graph."""
-        return GraphSampler(self, config, prompt_ids)
+    def _sample(self, logits: torch.Tensor) -> int:
+        token = self.sampling.sample(logits)
+        self.sampling.observe(token)
+        return int(token.item())
 
     # -- graph ------------------------------------------------------------------------------------
     def _step(self, slot: _Slot) -> None:
         """The decode step: forward one token, sample the next, all on the device (the graph body)."""
         out = self.model(input_ids=self.ids_buf, use_cache=True, logits_to_keep=1, **{self._cache_arg: slot.cache})
-        self.logits_buf.copy_(out.logits[:, -1, :])
-        token = self.sampling.sample(self.logits_buf)
+        token = self.sampling.sample(out.logits[:, -1, :].float())
         self.token_buf.copy_(token)
         self.sampling.observe(token)
 
@@ -386,7 +358,7 @@ class CudaGraphDecoder:
         """Capture a graph now (on a pooled cache), so failures surface before the first reply."""
         handle = self.new_cache()
         with torch.inference_mode():
-            self.forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), handle)  # prefill: allocates
+            self.forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), handle)  # eager: allocates
             if self.use_graph and handle.slot.graph is None:
                 self._capture(handle.slot)
         handle.crop_to(0)

@@ -2,9 +2,9 @@
 
 llama.cpp runs the forward passes; everything that makes our chat ours stays in the loop: our
 tokenizer and prompt formats, sampling semantics, stop strings, the streaming detokenizer, cancel,
-stats and multi-turn prefix reuse. `LlamaCppDecoder` implements the loop's `Decoder` seam:
+stats and multi-turn prefix reuse. `LlamaCppDecoder` is a `Decoder` (generation/loop.py):
 
-    forward(ids, cache) -> [1, vocab] float32 logits of the last position
+    forward(ids, cache, every_position=False) -> float32 logits of the last (or every) position
 
 over *our* token ids (llama.cpp never tokenizes here). The KV cache lives inside one llama.cpp
 context; a `LlamaCppCache` is the list of token ids a conversation believes is cached. Before each
@@ -29,22 +29,21 @@ import torch
 
 from ..errors import FireflyError, PromptTooLongError
 from ..llamacpp_lib import available, last_error as _last_error, llama_cpp_module  # noqa: F401 (available: the engine's contract)
-from .cache import common_prefix_length
+from .cache import TokenCache, common_prefix_length
+from .loop import Decoder
 
 
-# --------------------------------------------------------------------------------------- decoder
-class LlamaCppCache:
+class LlamaCppCache(TokenCache):
     """The token ids one conversation has run through the model (what its KV cache holds)."""
 
     def __init__(self) -> None:
-        self.ids: list[int] = []
+        self.ids = []
 
     def get_seq_length(self) -> int:
         return len(self.ids)
 
-    def crop_to(self, length: int) -> None:
-        # Only the bookkeeping: the context itself is truncated at the next forward (see _sync).
-        del self.ids[max(0, length):]
+    def _crop_storage(self, length: int) -> None:
+        pass  # only the ids: the context itself is truncated at the next forward (see _sync)
 
 
 def default_threads() -> int:
@@ -57,7 +56,7 @@ def default_threads() -> int:
     return n if n <= 4 else n // 2
 
 
-class LlamaCppDecoder:
+class LlamaCppDecoder(Decoder):
     """Forward passes through llama.cpp over our token ids (the loop's `Decoder`)."""
 
     def __init__(self, gguf_path: str | os.PathLike, *, n_ctx: int, threads: int | None = None, n_batch: int = 512) -> None:
@@ -101,34 +100,22 @@ class LlamaCppDecoder:
     def new_cache(self) -> LlamaCppCache:
         return LlamaCppCache()
 
-    def forward(self, ids: torch.Tensor, cache: LlamaCppCache) -> torch.Tensor:
-        """Run `ids` ([1, n]) after what `cache` holds; return the last position's logits [1, vocab]."""
+    def forward(self, ids: torch.Tensor, cache: LlamaCppCache, every_position: bool = False) -> torch.Tensor:
+        """Run `ids` ([1, n]) after what `cache` holds; the last position's logits [1, vocab], or
+        every position's [n, vocab]."""
         new = [int(i) for i in ids.reshape(-1).tolist()]
         if not new:
             raise ValueError("forward needs at least one token")
         with self._lock:
             self._sync(cache.ids)
-            logits = self._decode(new, want_logits=True)
+            logits = self._decode(new, want_logits=True, all_rows=every_position)
             cache.ids.extend(new)
         return logits
-
-    def logits(self, ids: torch.Tensor, cache: LlamaCppCache) -> torch.Tensor:
-        """Run `ids` after what `cache` holds; float32 logits of every position [n, vocab] (scoring)."""
-        new = [int(i) for i in ids.reshape(-1).tolist()]
-        if not new:
-            raise ValueError("logits needs at least one token")
-        with self._lock:
-            self._sync(cache.ids)
-            rows = self._decode(new, want_logits=True, all_rows=True)
-            cache.ids.extend(new)
-        return rows
 
     # -- internals
     def _sync(self, ids: Sequence[int]) -> None:
         """Make the context hold exactly `ids`: truncate to the shared prefix, replay the rest."""
-        n = len(ids)
-        # the usual case (one conversation, next token) compared at C speed, not element by element
-        keep = n if n <= len(self._held) and self._held[:n] == ids else common_prefix_length(self._held, ids)
+        keep = common_prefix_length(self._held, ids)
         if keep < len(self._held):
             if not self._lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
                 self._lib.llama_memory_clear(self._mem, True)

@@ -1,18 +1,17 @@
 """The generation loop: prefill the prompt, then decode one token at a time, streaming text.
 
-Shape of the loop (batch 1):
+Shape of the loop (batch 1), as gpt-fast's `generate`:
 
-    logits = decoder.forward(prompt_ids[reused:], cache)   # prefill: [1, n] -> [1, vocab]
-    repeat: token = sampler.pick(logits)                    # penalty / temperature / top-k / top-p
-            stream the text delta; stop on stop id, stop string, max_new_tokens or cancel
-            logits = decoder.forward([[token]], cache)      # decode step: [1, 1] -> [1, vocab]
+    token = decoder.prefill(prompt_ids[reused:], cache, sampler)   # [n] ids -> the first reply token
+    repeat: stream the text delta; stop on stop id, stop string, max_new_tokens or cancel
+            token = decoder.decode(token, cache, sampler)          # one id -> the next one
 
-The model is reached only through a `Decoder` (the protocol below says everything the loop uses),
-so a faster decode step (int8 weights, our CPU kernels, CUDA graphs, llama.cpp) is plugged in by
-setting `lm.decoder` (the model service does) or passing `decoder=`, without touching the loop.
-From the LoadedModel itself the loop reads only the tokenizer (to stream text), the stop ids and
-the context length. One token generator (`_tokens`) runs under `generate_stream` and
-`generate_ids`; `prefill_prefix` shares its forward step.
+A decoder's step returns the next token: sampling happens inside the step (gpt-fast's
+`decode_one_token`), so a faster step (a CUDA graph that samples on the GPU, llama.cpp) replaces
+one method and the loop never sees logits. The model is reached only through a `Decoder` (below:
+everything the loop relies on), set as `lm.decoder` by the model service or passed as `decoder=`.
+From the LoadedModel itself the loop reads only the tokenizer (to stream text), the stop ids and the
+context length. One token generator (`_tokens`) runs under `generate_stream` and `generate_ids`.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..errors import FireflyError, PromptTooLongError
-from .cache import KVCache, PrefixCache, cache_argument, common_prefix_length, crop_cache
+from .cache import KVCache, TokenCache, cache_argument
 from .config import GenerationConfig, ReplyDone, ReplyStats, TextDelta
 from .detokenize import StopStringGuard, StreamingDetokenizer
 from .gemv import gemv_matmuls, wants_gemv
@@ -33,30 +32,39 @@ from .prefill import MIN_ROWS, float32_matmuls, wants_float32_prefill
 from .sampling import TokenSampler
 
 
-@runtime_checkable
-class Decoder(Protocol):
-    """Everything the loop relies on, and nothing more.
+class Decoder:
+    """Everything the loop (and scoring) relies on, and nothing more.
 
     - `vocab_size`: rows of the logits (and the largest token id + 1 the model accepts);
-    - `device`: where `forward`'s ids must live (`torch.device`);
-    - `new_cache()`: an empty KV cache. The loop only hands it back to `forward` and crops it with
-      `cache.crop_to(length)` (or, for a transformers Cache, layer by layer: `crop_cache`) to the
-      prefix it shares with the next prompt; a crop must leave exactly the first `length` positions;
-    - `forward(ids, cache)`: run `ids` ([1, n] int64 on `device`) through the model, appending
-      their keys/values to `cache`; return float32 logits of the last position, [1, vocab_size].
-      If it raises, the loop crops the cache back to what it held before the call.
-
-    Optional: `make_sampler(config, vocab_size, prompt_ids, device)` returning an object with
-    `pick(logits) -> int` (a decoder that samples inside its own step, as gpt-fast's
-    `decode_one_token` and our CUDA graph do); without it the loop uses `TokenSampler`.
+    - `device`: where `forward`'s ids live and the sampler keeps its state;
+    - `new_cache()`: an empty `TokenCache` (it knows its ids and crops itself);
+    - `forward(ids, cache, every_position=False)`: run `ids` ([1, n] int64 on `device`) after what
+      `cache` holds, appending them to it; float32 logits of the last position [1, vocab] (or of every
+      position, [n, vocab], for scoring). A pass that raises leaves the cache as it was;
+    - `prefill(ids, cache, sampler)` / `decode(token, cache, sampler)`: run the prompt / one token
+      and return the next token id (`sampler`: the reply's `TokenSampler`). The defaults here
+      sample the logits of `forward`; an engine that samples on its own device overrides them.
     """
 
     vocab_size: int
     device: Any
 
-    def new_cache(self) -> Any: ...
+    def new_cache(self) -> TokenCache:
+        raise NotImplementedError
 
-    def forward(self, ids: torch.Tensor, cache: Any) -> torch.Tensor: ...
+    def forward(self, ids: torch.Tensor, cache: Any, every_position: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prefill(self, ids: Sequence[int], cache: Any, sampler: TokenSampler) -> int:
+        return sampler.pick(self.forward(ids_tensor(ids, self.device), cache))
+
+    def decode(self, token: int, cache: Any, sampler: TokenSampler) -> int:
+        return sampler.pick(self.forward(ids_tensor([token], self.device), cache))
+
+
+def ids_tensor(ids: Sequence[int], device: Any) -> torch.Tensor:
+    """Token ids as a decoder's `forward` takes them: [1, n] int64 on `device`."""
+    return torch.tensor([list(ids)], dtype=torch.long, device=device)
 
 
 def output_rows(model: Any) -> int:
@@ -67,11 +75,11 @@ def output_rows(model: Any) -> int:
     return int(model.config.vocab_size)
 
 
-class ModelDecoder:
+class ModelDecoder(Decoder):
     """The default decoder: a transformers causal LM with our preallocated `KVCache`.
 
-    `threads` (None = leave torch's setting) is applied in the calling thread before each forward
-    pass: torch's thread count is process-wide, and the app decodes in a worker thread.
+    `threads` (None = leave torch's setting) is applied in the calling thread before each pass: torch's
+    thread count is process-wide, and the app decodes in a worker thread.
     """
 
     def __init__(
@@ -87,33 +95,31 @@ class ModelDecoder:
         self.device = param.device if param is not None else torch.device("cpu")
         self.vocab_size = output_rows(model)
         self.threads = threads
-        params = inspect.signature(model.forward).parameters
-        # Only the last position's logits are needed; skipping the others saves a [n, vocab] GEMM.
-        self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # Only the last position's logits are needed to decode; skipping the others saves a
+        # [n, vocab] GEMM (models without the argument compute them all and we take the last).
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self._cache_arg = cache_argument(model)
         # On CPUs without fast bf16 GEMM, prompts are multiplied in fp32 (see prefill.py).
         self.float32_prefill = wants_float32_prefill(model) if float32_prefill is None else float32_prefill
         # ... and decode steps (one row) use our bf16 GEMV kernel, which reads weights faster (gemv.py).
         self.fast_gemv = wants_gemv(model) if fast_gemv is None else fast_gemv
 
-    def new_cache(self) -> Any:
+    def new_cache(self) -> KVCache:
         return KVCache(self.model.config)
 
-    def forward(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: KVCache, every_position: bool = False) -> torch.Tensor:
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+        extra = {} if every_position else self._last_only
         rows = ids.shape[-1]
-        with float32_matmuls(self.float32_prefill and rows >= MIN_ROWS), gemv_matmuls(self.fast_gemv and rows == 1):
-            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **self._extra)
-        return out.logits[:, -1, :].float()
-
-    def logits(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Like `forward`, but float32 logits of every position, [n, vocab] (for scoring)."""
-        if self.threads and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        with float32_matmuls(self.float32_prefill and ids.shape[-1] >= MIN_ROWS):
-            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
-        return out.logits[0].float()
+        try:
+            with float32_matmuls(self.float32_prefill and rows >= MIN_ROWS), gemv_matmuls(self.fast_gemv and rows == 1):
+                out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **extra)
+        except BaseException:
+            cache.crop_to(len(cache.ids))  # layers a failed pass appended to go back to the ids
+            raise
+        cache.ids.extend(ids[0].tolist())
+        return out.logits[0].float() if every_position else out.logits[:, -1, :].float()
 
 
 def decoder_for(lm: Any) -> Decoder:
@@ -129,16 +135,7 @@ def decoder_for(lm: Any) -> Decoder:
     return dec
 
 
-def make_sampler(decoder: Any, config: GenerationConfig, vocab_size: int, prompt_ids: Sequence[int], device: Any):
-    """The decoder's own sampler when it has one (a CUDA-graph decoder samples inside its graph),
-    else a `TokenSampler`; both have `pick(logits) -> int`."""
-    own = getattr(decoder, "make_sampler", None)
-    if own is not None:
-        return own(config, vocab_size, prompt_ids, device)
-    return TokenSampler(config, vocab_size, prompt_ids, device)
-
-
-def _check_ids(decoder: Decoder, ids: Sequence[int]) -> None:
+def check_ids(decoder: Decoder, ids: Sequence[int]) -> None:
     """Ids the model has no row for would be an IndexError deep inside the model: say so instead."""
     bad = [i for i in ids if not 0 <= i < decoder.vocab_size]
     if bad:
@@ -148,35 +145,22 @@ def _check_ids(decoder: Decoder, ids: Sequence[int]) -> None:
         )
 
 
-def _forward_into(decoder: Decoder, prefix_cache: PrefixCache, ids: Sequence[int]) -> torch.Tensor:
-    """One forward pass appending `ids` to `prefix_cache`; on any interruption the cache is cropped
-    back to what `prefix_cache.ids` says it holds."""
-    try:
-        with torch.inference_mode():
-            logits = decoder.forward(torch.tensor([list(ids)], dtype=torch.long, device=decoder.device), prefix_cache.cache)
-    except BaseException:
-        crop_cache(prefix_cache.cache, len(prefix_cache.ids))
-        raise
-    prefix_cache.ids.extend(ids)
-    return logits
-
-
 def _tokens(
-    decoder: Decoder, prefix_cache: PrefixCache, new_ids: Sequence[int], sampler: Any, context_length: int
+    decoder: Decoder, cache: TokenCache, new_ids: Sequence[int], sampler: TokenSampler, context_length: int
 ) -> Iterator[int]:
     """The one token generator: prefill `new_ids` (the prompt past the reused prefix), then yield
-    one sampled token at a time, feeding each back before the next. The consumer stops it by not
-    asking for more (stop id, stop string, max tokens, cancel); it ends by itself when the next
-    token would not fit in the context window. inference_mode is entered per call, never held
-    across a `yield`: it is thread-local and would leak into the consumer's code between tokens."""
-    logits = _forward_into(decoder, prefix_cache, new_ids)
+    one token at a time, feeding each back to get the next. The consumer stops it by not asking for
+    more (stop id, stop string, max tokens, cancel); it ends by itself when the next token would
+    not fit in the context window. inference_mode is entered per call, never held across a
+    `yield`: it is thread-local and would leak into the consumer's code between tokens."""
+    with torch.inference_mode():
+        token = decoder.prefill(new_ids, cache, sampler)
     while True:
-        with torch.inference_mode():
-            token = sampler.pick(logits)
         yield token
-        if len(prefix_cache.ids) + 1 >= context_length:  # prompt + reply would pass the window
+        if len(cache.ids) + 1 >= context_length:  # prompt + reply would pass the window
             return
-        logits = _forward_into(decoder, prefix_cache, [token])
+        with torch.inference_mode():
+            token = decoder.decode(token, cache, sampler)
 
 
 def generate_stream(
@@ -185,13 +169,14 @@ def generate_stream(
     config: GenerationConfig | None = None,
     cancel: threading.Event | None = None,
     *,
-    prefix_cache: PrefixCache | None = None,
+    prefix_cache: TokenCache | None = None,
     decoder: Decoder | None = None,
 ) -> Iterator[TextDelta | ReplyDone]:
     """Stream the reply to `prompt_ids`: `TextDelta`s, then one `ReplyDone`.
 
-    `prefix_cache` (kept by a ChatSession across turns) lets the prompt reuse the keys/values of the
-    longest prefix it shares with the previous call; it is updated in place. `cancel.set()` from
+    `prefix_cache` (a `decoder.new_cache()` kept by a chat session across turns) lets the prompt
+    reuse the keys/values of the longest prefix it shares with the previous call; it is updated in
+    place. `cancel.set()` from
     another thread stops the reply between tokens (ReplyDone.cancelled is True).
     """
     config = config or GenerationConfig()
@@ -206,15 +191,14 @@ def generate_stream(
             "shorten the conversation (/reset) or the message",
         )
     decoder = decoder or decoder_for(lm)
-    _check_ids(decoder, prompt_ids)
+    check_ids(decoder, prompt_ids)
     stop_ids = set(getattr(lm, "stop_token_ids", []) or []) | set(config.stop_token_ids)
 
     t_start = time.perf_counter()
-    if prefix_cache is None:
-        prefix_cache = PrefixCache(decoder.new_cache())
+    cache = decoder.new_cache() if prefix_cache is None else prefix_cache
     with torch.inference_mode():
-        reused = prefix_cache.reuse_for(prompt_ids)
-        sampler = make_sampler(decoder, config, decoder.vocab_size, prompt_ids, decoder.device)
+        reused = cache.reuse_for(prompt_ids)
+        sampler = TokenSampler(config, decoder.vocab_size, prompt_ids, decoder.device)
     detok = StreamingDetokenizer(lm.tokenizer)
     guard = StopStringGuard(config.stop_strings)
 
@@ -222,7 +206,7 @@ def generate_stream(
     ttft = 0.0
     t_first = t_start
     stop_reason = "context_full"  # what it is when the token generator ends by itself
-    tokens = _tokens(decoder, prefix_cache, prompt_ids[reused:], sampler, context_length)
+    tokens = _tokens(decoder, cache, prompt_ids[reused:], sampler, context_length)
     try:
         for token in tokens:
             if cancel is not None and cancel.is_set():
@@ -270,7 +254,7 @@ def generate_stream(
 
 def prefill_prefix(
     lm: Any,
-    prefix_cache: PrefixCache,
+    prefix_cache: TokenCache,
     ids: Sequence[int],
     *,
     decoder: Decoder | None = None,
@@ -282,12 +266,11 @@ def prefill_prefix(
     """
     decoder = decoder or decoder_for(lm)
     ids = [int(i) for i in ids]
-    _check_ids(decoder, ids)
-    keep = common_prefix_length(prefix_cache.ids, ids)
-    crop_cache(prefix_cache.cache, keep)
-    del prefix_cache.ids[keep:]
+    check_ids(decoder, ids)
+    keep = prefix_cache.reuse_for(ids, leave=0)
     if keep < len(ids):
-        _forward_into(decoder, prefix_cache, ids[keep:])
+        with torch.inference_mode():
+            decoder.forward(ids_tensor(ids[keep:], decoder.device), prefix_cache)
     return keep
 
 
@@ -306,12 +289,12 @@ def generate_ids(
     """
     decoder = decoder or decoder_for(lm)
     prompt_ids = [int(i) for i in prompt_ids]
-    _check_ids(decoder, prompt_ids)
+    check_ids(decoder, prompt_ids)
     stop_ids = set(getattr(lm, "stop_token_ids", []) or []) | set(config.stop_token_ids)
     context_length = int(getattr(lm, "context_length", 0) or 0) or 1 << 30
-    sampler = make_sampler(decoder, config, decoder.vocab_size, prompt_ids, decoder.device)
+    sampler = TokenSampler(config, decoder.vocab_size, prompt_ids, decoder.device)
     out: list[int] = []
-    tokens = _tokens(decoder, PrefixCache(decoder.new_cache()), prompt_ids, sampler, context_length)
+    tokens = _tokens(decoder, decoder.new_cache(), prompt_ids, sampler, context_length)
     try:
         for token in tokens:
             out.append(token)

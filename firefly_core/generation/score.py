@@ -3,9 +3,9 @@
 This is what evaluation needs (lm-eval's `loglikelihood`: a multiple-choice question is one context
 and one continuation per answer). The shape, batch 1:
 
-    logits = decoder.logits(context[reused:], cache)     # prefill ONCE: [n, vocab]; keep the last row
+    last = decoder.forward(context[reused:], cache)                   # prefill ONCE: [1, vocab]
     for each continuation c:
-        rows = [last] + decoder.logits(c[:-1], cache)    # [len(c), vocab]: row i predicts c[i]
+        rows = [last] + decoder.forward(c[:-1], cache, every_position)  # [len(c), vocab]: row i predicts c[i]
         logprob = sum(log_softmax(rows)[i, c[i]])        # float32 math
         greedy  = every c[i] is its row's argmax         # lm-eval's is_greedy
         crop the cache back to the context
@@ -15,8 +15,8 @@ after the context's prefill: one forward pass scores them all. A `prefix` cache 
 previous question's with the same few-shot header) is reused for the longest prefix it shares with
 the context, exactly as chat reuses it, and is left holding the context.
 
-Works on every engine through the decoder's `logits(ids, cache)` (torch eager, the CUDA-graph
-decoder's eager path, llama.cpp with logits for every position).
+Works on every engine through the decoder's `forward(ids, cache, every_position=True)` (torch
+eager, the CUDA-graph decoder's eager path, llama.cpp with logits for every position).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FireflyError, PromptTooLongError
-from .cache import PrefixCache, crop_cache
+from .cache import TokenCache
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,15 @@ def score_continuations(
     lm: Any,
     context_ids: Sequence[int],
     continuations: Sequence[Sequence[int]],
-    prefix: PrefixCache | None = None,
+    prefix: TokenCache | None = None,
 ) -> list[Continuation]:
     """Score each continuation after `context_ids` with `lm` (a LoadedModel, any engine).
 
-    The context is prefilled once (reusing what `prefix` already holds of it); each continuation
-    runs from the cached context. Raises FireflyError for an empty context or continuation, token
+    The context is prefilled once (reusing what `prefix`, a `decoder.new_cache()`, already holds of
+    it; it is left holding the context); each continuation runs from the cached context. Raises FireflyError for an empty context or continuation, token
     ids the model has no row for, and PromptTooLongError past the context window.
     """
-    from .loop import _check_ids, decoder_for
+    from .loop import check_ids, decoder_for, ids_tensor
 
     decoder = decoder_for(lm)
     context = [int(i) for i in context_ids]
@@ -59,7 +59,7 @@ def score_continuations(
         raise FireflyError("scoring needs a context of at least one token", "start the context with the BOS/EOS token, as lm-eval does")
     if any(not c for c in conts):
         raise FireflyError("a continuation to score is empty", "every answer must have at least one token")
-    _check_ids(decoder, context + [i for c in conts for i in c])
+    check_ids(decoder, context + [i for c in conts for i in c])
     window = int(getattr(lm, "context_length", 0) or 0) or 1 << 30
     longest = len(context) + max((len(c) for c in conts), default=0)
     if longest > window:
@@ -68,33 +68,21 @@ def score_continuations(
             "truncate the context from the left",
         )
 
-    prefix = prefix if prefix is not None else PrefixCache(decoder.new_cache())
+    cache = prefix if prefix is not None else decoder.new_cache()
     with torch.inference_mode():
-        reused = prefix.reuse_for(context)  # keeps at least one token to run: its logits start every continuation
-        last = _logits_into(decoder, prefix, context[reused:])[-1:]  # [1, vocab]
+        reused = cache.reuse_for(context)  # keeps at least one token to run: its logits start every continuation
+        last = decoder.forward(ids_tensor(context[reused:], decoder.device), cache).float()  # [1, vocab]
         out = []
         for cont in conts:
             rows = last
             if len(cont) > 1:
                 try:
-                    rows = torch.cat([last, _logits_into(decoder, prefix, cont[:-1])])
+                    more = decoder.forward(ids_tensor(cont[:-1], decoder.device), cache, every_position=True)
+                    rows = torch.cat([last, more.float()])  # [len(cont), vocab]
                 finally:
-                    crop_cache(prefix.cache, len(context))
-                    del prefix.ids[len(context):]
+                    cache.crop_to(len(context))
             out.append(_score_rows(rows, cont))
     return out
-
-
-def _logits_into(decoder: Any, prefix: PrefixCache, ids: Sequence[int]) -> torch.Tensor:
-    """Run `ids` after what `prefix` holds; float32 logits of every position [len(ids), vocab].
-    On any interruption the cache is cropped back to what `prefix.ids` says it holds."""
-    try:
-        rows = decoder.logits(torch.tensor([list(ids)], dtype=torch.long, device=decoder.device), prefix.cache)
-    except BaseException:
-        crop_cache(prefix.cache, len(prefix.ids))
-        raise
-    prefix.ids.extend(ids)
-    return rows.float()
 
 
 def _score_rows(rows: torch.Tensor, cont: Sequence[int]) -> Continuation:

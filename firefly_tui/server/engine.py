@@ -11,7 +11,7 @@ generation lock. A job whose client went away is cancelled between tokens (or sk
 started), so the model is free for the next request at once.
 
 KV-prefix reuse across requests: OpenAI clients resend the whole conversation each turn, so the
-worker keeps a few `PrefixCache`s ("slots", the same mechanism `ChatSession` keeps across turns) and
+worker keeps a few decoder caches ("slots", the same mechanism `ChatSession` keeps across turns) and
 gives each request the slot whose last prompt it extends (same conversation: only the new message
 and the tail of the last reply are prefilled). A request that extends no slot's last prompt takes an
 empty slot, else the least recently used one; so a second conversation, or a client's side request
@@ -75,7 +75,7 @@ class Finished:
 
 @dataclass
 class _Slot:
-    prefix: Any  # generation.PrefixCache
+    prefix: Any  # a decoder's cache (generation.TokenCache): it knows its ids
     anchor: int = 0  # length of the last prompt answered from this slot
     last_used: int = 0
 
@@ -243,7 +243,7 @@ class ServedModel:
 
     def _slot_for(self, lm: Any, ids: list[int]) -> _Slot:
         """The cache slot for a prompt (see the module docstring)."""
-        from firefly_core.generation import PrefixCache, decoder_for
+        from firefly_core.generation import decoder_for
         from firefly_core.generation.cache import common_prefix_length
 
         if self._lm is None or self._lm() is not lm:  # loaded anew: the old caches belong to the old model
@@ -253,7 +253,7 @@ class ServedModel:
         if extending:
             slot = max(extending, key=lambda s: (s.anchor, s.last_used))
         elif len(self._slots) < self.cache_slots:
-            slot = _Slot(PrefixCache(decoder_for(lm).new_cache()))
+            slot = _Slot(decoder_for(lm).new_cache())
             self._slots.append(slot)
         else:
             slot = min(self._slots, key=lambda s: s.last_used)
