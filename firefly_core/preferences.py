@@ -312,14 +312,25 @@ class PairReport:
 
 
 def _pieces(tokenizer, sample: TokenizedSample, differs: list[bool]) -> list[tuple[str, bool, bool]]:
-    """Runs of (text, trained, differs from the other side)."""
-    marks = [(lab != IGNORE_INDEX, d) for lab, d in zip(sample.labels, differs)]
+    """Runs of (text, trained, differs from the other side). A run never ends inside a character
+    (byte-level tokens split CJK characters): it goes on, and differs if any of its tokens does."""
+    ids = sample.input_ids
+    trained = [lab != IGNORE_INDEX for lab in sample.labels]
     out: list[tuple[str, bool, bool]] = []
-    start = 0
-    for i in range(1, len(sample.input_ids) + 1):
-        if i == len(sample.input_ids) or marks[i] != marks[start]:
-            out.append((tokenizer.decode(sample.input_ids[start:i], skip_special_tokens=False), *marks[start]))
-            start = i
+    start, diff = 0, differs[0] if differs else False
+    for i in range(1, len(ids) + 1):
+        if i < len(ids) and trained[i] == trained[start] and differs[i] == diff:
+            continue
+        text = tokenizer.decode(ids[start:i], skip_special_tokens=False)
+        if i < len(ids) and trained[i] == trained[start] and text.endswith("\ufffd"):
+            diff = diff or differs[i]  # a character cut in two: keep it whole
+            continue
+        if out and out[-1][1:] == (trained[start], diff):
+            out[-1] = (out[-1][0] + text, trained[start], diff)
+        else:
+            out.append((text, trained[start], diff))
+        if i < len(ids):
+            start, diff = i, differs[i]
     return out
 
 

@@ -14,9 +14,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = sub.add_parser(
         "check",
-        help="validate JSONL files: formats, kinds, bad lines, token lengths, a rendered sample",
+        help="validate JSONL files (instructions or preference pairs): formats, bad lines, token lengths, a rendered sample",
         description="Validate JSONL training files (Firefly {kind,input,target}, multi-turn "
-        "{conversation:[{human,assistant}]}, or OpenAI {messages:[{role,content}]}). With --model, "
+        "{conversation:[{human,assistant}]}, or OpenAI {messages:[{role,content}]}) or preference pairs for "
+        "--method dpo ({prompt,chosen,rejected}). With --model, "
         "also token lengths and one sample rendered with the model's prompt format, trained "
         f"tokens shown between {OPEN} and {CLOSE}.",
     )
@@ -101,8 +102,59 @@ def format_report(report, show: int = 20) -> str:
     return "\n".join(lines)
 
 
+DIFF_OPEN, DIFF_CLOSE = "«", "»"  # marks the tokens where a pair's chosen and rejected answers differ
+
+
+def _marked_pair_side(pieces: list[tuple[str, bool, bool]], limit: int) -> str:
+    """One side of a pair: trained tokens between ⟦⟧, tokens differing from the other side between «»."""
+    out, used, trained_open = [], 0, False
+    for text, trained, differs in pieces:
+        if used >= limit:
+            break
+        part = text[: limit - used]
+        used += len(part)
+        if trained and not trained_open:
+            out.append(OPEN)
+        elif not trained and trained_open:
+            out.append(CLOSE)
+        trained_open = trained
+        out.append(f"{DIFF_OPEN}{part}{DIFF_CLOSE}" if differs else part)
+    if trained_open:
+        out.append(CLOSE)
+    left = sum(len(t) for t, _, _ in pieces) - used
+    return "".join(out) + (f" … ({left:,} more characters not shown)" if left > 0 else "")
+
+
+def format_pair_report(report, show: int = 20) -> str:
+    """The plain-text report of `firefly data check` on preference pairs (also used by tests)."""
+    lines = [f"files: {', '.join(report.files)}"]
+    lines.append(f"preference pairs: lines {report.lines}   valid: {report.valid}   bad: {len(report.bad)}   "
+                 f"prompts differ between chosen and rejected: {report.prompts_differ}")
+    if report.by_format:
+        lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_format.items())))
+    if report.bad:
+        lines.append("bad lines:")
+        lines.extend(f"  {b}" for b in report.bad[:show])
+        if len(report.bad) > show:
+            lines.append(f"  ... and {len(report.bad) - show} more")
+    t = report.tokens
+    if t is not None:
+        lines.append(f"tokens (max length {report.max_length}): pairs {len(t.lengths)}, answer tokens "
+                     f"{t.supervised_tokens}, truncated {t.truncated}, skipped (an answer cut away entirely) {t.cut_away}")
+        if t.cut_away:
+            lines.append(f"  warning: {t.cut_away} pair(s) have an answer entirely beyond {report.max_length} tokens "
+                         f"and are skipped in training (first: {', '.join(t.cut_away_where)})")
+    if report.example:
+        p = report.pairs[0]
+        lines.append(f"pair {p.path}:{p.line} as trained ({OPEN}trained{CLOSE}, {DIFF_OPEN}differs{DIFF_CLOSE}):")
+        for side in ("chosen", "rejected"):
+            lines.append(f"{side}: " + _marked_pair_side(report.example[side], SAMPLE_CHARS // 2))
+    return "\n".join(lines)
+
+
 def run_check(args: argparse.Namespace) -> int:
     from firefly_core.data import check_files
+    from firefly_core.preferences import check_pairs, looks_like_pairs
 
     tokenizer = fmt = None
     if args.model:
@@ -112,8 +164,12 @@ def run_check(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(resolve_model_path(args.model))
         fmt = resolve_format(tokenizer, args.prompt_format)
-    report = check_files(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
-    print(format_report(report, args.show))
+    if looks_like_pairs(args.files):
+        report = check_pairs(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
+        print(format_pair_report(report, args.show))
+    else:
+        report = check_files(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
+        print(format_report(report, args.show))
     if args.strict and report.bad:
         print(f"error: {len(report.bad)} bad line(s) (--strict)", file=sys.stderr)
         return 1

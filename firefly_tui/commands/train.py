@@ -54,14 +54,15 @@ _FLAGS = [
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="fine-tune a model on JSONL data (loss on the answers only)",
-        description="Fine-tune a model on instruction data with Firefly's recipe: the loss is computed "
-        "on the assistant tokens only. Progress goes to the console and RUN_DIR/events.jsonl; Ctrl-C "
+        help="fine-tune a model: instructions (sft), preference pairs (dpo) or raw text (pretrain)",
+        description="Fine-tune a model on instruction data with Firefly's recipe (the loss is computed "
+        "on the assistant tokens only), on preference pairs with DPO (--method dpo), or continue its "
+        "pretraining on raw text (--method pretrain). Progress goes to the console and RUN_DIR/events.jsonl; Ctrl-C "
         "saves a checkpoint (continue with --resume); the result is RUN_DIR/final.",
     )
     p.add_argument("--gpu", help="devices: 0, 0,1 or cpu (default 0)")
     p.add_argument("--model", help="model folder or hub id")
-    p.add_argument("--data", nargs="+", metavar="FILE", help="JSONL training files")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="training files: JSONL (pretrain: also .txt)")
     p.add_argument("--out", help="run folder")
     p.add_argument("--config", help="train.toml with the same keys as these options")
     p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
@@ -139,7 +140,8 @@ class ConsoleProgress:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        # Into a file (the app's train.log) lines stay whole: the reader wraps them to its width.
+        self.console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
         self.progress = None
         self.task = None
 
@@ -166,7 +168,7 @@ class ConsoleProgress:
             p(f"prompt format {d.prompt_format}, {d.train_samples} training samples, "
               f"{d.eval_samples} eval samples, {d.supervised_tokens} supervised tokens, "
               f"{d.total_steps} steps ({d.steps_per_epoch} per epoch), warmup {d.warmup_steps}, "
-              f"{d.world_size} process(es) on {d.device}, precision {d.mixed_precision}", markup=False)
+              f"{d.world_size} process(es) on {d.device}, precision {'fp32' if d.mixed_precision in ('no', '') else d.mixed_precision}", markup=False)
             if d.bad_lines:
                 p(f"[yellow]skipped {d.bad_lines} bad line(s):[/]")
                 for line in d.bad_examples:
@@ -178,10 +180,14 @@ class ConsoleProgress:
                   f"and are skipped (first: {escape(', '.join(d.cut_away_where))})[/]")
             self._bar(d.total_steps, d.start_step)
         elif isinstance(event, StepEvent) and self.progress is not None:
-            stats = f"loss {_num(event.loss, '.4f')}  lr {event.lr:.2e}  {event.tokens_per_s:.0f} tok/s"
+            stats = f"loss {_num(event.loss, '.4f')}"
+            if event.reward_accuracy is not None:  # DPO
+                stats += f"  reward acc {event.reward_accuracy:.2f}  margin {_num(event.reward_margin, '.3f')}"
+            stats += f"  lr {event.lr:.2e}  {event.tokens_per_s:.0f} tok/s"
             self.progress.update(self.task, completed=event.step, stats=stats)
         elif isinstance(event, EvalEvent):
-            p(f"eval at step {event.step}: loss {_num(event.loss, '.4f')}, perplexity {_num(event.perplexity, '.2f')}")
+            ppl = "" if event.perplexity is None else f", perplexity {event.perplexity:.2f}"
+            p(f"eval at step {event.step}: loss {_num(event.loss, '.4f')}{ppl}")
         elif isinstance(event, CheckpointEvent):
             p(f"checkpoint {event.path}", markup=False)
         elif isinstance(event, DoneEvent):
@@ -191,6 +197,8 @@ class ConsoleProgress:
             else:
                 p(f"done: {event.step} steps, last loss {_num(event.last_loss, '.4f')}, model at {event.final_path}",
                   markup=False)
+                if event.message:
+                    p(event.message, markup=False)
         elif isinstance(event, ErrorEvent):
             self.close()
             for line in event.traceback[-5:]:
