@@ -173,3 +173,29 @@ def test_only_the_last_answer_is_trained(qwen_dir):
     sample, _ = tokenize_answer(resolve_format(tok), tok, msgs, 512)
     trained = tok.decode([t for t in sample.labels if t != -100])
     assert trained.startswith("second answer") and "first" not in trained
+
+
+@pytest.mark.parametrize("reference", ["copy", "precompute"])
+def test_resume_keeps_the_starting_model_as_reference(reference, bloom_dir, tmp_path):
+    """A stopped DPO run resumed from its checkpoint gives the same losses as a straight run: the
+    reference is the starting model again, not the checkpoint's weights."""
+    import os
+    import signal
+
+    extra = {"max_steps": 4, "lr": 5e-3, "precompute_ref": reference == "precompute"}
+    launch(_config(bloom_dir, tmp_path / "a", **extra))
+
+    def stop_at_2(event):
+        if event.type == "step" and event.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    b = tmp_path / "b"
+    assert launch(_config(bloom_dir, b, **extra), callbacks=[stop_at_2]).status == "stopped"
+    assert launch(_config(bloom_dir, b, **extra), resume=True).status == "completed"
+    losses = {}
+    for run in ("a", "b"):
+        losses[run] = {e.step: e.loss for e in read_events(tmp_path / run) if e.type == "step"}
+    assert sorted(losses["b"]) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert losses["b"][step] == pytest.approx(losses["a"][step], rel=1e-5, abs=1e-6), step
+    assert losses["a"][4] < losses["a"][1] - 1e-3

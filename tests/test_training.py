@@ -92,8 +92,9 @@ def _stop_at(step: int):
     return cb
 
 
-@pytest.mark.parametrize("extra", [{}, {"lora": True, "lora_dropout": 0.2, "grad_accum": 2, "batch_size": 2, "max_length": 64}],
-                         ids=["full", "lora-dropout-accum"])
+@pytest.mark.parametrize("extra", [{}, {"lora": True, "lora_dropout": 0.2, "grad_accum": 2, "batch_size": 2, "max_length": 64},
+                                   {"packing": True, "batch_size": 2, "max_length": 128}],
+                         ids=["full", "lora-dropout-accum", "packed"])
 def test_sigint_then_resume_gives_the_same_loss_curve(bloom_dir, tmp_path, extra):
     extra = {"max_steps": 6, "max_length": 96, **extra}
     straight = launch(_config(bloom_dir, tmp_path / "a", **extra))
