@@ -28,9 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
                    "machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("FIREFLY_API_KEY") or None,
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("FIREFLY_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $FIREFLY_API_KEY; "
                    "the environment keeps the key out of the process list)")
+    p.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=[],
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API from a "
+                   "browser (CORS); repeat for several; '*' allows any page. Default: none")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 where the device handles it)")
     p.add_argument("--format", choices=FORMATS, help="prompt format (default: from the model)")
@@ -69,10 +72,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--cache-slots must be at least 1")
     names = args.model or [_active_model()]
     models = served_models(names, overrides=request_overrides(args), cache_slots=slots, log=warn)
-    server = ApiServer(models, host=args.host, port=args.port, api_key=args.api_key)
+    if args.api_key is not None and not args.api_key.strip():
+        args.api_key = None
+        warn("warning: the API key is empty, so the key check is OFF: every client is let in "
+             "(give --api-key a value, or leave it out)")
+    server = ApiServer(models, host=args.host, port=args.port, api_key=args.api_key,
+                       allow_origins=args.allow_origin)
     if args.host not in LOOPBACK and not args.api_key:
         warn(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine "
              "can use the model")
+    if "*" in args.allow_origin and not args.api_key:
+        warn("warning: --allow-origin '*' without --api-key: any web page you open can use the model")
     first = models[0]
     try:
         first.load(status=warn)

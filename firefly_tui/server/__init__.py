@@ -3,7 +3,10 @@
 - `protocol.py`: the OpenAI request fields we accept (validated) and the error shape;
 - `engine.py`: per served model, a FIFO of jobs on one worker thread, prompt rendering and KV
   caches kept between requests, on top of firefly_core's model service and generation loop;
-- `app.py`: the Starlette routes, SSE streaming, disconnect handling, the API key check;
+- `app.py`: the Starlette routes, SSE streaming, disconnect handling, the API key, Host and CORS
+  checks;
+- `limits.py`: what one client may cost (body size, timeouts, connections, prompt length), and
+  `connections.py`: the request-head deadline and connection cap uvicorn lacks;
 - this module: `ApiServer`, uvicorn on a socket we bind ourselves (so `--port 0` works and a port in
   use is a clear error), run in the foreground (`firefly serve`) or on a thread (tests, benchmarks).
 
@@ -24,13 +27,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .engine import DEFAULT_CACHE_SLOTS, ServedModel
+from .limits import DEFAULT_LIMITS, ServerLimits
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def model_id_for(name: str) -> str:
-    """The id clients use for a model: what `firefly list` shows (the hub id as the cache spells it,
-    or the registered folder), else the folder's absolute path."""
+    """The id clients use for a model: the hub id as the cache spells it, or a local folder's name
+    as the app shows it (its last part; `run/final` for a training run's model) — never a local
+    path, which would tell any client the user's name and folder layout."""
     from firefly_core.errors import FireflyError
     from firefly_core.models.inventory import find_installed
 
@@ -38,10 +43,15 @@ def model_id_for(name: str) -> str:
         found = find_installed(name)
     except FireflyError:
         found = None
-    if found is not None:
+    if found is not None and found.source != "local":
         return found.id
     path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
+    if not path.is_dir():
+        return name  # a hub id
+    path = path.resolve()
+    if path.name == "final" or path.name.startswith(("step-", "checkpoint")):
+        return f"{path.parent.name}/{path.name}"  # a run's model: the run names it
+    return path.name or "model"
 
 
 def served_models(
@@ -59,15 +69,26 @@ def served_models(
     for name in names:
         resolve_model_path(name)  # a missing model is an error now, not on the first request
         model_id = model_id_for(name)
-        if model_id in seen:
+        if any(m.name == name or _same_folder(m.name, name) for m in out):
             continue
+        base, n = model_id, 2
+        while model_id in seen:  # two folders with one name: the second is `name-2`
+            model_id, n = f"{base}-{n}", n + 1
         seen.add(model_id)
         out.append(ServedModel(name, model_id, overrides=overrides, cache_slots=cache_slots, log=log))
     return out
 
 
+def _same_folder(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
 class ApiServer:
-    """uvicorn serving the API for `models` on host:port (port 0 = a free port)."""
+    """uvicorn serving the API for `models` on host:port (port 0 = a free port).
+
+    `limits`: what one client may cost (see limits.py). `allow_origins`: browser origins allowed
+    by CORS. `log`: one line per notable client event (aborted upload, timed-out head)."""
 
     def __init__(
         self,
@@ -77,22 +98,39 @@ class ApiServer:
         port: int = 8000,
         api_key: str | None = None,
         access_log: bool = False,
+        limits: ServerLimits = DEFAULT_LIMITS,
+        allow_origins: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
     ) -> None:
         import uvicorn
 
-        from .app import create_app
+        from .app import create_app, is_loopback
+        from .connections import guarded_protocol
 
         self.models = list(models)
         self.sock = _bind(host, port)
         self.host = host
         self.port = self.sock.getsockname()[1]
-        app = create_app(self.models, api_key=api_key)
+        self.limits = limits
+        say = log if log is not None else warn
+        app = create_app(
+            self.models,
+            api_key=api_key,
+            limits=limits,
+            loopback_only=is_loopback(host),
+            allow_origins=allow_origins,
+            log=say,
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=access_log,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            http=guarded_protocol(limits, on_event=lambda kind: _log_connection_event(say, kind, limits)),
+            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type] (a float works)
+            limit_concurrency=limits.max_connections + 1,  # uvicorn counts the asking connection too
+            h11_max_incomplete_event_size=limits.max_header_bytes,
         )
         self._server = _uvicorn_server(config, on_exit=self.cancel_all)
         self._thread: threading.Thread | None = None
@@ -191,3 +229,10 @@ def _uvicorn_server(config: Any, on_exit: Callable[[], None]) -> Any:
 
 def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _log_connection_event(say: Callable[[str], None], kind: str, limits: ServerLimits) -> None:
+    if kind == "header_timeout":
+        say(f"closed a connection that sent no complete request within {limits.header_timeout_s:g} s")
+    elif kind == "too_many_connections":
+        say(f"refused a connection: {limits.max_connections} are open already")

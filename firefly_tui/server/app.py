@@ -10,6 +10,12 @@ that goes away cancels its job, queued or running, so the model is free at once.
 wait for the job to start before sending the status line, so a load failure or a prompt longer than
 the context window is still a proper 4xx/5xx; an error after that is sent as an SSE `error` event,
 which the openai client raises.
+
+Hostile clients (see `limits.py` for the bounds): the body is counted while it is read (413 for any
+transfer encoding) within a deadline (408); only `application/json` bodies are read (415), so a web
+page cannot send a cross-site "simple request"; a server on loopback answers only loopback Host
+names (421 otherwise: DNS rebinding), and browsers from other origins only with `--allow-origin`
+(Starlette's CORSMiddleware); a client that aborts its upload costs one log line, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import time
 import uuid
@@ -24,12 +31,13 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .engine import Failed, Job, ServedModel, Started
+from .limits import DEFAULT_LIMITS, ServerLimits
 from .protocol import (
     ApiError,
     ChatRequest,
@@ -40,7 +48,6 @@ from .protocol import (
     shutting_down,
 )
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -52,32 +59,101 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+CLOSES_CONNECTION = (408, 413)  # the rest of the body is not read: the connection cannot be reused
+
+
 def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    headers = {"connection": "close"} if e.status in CLOSES_CONNECTION else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 class ApiKeyMiddleware:
-    """With an API key set, every request must carry `Authorization: Bearer KEY` (else 401)."""
+    """With an API key set, every request must carry `Authorization: Bearer KEY` (else 401).
+
+    The scheme is case-insensitive (RFC 9110: `bearer` is `Bearer`); two Authorization headers are
+    refused (400), since proxies and frameworks disagree on which one counts. The key is compared
+    in constant time."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode("utf-8")
+        self.expected = api_key.encode("utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                missing = not given
+            given = [v for k, v in scope["headers"] if k == b"authorization"]
+            e = None
+            if len(given) > 1:
+                e = ApiError(400, "send one Authorization header, not several", code="invalid_api_key")
+            else:
+                scheme, _, token = (given[0] if given else b"").strip().partition(b" ")
+                ok = hmac.compare_digest(token.strip(), self.expected)
+                if not (ok and scheme.lower() == b"bearer"):
+                    e = ApiError(
+                        401,
+                        "no API key given: send the header 'Authorization: Bearer KEY'"
+                        if not given
+                        else "incorrect API key: use the key `firefly serve --api-key` was started with",
+                        code="invalid_api_key",
+                    )
+            if e is not None:
+                await error_response(e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a --host value) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHostMiddleware:
+    """On a loopback server, answer only requests whose Host is a loopback name (421 otherwise).
+
+    A web page can make a browser reach 127.0.0.1 under its own domain by DNS rebinding, and then
+    read the replies as same-origin; the browser still sends that domain in Host, so refusing
+    other Host names closes the hole (the same fix ollama made for CVE-2024-28224)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            hosts = [v for k, v in scope["headers"] if k == b"host"]
+            name = _host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+            if len(hosts) > 1 or (hosts and name not in LOOPBACK_NAMES and not _is_loopback_ip(name)):
                 e = ApiError(
-                    401,
-                    "no API key given: send the header 'Authorization: Bearer KEY'"
-                    if missing
-                    else "incorrect API key: use the key `firefly serve --api-key` was started with",
-                    code="invalid_api_key",
+                    421,
+                    "this server only answers requests addressed to localhost (Host header); "
+                    "to serve other names, start it with --host and an --api-key",
+                    code="invalid_host",
                 )
                 await error_response(e)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_loopback_ip(name: str | None) -> bool:
+    if not name:
+        return False
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _ClientGone(Exception):
@@ -221,10 +297,19 @@ def create_app(
     *,
     api_key: str | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+    loopback_only: bool = False,
+    allow_origins: Sequence[str] = (),
+    log: Callable[[str], None] | None = None,
 ) -> ASGIApp:
-    """The ASGI app answering for `models` (the first is the default when a request names none)."""
+    """The ASGI app answering for `models` (the first is the default when a request names none).
+
+    `loopback_only`: answer only loopback Host names (a server bound to loopback). `allow_origins`:
+    browser origins allowed to call it (CORS), e.g. "http://localhost:3000"; "*" allows any.
+    `log`: where one line per aborted upload goes."""
     if not models:
         raise ValueError("serve at least one model")
+    say = log if log is not None else (lambda _line: None)
     served = list(models)
     created = int(time.time())
 
@@ -253,17 +338,40 @@ def create_app(
     async def get_model(request: Request) -> JSONResponse:
         return JSONResponse(card(pick(request.path_params["model"])))
 
+    too_large = ApiError(413, f"the request body is larger than {limits.max_body_bytes / (1024 * 1024):g} MB")
+
     async def read_json(request: Request) -> Any:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(
+                415,
+                f"the request body must be sent as application/json, not {media_type or 'without a Content-Type'}",
+                code="unsupported_media_type",
+            )
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
-        raw = await request.body()
+        if length and length.isdigit() and int(length) > limits.max_body_bytes:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                async for chunk in request.stream():  # counted as it arrives: chunked bodies too
+                    size += len(chunk)
+                    if size > limits.max_body_bytes:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+        raw = b"".join(chunks)
+        del chunks
         if not raw.strip():
             raise ApiError(400, "the request body is empty; send a JSON object")
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "the request body is not valid JSON: it is nested too deeply") from None
 
     async def chat_completions(request: Request) -> _CompletionResponse:
         req = parse_chat_request(await read_json(request))
@@ -289,6 +397,11 @@ def create_app(
             message = str(exc.detail)
         return error_response(ApiError(exc.status_code, message))
 
+    async def on_upload_aborted(request: Request, exc: Exception) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        say(f"{client} closed the connection before its {request.method} {request.url.path} body arrived")
+        return Response(status_code=400)  # nobody reads it: the connection is gone
+
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
 
@@ -308,7 +421,24 @@ def create_app(
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ],
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            ClientDisconnect: on_upload_aborted,
+            Exception: on_crash,
+        },
         lifespan=lifespan,
     )
-    return ApiKeyMiddleware(app, api_key) if api_key else app
+    outer: ASGIApp = ApiKeyMiddleware(app, api_key) if api_key else app
+    if allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # outside the key check: a browser's preflight (OPTIONS) never carries the key
+        outer = CORSMiddleware(
+            outer,
+            allow_origins=list(allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    return LoopbackHostMiddleware(outer) if loopback_only else outer

@@ -234,6 +234,9 @@ class ServedModel:
     def _prompt_ids(self, lm: Any, request: ChatRequest | CompletionRequest) -> list[int]:
         from firefly_core.errors import FireflyError
 
+        from .limits import check_prompt_chars, prompt_chars
+
+        check_prompt_chars(lm, prompt_chars(request), "prompt" if isinstance(request, CompletionRequest) else "messages")
         try:
             if isinstance(request, CompletionRequest):
                 return list(lm.tokenizer.encode(request.prompt))

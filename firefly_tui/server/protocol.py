@@ -122,7 +122,40 @@ def _number(body: Mapping, name: str, lo: float, hi: float, *, lo_open: bool = F
     if v < lo or v > hi or (lo_open and v == lo):
         low = f"above {lo:g}" if lo_open else f"at least {lo:g}"
         raise bad_request(f"'{name}' must be {low} and at most {hi:g} (got {v:g})", name)
+    _generation_rule(name, v)
     return float(v)
+
+
+def _generation_rule(name: str, value: Any) -> None:
+    """The range every layer checks a generation setting with (its declaration in
+    `GenerationConfig`, e.g. temperature 0 or at least 0.01: 1e-300 would overflow the logits)."""
+    from firefly_core.errors import ConfigError
+    from firefly_core.generation.config import GenerationConfig
+    from firefly_core.setting_spec import check_setting, setting_fields
+
+    specs = {f.name: (spec, kind) for f, spec, kind in setting_fields(GenerationConfig)}
+    if name not in specs:
+        return
+    spec, kind = specs[name]
+    try:
+        check_setting(name, spec, kind, value)
+    except ConfigError as e:
+        message = f"'{name}' {str(e.message).removeprefix(f'{name} = {value!r} ')} (got {value!r})"
+        raise bad_request(f"{message}; {e.hint}" if e.hint else message, name) from None
+
+
+def text_field(value: str, where: str, param: str) -> str:
+    """`value` if it is text a tokenizer can take: JSON allows lone surrogates ("\\ud800"), which
+    are not Unicode characters and make every tokenizer fail."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(
+            f"{where} holds a lone surrogate (\\u{ord(value[e.start]):04x}), which is not a Unicode character; "
+            "send valid UTF-16 pairs or plain UTF-8",
+            param,
+        ) from None
+    return value
 
 
 def _integer(body: Mapping, name: str, lo: int) -> int | None:
@@ -188,7 +221,7 @@ def _stop(body: Mapping) -> tuple[str, ...]:
         raise bad_request(f"'stop' takes at most {MAX_STOP_STRINGS} strings (got {len(items)})", "stop")
     if any(not s for s in items):
         raise bad_request("'stop' strings must not be empty", "stop")
-    return tuple(items)
+    return tuple(text_field(s, "'stop'", "stop") for s in items)
 
 
 def _sampling(body: Any, out: SamplingRequest) -> None:
@@ -198,7 +231,7 @@ def _sampling(body: Any, out: SamplingRequest) -> None:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model")
-    out.model = model or None
+    out.model = text_field(model, "'model'", "model") if model else None
     out.stream = bool(_boolean(body, "stream"))
     opts = body.get("stream_options")
     if opts is not None:
@@ -210,6 +243,8 @@ def _sampling(body: Any, out: SamplingRequest) -> None:
     out.temperature = _number(body, "temperature", 0, 2)
     out.top_p = _number(body, "top_p", 0, 1, lo_open=True)
     out.top_k = _integer(body, "top_k", 0)
+    if out.max_tokens is not None:
+        _generation_rule("max_new_tokens", out.max_tokens)
     out.repetition_penalty = _number(body, "repetition_penalty", 0, 10, lo_open=True)
     out.stop = _stop(body)
     seed = body.get("seed")
@@ -221,6 +256,10 @@ def _sampling(body: Any, out: SamplingRequest) -> None:
 
 
 def _content(value: Any, where: str) -> str:
+    return text_field(_content_parts(value, where), where, "messages")
+
+
+def _content_parts(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if value is None:
@@ -307,7 +346,7 @@ def parse_completion_request(body: Any) -> CompletionRequest:
         raise bad_request("'prompt' must be a string (batches and token ids are not supported)", "prompt")
     if not prompt:
         raise bad_request("'prompt' must not be empty", "prompt")
-    req.prompt = prompt
+    req.prompt = text_field(prompt, "'prompt'", "prompt")
     return req
 
 
