@@ -12,9 +12,8 @@ the same CSVs):
   such as "law"; default "mc") and optional `split` ("dev" marks a line as a few-shot example;
   every other line is a question).
 
-Prompt (the harness's `ceval-valid_<subject>` / `cmmlu_<subject>` tasks, lm-eval 0.4.x): the
-subject's description line, then the first N dev items (sampler `first_n`, never random; an item
-equal to the question itself is skipped, as the sampler does), each as `doc_to_text + " " + letter
+Prompt (the harness's `ceval-valid_<subject>` / `cmmlu_<subject>` tasks, lm-eval 0.4.13): the
+subject's description line, then the first N dev items (sampler `first_n`, never random), each as `doc_to_text + " " + letter
 + "\\n\\n"` (target delimiter " ", few-shot delimiter "\\n\\n"), then the question's `doc_to_text`:
 
     {question.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：
@@ -27,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -53,7 +52,6 @@ class Item:
     question: str
     choices: tuple[str, ...]
     answer: str  # "A", "B", …
-    row: tuple = field(default=(), compare=False, repr=False)  # the raw row, to tell a shot equal to the question
 
     @property
     def letters(self) -> tuple[str, ...]:
@@ -71,9 +69,10 @@ class SubjectExam:
     items: tuple[Item, ...]
 
     def shots_for(self, item: Item, shots: int) -> list[Item]:
-        """The harness's `first_n` few-shot examples: the first N dev items, skipping one equal
-        to the question itself (lm-eval drops a sampled doc that equals the doc it prompts for)."""
-        return [d for d in self.dev[:shots] if not (d.row and d.row == item.row)][:shots]
+        """The harness's `first_n` few-shot examples: the first N dev items. (lm-eval 0.4.13 drops
+        a shot equal to the question only when shots and questions come from the same split; a
+        dev split never is the scored split here.)"""
+        return list(self.dev[:shots])
 
 
 def doc_to_text(item: Item) -> str:
@@ -170,7 +169,6 @@ def _csv_items(benchmark: str, subject: str, path: Path) -> tuple[Item, ...]:
                 question=row[q],
                 choices=(row["A"], row["B"], row["C"], row["D"]),
                 answer=_answer_letter(row[a], 4, f"{path}, row {i + 1}"),
-                row=tuple(sorted(row.items())),
             )
         )
     return tuple(items)
@@ -260,8 +258,7 @@ def load_mc_exam(path: Path, subjects: Iterable[str] | None = None, limit: int |
         is_dev = obj.get("split") == "dev"
         bucket = (dev if is_dev else items).setdefault(subject, [])
         bucket.append(
-            Item(subject, len(bucket), question, tuple(choices), _answer_letter(obj.get("answer"), len(choices), where),
-                 row=(("line", n),))
+            Item(subject, len(bucket), question, tuple(choices), _answer_letter(obj.get("answer"), len(choices), where))
         )
     order = list(subjects) if subjects else list(dict.fromkeys([*items]))
     if not order:

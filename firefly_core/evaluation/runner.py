@@ -4,9 +4,11 @@ that goes with every number.
 Tokenization is lm-evaluation-harness's `HFLM._encode_pair` (0.4.x): trailing white space of the
 context moves to the front of the continuation; the context is encoded alone and the whole
 (context + continuation) is encoded, and the continuation's ids are the whole's ids past the
-context's length (so a merge across the boundary is scored as the harness scores it). No special
-tokens are added (the harness's default `add_bos_token=False`). An input longer than the harness's
-`max_length` + 1 is cut from the left, as its `_loglikelihood_tokens` does.
+context's length (so a merge across the boundary is scored as the harness scores it). Special
+tokens are the tokenizer's default (0.4.13's `tok_encode` with `add_bos_token` unset: a Llama-style
+tokenizer prepends BOS, BLOOM's and Qwen2's add nothing), except for a text that already starts with
+the BOS (else EOS) token's text. An input longer than the harness's `max_length` + 1 is cut from the
+left, as its `_loglikelihood_tokens` does.
 
 The forward passes go through the decode seam (`generation.score.score_continuations`): the
 subject's few-shot header is the same for every question, so one decoder cache per subject keeps
@@ -24,7 +26,7 @@ from typing import Any, Callable, Sequence
 from ..errors import FireflyError
 from .benchmarks import HARNESS_TASK, SubjectExam, context_text, continuations, description_for, doc_to_text
 
-HARNESS = "lm-evaluation-harness 0.4 (lm_eval)"
+HARNESS = "lm-evaluation-harness 0.4.13"
 HARNESS_DEFAULT_MAX_LENGTH = 2048  # HFLM._DEFAULT_MAX_LENGTH
 _HUGE_TOKENIZER_LIMIT = 1000000000000000019884624838656  # transformers' "no limit" model_max_length
 
@@ -113,20 +115,34 @@ class ModelResult:
 
 
 def harness_max_length(lm: Any) -> int:
-    """HFLM.max_length: the first of n_positions / max_position_embeddings / n_ctx in the config,
-    else the tokenizer's model_max_length (unless it means "no limit"), else 2048."""
+    """HFLM.max_length (lm-eval's resolve_max_length): in the text config (else the config) the
+    first of n_positions / max_position_embeddings / n_ctx that is set, else the tokenizer's
+    model_max_length unless it means "no limit", else 2048."""
     config = getattr(getattr(lm, "model", None), "config", None)
     if config is None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(lm.path)
+    config = getattr(config, "text_config", None) or config
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if hasattr(config, attr):
-            return int(getattr(config, attr))
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
     tml = getattr(lm.tokenizer, "model_max_length", None)
-    if isinstance(tml, int):
-        return HARNESS_DEFAULT_MAX_LENGTH if tml == _HUGE_TOKENIZER_LIMIT else tml
+    if tml is not None and tml != _HUGE_TOKENIZER_LIMIT:
+        return int(tml)
     return HARNESS_DEFAULT_MAX_LENGTH
+
+
+def _special_tokens(tokenizer: Any, text: str) -> dict[str, bool]:
+    """HFLM.tok_encode's choice: the tokenizer's default, but none when the text already starts
+    with the text of the prefix token (BOS, else EOS)."""
+    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix_id is not None:
+        prefix = tokenizer.decode(prefix_id)
+        if prefix and text.startswith(prefix):
+            return {"add_special_tokens": False}
+    return {}
 
 
 def encode_pairs(tokenizer: Any, context: str, conts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -135,7 +151,7 @@ def encode_pairs(tokenizer: Any, context: str, conts: Sequence[str]) -> tuple[li
     if n_spaces > 0:
         conts = [context[-n_spaces:] + c for c in conts]
         context = context[:-n_spaces]
-    encoded = tokenizer([context] + [context + c for c in conts], add_special_tokens=False)["input_ids"]
+    encoded = tokenizer([context] + [context + c for c in conts], **_special_tokens(tokenizer, context))["input_ids"]
     context_ids = list(encoded[0])
     return context_ids, [list(whole[len(context_ids):]) for whole in encoded[1:]]
 
@@ -154,8 +170,8 @@ def score_exam(
     cancel: threading.Event | None = None,
 ) -> list[QuestionResult]:
     """Each question's log-likelihoods and predicted letter (the most likely; the first on a tie,
-    as numpy's argmax in the harness). `chat_template`: the 0-shot question as one user turn in the
-    model's own prompt format, the letter as the start of its reply (not a harness protocol)."""
+    as numpy's argmax in the harness). `chat_template`: 0-shot in the model's own prompt format
+    (see `_chat_pair`; labelled in the protocol, not the harness's default protocol)."""
     from ..generation.loop import decoder_for
     from ..generation.score import score_continuations
 
@@ -203,10 +219,13 @@ def check_shots(exams: Sequence[SubjectExam], shots: int) -> None:
 
 
 def _chat_pair(lm: Any, exam: SubjectExam, item) -> tuple[list[int], list[list[int]]]:
+    """0-shot in the model's prompt format, laid out as lm-eval's --apply_chat_template lays out a
+    multiple-choice task: the description as the system message, the question as the user turn,
+    and each letter with no delimiter as the start of the reply."""
     from ..formats import Message
 
-    text = description_for(exam.benchmark, exam.subject) + doc_to_text(item)
-    rendered = lm.prompt_format.render(lm.tokenizer, [Message("user", text)], add_generation_prompt=True)
+    messages = [Message("system", description_for(exam.benchmark, exam.subject)), Message("user", doc_to_text(item))]
+    rendered = lm.prompt_format.render(lm.tokenizer, messages, add_generation_prompt=True)
     return list(rendered.ids), [lm.tokenizer.encode(letter, add_special_tokens=False) for letter in item.letters]
 
 
