@@ -165,8 +165,9 @@ class ConsoleProgress:
                 p(f"[yellow]{escape(note)}[/]")
             if d.resumed_from:
                 p(f"resuming from step {d.start_step} ({d.resumed_from})", markup=False)
-            p(f"prompt format {d.prompt_format}, {d.train_samples} training samples, "
-              f"{d.eval_samples} eval samples, {d.supervised_tokens} supervised tokens, "
+            unit = {"dpo": "pairs", "pretrain": "documents"}.get(d.config.get("method"), "samples")
+            p(f"prompt format {d.prompt_format}, {d.train_samples} training {unit}, "
+              f"{d.eval_samples} eval {unit}, {d.supervised_tokens} trained tokens, "
               f"{d.total_steps} steps ({d.steps_per_epoch} per epoch), warmup {d.warmup_steps}, "
               f"{d.world_size} process(es) on {d.device}, precision {'fp32' if d.mixed_precision in ('no', '') else d.mixed_precision}", markup=False)
             if d.bad_lines:
@@ -180,10 +181,11 @@ class ConsoleProgress:
                   f"and are skipped (first: {escape(', '.join(d.cut_away_where))})[/]")
             self._bar(d.total_steps, d.start_step)
         elif isinstance(event, StepEvent) and self.progress is not None:
-            stats = f"loss {_num(event.loss, '.4f')}"
-            if event.reward_accuracy is not None:  # DPO
-                stats += f"  reward acc {event.reward_accuracy:.2f}  margin {_num(event.reward_margin, '.3f')}"
-            stats += f"  lr {event.lr:.2e}  {event.tokens_per_s:.0f} tok/s"
+            if event.reward_accuracy is not None:  # DPO: what tells whether it learns, in 80 columns
+                stats = (f"loss {_num(event.loss, '.4f')}  acc {event.reward_accuracy:.2f}  "
+                         f"margin {_num(event.reward_margin, '.2f')}  {event.tokens_per_s:.0f} tok/s")
+            else:
+                stats = f"loss {_num(event.loss, '.4f')}  lr {event.lr:.2e}  {event.tokens_per_s:.0f} tok/s"
             self.progress.update(self.task, completed=event.step, stats=stats)
         elif isinstance(event, EvalEvent):
             ppl = "" if event.perplexity is None else f", perplexity {event.perplexity:.2f}"
