@@ -152,3 +152,85 @@ def test_defaults_are_the_seeds_and_temperature_zero_is_greedy():
     assert cfg.with_overrides(top_p=None, top_k=3).top_k == 3
     with pytest.raises(ConfigError):
         cfg.with_overrides(nucleus=0.5)
+
+
+# -- the top-p prefilter (a topk of candidates instead of sorting the vocabulary) ----------------
+BIG_VOCAB = 151_936  # Qwen2.5's: where a full sort per token costs milliseconds
+
+
+def _lm_like_logits(seed: int, peak: float) -> torch.Tensor:
+    """Logits shaped like a language model's: a long low tail and a few likely tokens."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, BIG_VOCAB, generator=g) * 2
+    top = torch.randint(0, BIG_VOCAB, (12,), generator=g)
+    logits[0, top] += peak * torch.rand(12, generator=g) + peak
+    return logits
+
+
+def _transformers_chain(logits, cfg, prompt):
+    ids = torch.tensor([prompt])
+    out = logits.clone()
+    procs = [RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty), TemperatureLogitsWarper(cfg.temperature)]
+    if cfg.top_k:
+        procs.append(TopKLogitsWarper(cfg.top_k))
+    procs.append(TopPLogitsWarper(cfg.top_p))
+    for proc in procs:
+        out = proc(ids, out)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "settings, decided",
+    [
+        (dict(temperature=0.35, top_p=0.85, top_k=0, repetition_penalty=1.2), True),  # firefly chat's defaults
+        (dict(temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0), None),  # either way: still exact
+        (dict(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.1), True),  # ollama-like
+        (dict(temperature=1.5, top_p=0.5, top_k=0, repetition_penalty=1.0), None),
+    ],
+)
+def test_prefilter_gives_transformers_distribution_exactly_on_a_real_vocabulary(seed, settings, decided):
+    from firefly_core.generation.sampling import top_p_candidates
+
+    logits = _lm_like_logits(seed, peak=6.0 + seed)
+    prompt = list(range(0, BIG_VOCAB, 997))[:200]
+    cfg = GenerationConfig(seed=0, **settings)
+    sampler = TokenSampler(cfg, BIG_VOCAB, prompt)
+    assert torch.equal(sampler.process(logits.clone()), _transformers_chain(logits, cfg, prompt))
+    if decided:  # peaked enough (or top-k): the prefilter decided, no full sort ran
+        assert top_p_candidates(sampler._scores(logits.clone()), cfg.top_k, cfg.top_p) is not None
+
+
+def test_prefilter_falls_back_to_the_full_sort_when_it_cannot_decide_exactly():
+    from firefly_core.generation.sampling import CANDIDATES, top_p_candidates
+
+    flat = torch.zeros(1, BIG_VOCAB)  # top_p of a flat distribution needs far more than the candidates
+    assert top_p_candidates(flat, 0, 0.85) is None
+    assert torch.equal(TokenSampler(GenerationConfig(top_p=0.85, temperature=1.0, repetition_penalty=1.0), BIG_VOCAB, []).process(flat),
+                       TopPLogitsWarper(0.85)(None, flat.clone()))
+    # a threshold exactly between two tokens: 0.5 + 0.25 | 0.25 at top_p 0.75
+    edge = torch.full((1, BIG_VOCAB), -1e4)
+    edge[0, :3] = torch.tensor([0.5, 0.25, 0.25]).log()
+    assert top_p_candidates(edge, 0, 0.75) is None
+    # tokens tied at the boundary: which one top-p drops depends on the sort, so the sort decides
+    tie = torch.full((1, BIG_VOCAB), -1e4)
+    tie[0, :3] = torch.tensor([0.4, 0.3, 0.3]).log()
+    assert top_p_candidates(tie, 0, 0.5) is None
+    # top_k tied with the k-th value keeps more than k: the full filters decide
+    assert top_p_candidates(tie, 2, 0.9) is None
+    assert top_p_candidates(edge, CANDIDATES + 1, 0.9) is None
+    # and a clear case is decided by the prefilter: the 0.5 and 0.3 tokens, not the 0.2 one
+    clear = torch.full((1, BIG_VOCAB), -1e4)
+    clear[0, 5], clear[0, 9], clear[0, 7] = torch.tensor([0.5, 0.3, 0.2]).log()
+    vals, ids = top_p_candidates(clear, 0, 0.7)
+    assert ids.tolist() == [[5, 9]]
+
+
+def test_prefilter_draws_follow_the_kept_distribution():
+    logits = torch.full((1, BIG_VOCAB), -1e4)
+    logits[0, [3, 30, 300, 3000]] = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    cfg = GenerationConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.0, seed=9)
+    sampler = TokenSampler(cfg, BIG_VOCAB, [])
+    counts = torch.bincount(torch.tensor([sampler.pick(logits) for _ in range(3000)]), minlength=BIG_VOCAB)
+    assert counts[3000] == 0 and counts.sum() == counts[[3, 30, 300]].sum()  # 0.05 is past top_p 0.9
+    torch.testing.assert_close(counts[[3, 30, 300]] / 3000.0, torch.tensor([0.5, 0.3, 0.15]) / 0.95, atol=0.03, rtol=0)

@@ -57,12 +57,52 @@ def top_p_filter(logits: torch.Tensor, top_p: float, filter_value: float = -floa
     return logits.masked_fill(remove, filter_value)
 
 
+# A top-p prefilter (issue 24): the few most likely tokens usually hold top_p of the mass, so the
+# kept set is decided from a `torch.topk` of CANDIDATES instead of sorting the whole vocabulary,
+# and the draw is made among those candidates only. Exact: it is used only when the candidates'
+# mass provably covers top_p and no decision is within MARGIN of the threshold (float sums in
+# another order can differ by far less) or splits tied logits; otherwise the full sort runs.
+CANDIDATES = 256
+MARGIN = 1e-4
+
+
+def top_p_candidates(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(values, ids) of what top-k then top-p keep of `scores` ([1, vocab], after penalty and
+    temperature), most likely first, found without a full sort; None when the prefilter cannot
+    decide exactly (then the full filters must run)."""
+    vocab = scores.size(-1)
+    if top_k > 0:
+        if top_k >= vocab or top_k > CANDIDATES:
+            return None
+        vals, ids = torch.topk(scores, top_k + 1)
+        if vals[0, top_k] == vals[0, top_k - 1]:  # tied with the k-th: top-k keeps more than k
+            return None
+        vals, ids = vals[:, :top_k], ids[:, :top_k]
+        total = torch.logsumexp(vals, dim=-1, keepdim=True)  # top-p sees only what top-k kept
+    else:
+        if top_p >= 1.0 or vocab <= CANDIDATES:
+            return None
+        vals, ids = torch.topk(scores, CANDIDATES)
+        total = torch.logsumexp(scores, dim=-1, keepdim=True)
+    if top_p >= 1.0:
+        return vals, ids
+    probs = (vals - total).exp()  # [1, n] descending
+    before = probs.cumsum(dim=-1) - probs  # the mass of the more likely tokens
+    kept = int((before < top_p).sum())  # a token stays while what precedes it is under top_p
+    margin_ok = bool(((before - top_p).abs() > MARGIN).all())
+    covers = top_k > 0 or kept < vals.size(-1)  # the first dropped token is a candidate: all later are dropped
+    if not (margin_ok and covers) or (kept < vals.size(-1) and vals[0, kept] == vals[0, kept - 1]):
+        return None
+    return vals[:, :kept], ids[:, :kept]
+
+
 class TokenSampler:
     """Per-reply sampling state: which tokens were seen (for the penalty) and the random generator.
 
     The penalty set covers the whole prompt plus every generated token, like transformers' processor
-    which looks at all of `input_ids`. A boolean mask updated in place costs O(1) per token instead of
-    a gather over a growing id list.
+    which looks at all of `input_ids`; it is applied to those few ids only (a gather and a scatter),
+    not with a pass over the vocabulary. When sampling, `top_p_candidates` finds the kept tokens
+    without sorting the vocabulary where it can, and the draw is made among them.
     """
 
     def __init__(
@@ -75,12 +115,10 @@ class TokenSampler:
         self.config = config
         self.vocab_size = vocab_size
         self.device = torch.device(device)
-        self.seen: torch.Tensor | None = None
+        self._seen: set[int] | None = None
+        self._seen_ids: torch.Tensor | None = None  # the same ids as a tensor, made when the set grows
         if config.repetition_penalty != 1.0:
-            self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=self.device)
-            ids = [i for i in set(prompt_ids) if 0 <= i < vocab_size]
-            if ids:
-                self.seen[0, torch.tensor(ids, device=self.device)] = True
+            self._seen = {int(i) for i in prompt_ids if 0 <= int(i) < vocab_size}
         self.generator: torch.Generator | None = None
         if config.do_sample:
             self.generator = torch.Generator(device=self.device)
@@ -89,29 +127,51 @@ class TokenSampler:
             else:
                 self.generator.manual_seed(config.seed)
 
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Penalty (on the seen ids only), then temperature when sampling."""
+        cfg = self.config
+        if self._seen:
+            if self._seen_ids is None:
+                self._seen_ids = torch.tensor(sorted(self._seen), dtype=torch.long, device=logits.device)
+            ids = self._seen_ids[self._seen_ids < logits.size(-1)]
+            seen = logits[:, ids]
+            logits = logits.clone()
+            logits[:, ids] = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+        if cfg.do_sample and cfg.temperature != 1.0:
+            logits = apply_temperature(logits, cfg.temperature)
+        return logits
+
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """The filtered logits the next token is drawn from (float32 [1, vocab])."""
         cfg = self.config
-        if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen[:, : logits.size(-1)], cfg.repetition_penalty)
+        scores = self._scores(logits)
         if not cfg.do_sample:
-            return logits
-        if cfg.temperature != 1.0:
-            logits = apply_temperature(logits, cfg.temperature)
-        logits = top_k_filter(logits, cfg.top_k)
-        return top_p_filter(logits, cfg.top_p)
+            return scores
+        found = top_p_candidates(scores, cfg.top_k, cfg.top_p)
+        if found is not None:
+            vals, ids = found
+            return torch.full_like(scores, -float("inf")).scatter_(-1, ids, vals)
+        return top_p_filter(top_k_filter(scores, cfg.top_k), cfg.top_p)
 
     def pick(self, logits: torch.Tensor) -> int:
         """Choose the next token id from raw logits and remember it for the penalty."""
-        scores = self.process(logits.float())
-        if self.config.do_sample:
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
-        else:
+        cfg = self.config
+        scores = self._scores(logits.float())
+        if not cfg.do_sample:
             token = int(torch.argmax(scores, dim=-1)[0])
+        else:
+            found = top_p_candidates(scores, cfg.top_k, cfg.top_p)
+            if found is not None:  # draw among the kept candidates only
+                vals, ids = found
+                choice = torch.multinomial(torch.softmax(vals, dim=-1), 1, generator=self.generator)
+                token = int(ids[0, choice[0, 0]])
+            else:
+                probs = torch.softmax(top_p_filter(top_k_filter(scores, cfg.top_k), cfg.top_p), dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
         self.observe(token)
         return token
 
     def observe(self, token: int) -> None:
-        if self.seen is not None and 0 <= token < self.vocab_size:
-            self.seen[0, token] = True
+        if self._seen is not None and 0 <= token < self.vocab_size and token not in self._seen:
+            self._seen.add(token)
+            self._seen_ids = None
