@@ -158,3 +158,77 @@ def test_packed_sft_run_trains(family, bloom_dir, qwen_dir, tmp_path):
     assert all(s.padding_tokens < s.computed_tokens * 0.2 for s in steps)  # rows are full
     assert all(s.reward_accuracy is None for s in steps)
     assert sum(s.loss for s in steps[-3:]) / 3 < steps[0].loss - 0.5
+
+
+@pytest.mark.parametrize("family", ["bloom", "qwen2"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients(family, packed, bloom_dir, qwen_dir):
+    """The chunked path (head + cross-entropy a few positions at a time, checkpointed) gives the
+    plain loss and the same gradients, packed or not, LoRA-wrapped or not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from firefly_core.training.losses import chunked_token_loss_sum
+
+    model_dir = bloom_dir if family == "bloom" else qwen_dir
+    items = _samples(model_dir, n=6, max_length=64)
+    batch = packing.collate_packed(packing.pack(items, 200), 0) if packed else collate(items, 0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    packing.prepare_model(model)
+
+    def run(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    plain_loss, plain_grads = run(lambda: token_loss_sum(model, batch))
+    chunk_loss, chunk_grads = run(lambda: chunked_token_loss_sum(model, batch, 7))
+    assert abs(plain_loss - chunk_loss) / plain_loss < 1e-6
+    torch.testing.assert_close(chunk_grads, plain_grads, rtol=1e-4, atol=1e-6)
+
+    from firefly_core.training.lora import apply_lora
+
+    lora = apply_lora(model, 4, 8, 0.0, None)
+    with torch.no_grad():
+        a = float(token_loss_sum(lora, batch))
+        b = float(chunked_token_loss_sum(lora, batch, 5))
+    assert abs(a - b) / a < 1e-6
+
+
+def test_chunking_is_chosen_by_logits_size(qwen_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from firefly_core.training import losses
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = {"input_ids": torch.zeros(2, 100, dtype=torch.long)}
+    assert losses.chunk_for(model, batch, True) is None  # 200 x vocab floats: small
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 50 * vocab * 4)
+    assert losses.chunk_for(model, batch, True) == 50
+    assert losses.chunk_for(model, batch, False) is None  # several processes: the wrapped forward
+
+
+def test_a_run_with_chunked_cross_entropy_has_the_same_losses(bloom_dir, tmp_path, monkeypatch):
+    from firefly_core.training import losses
+    from firefly_core.training.config import TrainConfig
+    from firefly_core.training.events import read_events
+    from firefly_core.training.launch import launch
+
+    def run(name):
+        cfg = TrainConfig(model=str(bloom_dir), data=[INSTRUCTIONS], out=str(tmp_path / name), gpu="cpu", batch_size=4,
+                          max_length=96, lr=1e-2, warmup_steps=0, max_steps=3, save_every=100, seed=3)
+        launch(cfg)
+        return [e.loss for e in read_events(tmp_path / name) if e.type == "step"]
+
+    plain = run("plain")
+    calls = []
+    real = losses.chunked_token_loss_sum
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 4 * 400 * 16)  # 16 positions of a 400-token vocabulary
+    import firefly_core.training.methods as methods
+
+    monkeypatch.setattr(methods, "chunked_token_loss_sum", lambda *a: calls.append(1) or real(*a))
+    chunked = run("chunked")
+    assert calls and chunked == pytest.approx(plain, rel=1e-5)

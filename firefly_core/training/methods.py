@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DataError
-from .packing import PackedRow, check_packing, collate_packed, mask_dtype, model_inputs, pack, prepare_model
+from .losses import chunk_for, chunked_token_loss_sum, token_loss_sum
+from .packing import PackedRow, check_packing, collate_packed, pack, prepare_model
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Method:
         self.dpo = config.method == "dpo"
         self.packed = config.method == "pretrain" or config.packing
         self.reference = None
+        self.single_process = False  # chunked cross-entropy only then (it bypasses DDP/ZeRO wrappers)
+        self.accelerator = None
 
     @property
     def metrics(self) -> int:
@@ -139,6 +142,10 @@ class Method:
     def prepare_model(self, model, accelerator, train_items) -> None:
         """Before LoRA and accelerate wrap the model: packing support (checked on this model's
         real samples) and the DPO reference."""
+        from accelerate.utils import DistributedType
+
+        self.single_process = accelerator.distributed_type == DistributedType.NO
+        self.accelerator = accelerator
         if self.packed:
             prepare_model(model)
             samples = [s for row in train_items[:4] for s in row.samples]
@@ -154,21 +161,12 @@ class Method:
             from .dpo import pair_loss_sum
 
             return pair_loss_sum(model, batch, self.reference, self.config.beta, self.config.loss)
+        chunk = chunk_for(model, batch, self.single_process)
+        if chunk:
+            # The body is called directly, outside the autocast accelerate wraps the forward in.
+            with self.accelerator.autocast():
+                return chunked_token_loss_sum(model, batch, chunk), None
         return token_loss_sum(model, batch), None
-
-
-def token_loss_sum(model, batch):
-    """Sum of next-token cross-entropy over supervised tokens (float32 logits); a packed batch
-    (with segment_ids) runs with its block-diagonal mask and restarting positions."""
-    import torch.nn.functional as F
-
-    if "segment_ids" in batch:
-        logits = model(**model_inputs(batch, mask_dtype(model))).logits
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1, :].float()
-    labels = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
 
 
 __all__ = ["MethodData", "Method", "PackedRow", "load_data", "token_loss_sum"]
