@@ -250,6 +250,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _honest(self, path: str, head: bool):
         """(route, repo id, file name, a function computing the honest reply)."""
         parts = path.strip("/").split("/")
+        # Dataset repos: the same repos, reached as the client reaches datasets
+        # (/api/datasets/{repo}..., /datasets/{repo}/resolve/...).
+        if parts[:2] == ["api", "datasets"]:
+            parts = ["api", "models", *parts[2:]]
+        elif parts[:1] == ["datasets"] and len(parts) >= 4 and parts[3] == "resolve":
+            parts = parts[1:]
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
             repo_id = f"{parts[2]}/{parts[3]}"
             return "tree", repo_id, None, lambda: self._tree(repo_id, parts[5])

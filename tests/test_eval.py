@@ -289,3 +289,85 @@ def test_missing_things_are_clear_errors(tmp_path, ceval_dir):
     exams = load_exam("ceval", ceval_dir)
     with pytest.raises(FireflyError, match="6-shot needs 6 dev examples"):
         score_exam(None, exams, 6)
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+def _ceval_repo_files(ceval_dir: Path) -> dict[str, bytes]:
+    files = {p.relative_to(ceval_dir).as_posix(): p.read_bytes() for p in ceval_dir.rglob("*.csv")}
+    files.update({
+        "README.md": b"# mini C-Eval\n",
+        "ceval-exam.py": b"raise SystemExit('a loading script is never fetched')\n",
+        "ceval-exam.zip": b"PK\x03\x04" + b"\0" * 100,
+    })
+    return files
+
+
+def test_pull_dataset_fetches_only_data_files_and_eval_reads_it(online, ceval_dir):
+    from firefly_core.models import hub
+
+    online.add_repo("test-org/ceval-mini", _ceval_repo_files(ceval_dir))
+    path = hub.pull_dataset("test-org/ceval-mini")
+    assert path == hub.dataset_cache_folder("test-org/ceval-mini") / "snapshots" / online.repos["test-org/ceval-mini"].sha
+    assert "datasets--test-org--ceval-mini" in str(path)
+    got = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    assert got == {*(p.relative_to(ceval_dir).as_posix() for p in ceval_dir.rglob("*.csv")), "README.md"}
+    fetched = [r.path for r in online.requests if r.method == "GET"]
+    assert fetched[0].startswith("/api/datasets/test-org/ceval-mini")
+    assert not any(p.endswith((".py", ".zip")) for p in fetched)
+    # the exam by its dataset id reads exactly what the folder holds
+    by_id = load_exam("ceval", "test-org/ceval-mini")
+    by_folder = load_exam("ceval", ceval_dir)
+    assert by_id == by_folder
+    online.requests.clear()
+    assert hub.pull_dataset("test-org/ceval-mini") == path  # a second pull fetches no file again
+    assert not [r for r in online.requests if "/resolve/" in r.path]
+
+
+@pytest.mark.parametrize("name", ["../../../../victim.csv", "/tmp/firefly-abs.csv", "ok/../../../../x.csv", "evil\n.csv"])
+def test_pull_dataset_refuses_hostile_names_before_any_file(online, ceval_dir, name):
+    from firefly_core.models import hub
+
+    online.add_repo("test-org/evil-exam", {**_ceval_repo_files(ceval_dir), name: b"x"})
+    with pytest.raises(FireflyError, match="not a safe file name"):
+        hub.pull_dataset("test-org/evil-exam")
+    assert not [r for r in online.requests if "/resolve/" in r.path or "/cdn/" in r.path]
+
+
+def test_pull_dataset_refuses_oversized_and_empty_repos(online, ceval_dir, monkeypatch):
+    from firefly_core.models import hub
+
+    online.add_repo("test-org/big-exam", _ceval_repo_files(ceval_dir))
+    monkeypatch.setattr(hub, "DATASET_MAX_BYTES", 100)
+    with pytest.raises(FireflyError, match="at most"):
+        hub.pull_dataset("test-org/big-exam")
+    online.add_repo("test-org/script-only", {"loader.py": b"print('x')", "data.zip": b"PK"})
+    with pytest.raises(FireflyError, match="no CSV, JSONL or Parquet"):
+        hub.pull_dataset("test-org/script-only")
+    assert not [r for r in online.requests if "/resolve/" in r.path or "/cdn/" in r.path]
+
+
+def test_pull_dataset_cli(online, ceval_dir, capsys):
+    from firefly_tui.cli import main
+
+    online.add_repo("test-org/ceval-cli", _ceval_repo_files(ceval_dir))
+    assert main(["pull", "--dataset", "test-org/ceval-cli"]) == 0
+    assert "ready: test-org/ceval-cli" in capsys.readouterr().out
+    assert main(["pull", "--dataset", "test-org/ceval-cli", "--use"]) == 1
+
+
+def test_hub_parquet_layout_reads_as_the_csv_folder(ceval_dir, tmp_path):
+    """The hub's Parquet conversion ({subject}/{split}-00000-of-00001.parquet) gives the same exam."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    for split in ("dev", "val"):
+        for f in (ceval_dir / split).glob("*.csv"):
+            subject = f.name[: -len(f"_{split}.csv")]
+            with open(f, encoding="utf-8", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            table = pa.table({k: [int(r[k]) if k == "id" else r[k] for r in rows] for k in rows[0]})
+            (tmp_path / subject).mkdir(exist_ok=True)
+            pq.write_table(table, tmp_path / subject / f"{split}-00000-of-00001.parquet")
+    assert load_exam("ceval", tmp_path) == load_exam("ceval", ceval_dir)

@@ -154,38 +154,73 @@ def _answer_letter(value: object, n_choices: int, where: str) -> str:
     raise DataError(f"{where}: the answer {value!r} is not one of {', '.join(letters)}", "write the right choice's letter")
 
 
-def _csv_items(benchmark: str, subject: str, path: Path) -> tuple[Item, ...]:
-    if benchmark == "ceval":
-        q, a = "question", "answer"
-    else:
-        q, a = "Question", "Answer"
-    rows = _read_csv(path, [q, "A", "B", "C", "D", a])
-    items = []
-    for i, row in enumerate(rows):
-        items.append(
-            Item(
-                subject=subject,
-                index=i,
-                question=row[q],
-                choices=(row["A"], row["B"], row["C"], row["D"]),
-                answer=_answer_letter(row[a], 4, f"{path}, row {i + 1}"),
-            )
+def _items(benchmark: str, subject: str, rows: Sequence[dict], where: object) -> tuple[Item, ...]:
+    q, a = ("question", "answer") if benchmark == "ceval" else ("Question", "Answer")
+    return tuple(
+        Item(
+            subject=subject,
+            index=i,
+            question=row[q],
+            choices=(row["A"], row["B"], row["C"], row["D"]),
+            answer=_answer_letter(row[a], 4, f"{where}, row {i + 1}"),
         )
-    return tuple(items)
+        for i, row in enumerate(rows)
+    )
 
 
-def _split_file(benchmark: str, root: Path, split: str, subject: str) -> Path:
-    if benchmark == "ceval":
-        return root / split / f"{subject}_{split}.csv"
-    return root / split / f"{subject}.csv"
+def _columns(benchmark: str) -> list[str]:
+    return ["question", "A", "B", "C", "D", "answer"] if benchmark == "ceval" else ["Question", "A", "B", "C", "D", "Answer"]
 
 
-def _subjects_in(benchmark: str, root: Path, split: str) -> list[str]:
-    folder = root / split
-    if not folder.is_dir():
-        return []
-    suffix = f"_{split}.csv" if benchmark == "ceval" else ".csv"
-    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+def _read_parquet(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of one Parquet file (the hub's converted datasets), every cell as text."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path} is a Parquet file, and reading it needs pyarrow", "pip install pyarrow") from None
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DataError(f"{path} is too large for an exam file")
+        table = pq.read_table(path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file are many
+        raise DataError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path} has no column {missing[0]!r}", f"its columns: {', '.join(table.column_names[:10])}")
+    return [{k: "" if v is None else str(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a benchmark's subject files are: the released CSV folders, or the hub's Parquet
+    conversion (`{subject}/{split}-00000-of-00001.parquet`)."""
+
+    benchmark: str
+    root: Path
+    parquet: bool
+
+    def file(self, split: str, subject: str) -> Path | None:
+        if self.parquet:
+            found = sorted((self.root / subject).glob(f"{split}-*.parquet")) if (self.root / subject).is_dir() else []
+            return found[0] if found else None
+        path = self.root / split / (f"{subject}_{split}.csv" if self.benchmark == "ceval" else f"{subject}.csv")
+        return path if path.is_file() else None
+
+    def subjects(self, split: str) -> list[str]:
+        if self.parquet:
+            return sorted(p.parent.name for p in self.root.glob(f"*/{split}-*.parquet"))
+        folder = self.root / split
+        suffix = f"_{split}.csv" if self.benchmark == "ceval" else ".csv"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+
+    def items(self, split: str, subject: str, path: Path) -> tuple[Item, ...]:
+        columns = _columns(self.benchmark)
+        rows = _read_parquet(path, columns) if self.parquet else _read_csv(path, columns)
+        return _items(self.benchmark, subject, rows, path)
 
 
 def _layout_hint(benchmark: str) -> str:
@@ -194,14 +229,16 @@ def _layout_hint(benchmark: str) -> str:
     return "a CMMLU folder holds dev/{subject}.csv and test/{subject}.csv (firefly pull --dataset haonan-li/cmmlu)"
 
 
-def find_exam_root(benchmark: str, root: Path, split: str) -> Path:
-    """The folder holding `dev/` and the split: `root`, or the one folder below it that does (the
-    released zips and the hub datasets keep the CSVs one level down, e.g. `data/`)."""
+def find_layout(benchmark: str, root: Path, split: str) -> _Layout:
+    """The exam's files: `root/{split}/` (or one folder below, as the released zips keep them in
+    `data/`), else the hub's Parquet subject folders."""
     if (root / split).is_dir():
-        return root
+        return _Layout(benchmark, root, False)
     below = [p for p in sorted(root.iterdir()) if p.is_dir() and (p / split).is_dir()] if root.is_dir() else []
     if len(below) == 1:
-        return below[0]
+        return _Layout(benchmark, below[0], False)
+    if root.is_dir() and any(root.glob(f"*/{split}-*.parquet")):
+        return _Layout(benchmark, root, True)
     raise DataError(f"{root} has no {split}/ folder of {benchmark} questions", _layout_hint(benchmark))
 
 
@@ -209,20 +246,20 @@ def load_csv_exam(
     benchmark: str, root: Path, split: str, subjects: Iterable[str] | None = None, limit: int | None = None
 ) -> list[SubjectExam]:
     """The subjects of a C-Eval or CMMLU folder (all of them, or `subjects` in that order)."""
-    root = find_exam_root(benchmark, Path(root), split)
-    available = _subjects_in(benchmark, root, split)
+    layout = find_layout(benchmark, Path(root), split)
+    available = layout.subjects(split)
     wanted = list(subjects) if subjects else available
     if not wanted:
-        raise DataError(f"{root / split} has no {benchmark} subject files", _layout_hint(benchmark))
+        raise DataError(f"{layout.root} has no {benchmark} subject files for {split}", _layout_hint(benchmark))
     exams = []
     for subject in wanted:
-        path = _split_file(benchmark, root, split, subject)
-        if not path.is_file():
+        path = layout.file(split, subject)
+        if path is None:
             near = ", ".join(available[:8]) or "none"
-            raise DataError(f"no {split} file for subject {subject!r} ({path} is missing)", f"subjects here: {near}")
-        dev_path = _split_file(benchmark, root, "dev", subject)
-        dev = _csv_items(benchmark, subject, dev_path) if dev_path.is_file() else ()
-        items = _csv_items(benchmark, subject, path)
+            raise DataError(f"no {split} file for subject {subject!r} in {layout.root}", f"subjects here: {near}")
+        dev_path = layout.file("dev", subject)
+        dev = layout.items("dev", subject, dev_path) if dev_path is not None else ()
+        items = layout.items(split, subject, path)
         if limit is not None:
             items = items[:limit]
         exams.append(SubjectExam(benchmark, subject, description_for(benchmark, subject), dev, items))

@@ -274,8 +274,8 @@ def _cut(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _model_info(repo_id: str, revision: str | None) -> Any:
-    """The repo's model info with files metadata: the request `HfApi.model_info(files_metadata=True)`
+def _model_info(repo_id: str, revision: str | None, repo_type: str = "model") -> Any:
+    """The repo's model (or dataset) info with files metadata: the request `HfApi.model_info(files_metadata=True)`
     makes (same URL, headers, session, error mapping and `ModelInfo` parser), but read with bounds
     (MODEL_INFO_MAX_BYTES, MODEL_INFO_DEADLINE_S), so an endless or trickling answer cannot hang
     the pull or fill the memory. A body that is not a hub's JSON becomes our error naming the endpoint.
@@ -285,11 +285,11 @@ def _model_info(repo_id: str, revision: str | None) -> Any:
 
     import httpx2
     from huggingface_hub import get_session
-    from huggingface_hub.hf_api import ModelInfo
+    from huggingface_hub.hf_api import DatasetInfo, ModelInfo
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, validate_repo_id
 
     validate_repo_id(repo_id)
-    url = f"{hub_endpoint()}/api/models/{repo_id}"
+    url = f"{hub_endpoint()}/api/{repo_type}s/{repo_id}"
     if revision is not None:
         url += f"/revision/{quote(revision, safe='')}"
     t0 = time.monotonic()
@@ -307,7 +307,7 @@ def _model_info(repo_id: str, revision: str | None) -> Any:
         answer = httpx2.Response(r.status_code, headers=r.headers, content=bytes(body), request=r.request)
     hf_raise_for_status(answer)  # the hub's own errors (not found, gated, ...) as the library words them
     try:
-        return ModelInfo(**json.loads(bytes(body)))
+        return (DatasetInfo if repo_type == "dataset" else ModelInfo)(**json.loads(bytes(body)))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _bad_hub(
             f"answered the model info of {repo_id} with something that is not a hub's model info "
@@ -669,7 +669,7 @@ def _pointer_ok(storage: Path, pointer: Path, size: int | None) -> bool:
 
 def _fetch_file(
     repo_id: str, remote: RemoteFile, commit: str, storage: Path,
-    progress: _Progress, cancel: threading.Event | None,
+    progress: _Progress, cancel: threading.Event | None, repo_type: str = "model",
 ) -> Path:
     """One file of the snapshot `commit` into the cache (skipped when already there)."""
     from urllib.parse import urljoin
@@ -683,7 +683,7 @@ def _fetch_file(
     if _pointer_ok(storage, pointer, remote.size):
         return pointer
     endpoint = hub_endpoint()
-    url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
+    url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint, repo_type=repo_type)
     meta = get_hf_file_metadata(url, timeout=_timeout(10.0), endpoint=endpoint)
     blob_id = names.blob_name(meta.etag, filename=f"{name} of {repo_id}", endpoint=endpoint)
     if remote.expected_blob and remote.expected_blob != blob_id:
@@ -966,6 +966,17 @@ def _write_ref(storage: Path, revision: str | None, commit: str) -> None:
 
 
 # ---------------------------------------------------------------- datasets
+#
+# `firefly pull --dataset ID` (C-Eval, CMMLU, your own exams on the hub): the same safe downloader
+# as models (one bounded info request, every name/hash/size checked, resumable blobs, the standard
+# cache layout `datasets--org--name`), choosing only data files firefly can read: CSV, JSONL and
+# Parquet files (top level or one folder down, as `{subject}/{split}-*.parquet`), plus the README
+# and licence. Loading scripts (.py) and archives are never fetched: nothing from a dataset repo runs
+# or is unpacked here.
+
+DATASET_SUFFIXES = (".csv", ".jsonl", ".parquet")
+DATASET_MAX_DEPTH = 3  # parts of a file's path: `data/dev/x.csv` at most
+DATASET_MAX_BYTES = 2 * 1024**3  # C-Eval is ~10 MB and CMMLU ~20 MB; a repo of more is not an exam
 
 
 def dataset_cache_folder(repo_id: str) -> Path:
@@ -982,7 +993,96 @@ def find_dataset(repo_id: str) -> Path | None:
     if not valid_repo_id(repo_id):
         return None
     storage = dataset_cache_folder(repo_id)
-    if not storage.is_dir():
+    if not storage.is_dir() or storage.is_symlink():
         return None
     snapshot, _problem = _current_snapshot(storage)
+    return snapshot
+
+
+def select_dataset_files(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split a dataset repo's file names into (data files firefly reads, the rest)."""
+    wanted, skipped = [], []
+    for n in dict.fromkeys(names):
+        depth = n.count("/") + 1
+        data = n.lower().endswith(DATASET_SUFFIXES) and depth <= DATASET_MAX_DEPTH
+        top_doc = depth == 1 and (n == "README.md" or LICENSE_PATTERN.match(n))
+        (wanted if data or top_doc else skipped).append(n)
+    return wanted, skipped
+
+
+def pull_dataset(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    progress: Callable[[DownloadProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_plan: Callable[[DownloadPlan], None] | None = None,
+) -> Path:
+    """Download dataset `repo_id`'s data files into the HF cache and return its snapshot folder.
+
+    Offline, a dataset already here is returned as it is. Resumes like `pull`; refuses a repo with no
+    data file firefly reads, or with more than DATASET_MAX_BYTES of them.
+    """
+    repo_id = str(repo_id).strip()
+    if not looks_like_hub_id(repo_id) or not valid_repo_id(repo_id):
+        raise ModelNotFoundError(f"{repo_id!r} is not a hub dataset id (org/name)", "example: firefly pull --dataset ceval/ceval-exam")
+    if revision is not None:
+        revision = names.check_revision(revision)
+    _check_cancel(cancel, repo_id)
+    existing = find_dataset(repo_id)
+    if is_offline():
+        if existing is not None:
+            return existing
+        raise OfflineError(f"cannot download dataset {repo_id}: offline mode is on (HF_HUB_OFFLINE)", "unset HF_HUB_OFFLINE to download")
+    tracker = _Progress(repo_id, progress)
+    try:
+        info = _model_info(repo_id, revision, repo_type="dataset")
+        commit = names.check_commit_id(info.sha, repo_id=repo_id, endpoint=hub_endpoint())
+        if revision is not None and names.is_commit_id(revision) and commit != revision:
+            raise _bad_hub(f"answered a request for commit {revision} of {repo_id} with commit {commit}")
+        remote = _listing(info, repo_id)
+        wanted, skipped = select_dataset_files(remote)
+        if not any(n.lower().endswith(DATASET_SUFFIXES) for n in wanted):
+            raise UnsupportedModelError(
+                f"dataset {repo_id} has no CSV, JSONL or Parquet files firefly can read",
+                "firefly reads exam files as released (C-Eval/CMMLU CSV folders, Parquet per subject); "
+                "datasets that need a loading script or an archive unpacked are not supported",
+            )
+        plan = DownloadPlan(repo_id, commit, {n: remote[n].size for n in wanted}, skipped)
+        if plan.total_bytes > DATASET_MAX_BYTES:
+            raise FireflyError(
+                f"dataset {repo_id} lists {human_bytes(plan.total_bytes)} of data files; firefly fetches exams of at most "
+                f"{human_bytes(DATASET_MAX_BYTES)}",
+                "this does not look like an exam; download it with the datasets library instead",
+            )
+        storage = existing.parent.parent if existing is not None else dataset_cache_folder(repo_id)
+        snapshot = storage / "snapshots" / commit
+        if on_plan is not None:
+            on_plan(plan)
+        blob_ids = {remote[n].expected_blob for n in plan.files if remote[n].expected_blob}
+        done, files_done = _already_have(storage, commit, plan.files, blob_ids)
+        _check_disk_space(storage, plan.total_bytes - done, repo_id)
+        tracker.start(plan.total_bytes, len(plan.files), done, files_done)
+        for name in sorted(plan.files, key=lambda n: (plan.files[n] or 0, n)):
+            if _pointer_ok(storage, snapshot / name, remote[name].size):
+                continue
+            tracker.file(name)
+            _fetch_file(repo_id, remote[name], commit, storage, tracker, cancel, repo_type="dataset")
+            tracker.file(None, done=True)
+        _write_ref(storage, revision, commit)
+    except FireflyError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every library/network error becomes one of ours
+        import httpx2
+        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
+            raise
+        err = _hub_error(e, repo_id)
+        if isinstance(err, OfflineError) and existing is not None:
+            return existing
+        raise err from None
+    tracker.current = None
+    tracker.emit(force=True)
+    _drop_stale_partials(storage)
     return snapshot

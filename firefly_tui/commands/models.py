@@ -13,10 +13,10 @@ import sys
 import threading
 from typing import Any
 
-from firefly_core.models.user_settings import ENGINES, QUANTIZE_CHOICES  # torch-free
+from firefly_core.models.user_settings import ModelSettings  # torch-free
 from firefly_core.units import human_bytes
 
-FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
+from .setting_flags import add_setting_flags, setting_values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model that runs its own Python code (remembered for this model)")
     p.add_argument("--use", action="store_true", help="make it the active model when done")
+    p.add_argument("--dataset", action="store_true",
+                   help="ID is a dataset (an exam for firefly eval, e.g. ceval/ceval-exam): fetch its CSV, "
+                   "JSONL and Parquet files")
     p.set_defaults(handler=run_pull)
 
     p = subparsers.add_parser(
@@ -68,22 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Example: firefly use YeungNLP/firefly-1b4 --temperature 0.35",
     )
     p.add_argument("model", metavar="ID_OR_PATH", nargs="?")
-    p.add_argument("--format", choices=FORMATS, help="prompt format for this model")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--system", help="system prompt for this model")
-    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
-                   help="allow (or with --no-trust-remote-code forbid) this model's own Python code")
-    p.add_argument("--engine", choices=ENGINES, help="decode with PyTorch or llama.cpp "
-                   "(default: llama.cpp on CPU when it is installed)")
-    p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
-                   help="int8: PyTorch int8 weights on CPU; the others: the GGUF type llama.cpp runs")
-    p.add_argument("--threads", type=int, help="decode threads (default: chosen for the model and machine)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="on a GPU, replay a captured CUDA graph for each decode step (default: on where it works)")
+    # one flag per saved setting, from the declarations (firefly_core/setting_spec.py), checked as parsed
+    add_setting_flags(p, ModelSettings)
     p.add_argument("--reset", action="store_true", help="forget this model's saved settings first")
     p.set_defaults(handler=run_use)
 
@@ -160,7 +149,11 @@ def run_pull(args: argparse.Namespace) -> int:
     from firefly_core.models.user_settings import set_active_model, update_model_settings
 
     model = args.model
-    allow = args.trust_remote_code or _remote_code_allowed(model)
+    if getattr(args, "dataset", False) and (args.trust_remote_code or args.use):
+        from firefly_core.errors import ConfigError
+
+        raise ConfigError("--trust-remote-code and --use are for models, not --dataset")
+    allow = not getattr(args, "dataset", False) and (args.trust_remote_code or _remote_code_allowed(model))
     cancel = threading.Event()
     result: dict[str, Any] = {}
 
@@ -175,8 +168,12 @@ def run_pull(args: argparse.Namespace) -> int:
 
         def work() -> None:
             try:
-                result["path"] = hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
-                                          allow_remote_code=allow, on_plan=on_plan)
+                if getattr(args, "dataset", False):
+                    result["path"] = hub.pull_dataset(model, revision=args.revision, progress=bar, cancel=cancel,
+                                                      on_plan=on_plan)
+                else:
+                    result["path"] = hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
+                                              allow_remote_code=allow, on_plan=on_plan)
             except BaseException as e:  # handed to the main thread
                 result["error"] = e
 
@@ -192,7 +189,8 @@ def run_pull(args: argparse.Namespace) -> int:
     if "error" in result:
         err = result["error"]
         if isinstance(err, DownloadCancelled):
-            print(f"stopped: {err.message}; run `firefly pull {model}` to resume", file=sys.stderr)
+            again = f"firefly pull --dataset {model}" if getattr(args, "dataset", False) else f"firefly pull {model}"
+            print(f"stopped: {err.message}; run `{again}` to resume", file=sys.stderr)
             return 130
         raise err
     path = result["path"]
@@ -313,13 +311,14 @@ def run_use(args: argparse.Namespace) -> int:
 
     from firefly_core.models import folder, hub, inventory
     from firefly_core.errors import ModelNotFoundError
-    from firefly_core.models.user_settings import ModelSettings, load_settings, save_settings
+    from firefly_core.models.names import check_model_name
+    from firefly_core.models.user_settings import load_settings, update_model_settings
 
-    settings = load_settings()
     if args.model is None:
+        settings = load_settings()
         print(settings.active_model or "no active model; set one with: firefly use ID")
         return 0
-    model = args.model
+    model = check_model_name(args.model, where="firefly use")
     if Path(model).expanduser().is_dir():
         inventory.register_local(model)
         model = str(Path(model).expanduser().resolve())
@@ -331,20 +330,6 @@ def run_use(args: argparse.Namespace) -> int:
         if not found.complete:
             print(f"note: {model} is incomplete ({', '.join(found.missing)}); finish it with: firefly pull {model}",
                   file=sys.stderr)
-    changes = {
-        "prompt_format": args.format, "temperature": args.temperature, "top_p": args.top_p,
-        "top_k": args.top_k, "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens, "system": args.system,
-        "trust_remote_code": args.trust_remote_code, "engine": args.engine, "quantize": args.quantize,
-        "threads": args.threads, "cuda_graph": args.cuda_graph,
-    }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    ms = ModelSettings() if args.reset else settings.for_model(model)
-    for k, v in changes.items():
-        setattr(ms, k, v)
-    ms.validate(f"settings of {model}")
-    settings.models[model] = ms
-    settings.active_model = model
-    save_settings(settings)
+    update_model_settings(model, reset=args.reset, activate=True, **setting_values(args, ModelSettings))
     print(f"active model: {model}")
     return 0
