@@ -1,8 +1,10 @@
-"""Shared fixtures: no network, a private HF cache and firefly home, and the test-kit models."""
+"""Shared fixtures: no network, a private HF cache, firefly home and kernel build folder, the
+engine named (torch unless a test asks for llama.cpp), and the test-kit models."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,11 +13,72 @@ _SANDBOX = Path(tempfile.mkdtemp(prefix="firefly-tests-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SANDBOX / "hf")
 os.environ["FIREFLY_HOME"] = str(_SANDBOX / "firefly")
+# Kernels (generation/gemv.py) and any other cache build under this run's own folder, never in the
+# user's ~/.cache: a test's outcome must not depend on what an earlier run left there.
+os.environ["TORCH_EXTENSIONS_DIR"] = str(_SANDBOX / "torch_extensions")
+os.environ["XDG_CACHE_HOME"] = str(_SANDBOX / "cache")
+# The engine a test generates with is named, not taken from what is installed: the model service
+# picks llama.cpp automatically when it is usable, so it is off unless a test asks for it with
+# the `llamacpp` fixture. `FIREFLY_LLAMACPP=0` given to pytest keeps it off for those too (the
+# suite as it runs without the extra).
+_LLAMACPP_OFF_BY_CALLER = os.environ.get("FIREFLY_LLAMACPP", "").strip() == "0"
+os.environ["FIREFLY_LLAMACPP"] = "0"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The sandbox is ours (made above): remove it, kernels and caches included."""
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+def _llamacpp_unavailable() -> str | None:
+    if _LLAMACPP_OFF_BY_CALLER:
+        return "FIREFLY_LLAMACPP=0 was given to this test run"
+    from firefly_core.llamacpp_lib import available
+
+    previous = os.environ.pop("FIREFLY_LLAMACPP", None)
+    try:
+        return available()
+    finally:
+        if previous is not None:
+            os.environ["FIREFLY_LLAMACPP"] = previous
+
+
+@pytest.fixture
+def llamacpp(monkeypatch):
+    """This test runs the llama.cpp engine (or its GGUF tools): on for it, skipped with the reason
+    where the `llamacpp` extra is missing or FIREFLY_LLAMACPP=0 was given."""
+    reason = _llamacpp_unavailable()
+    if reason:
+        pytest.skip(f"llama.cpp is not usable here: {reason}")
+    monkeypatch.delenv("FIREFLY_LLAMACPP", raising=False)
+
+
+@pytest.fixture(scope="module")
+def llamacpp_module():
+    """`llamacpp` for module-scoped fixtures (a GGUF made once per module)."""
+    reason = _llamacpp_unavailable()
+    if reason:
+        pytest.skip(f"llama.cpp is not usable here: {reason}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FIREFLY_LLAMACPP", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def gemv_kernels():
+    """The CPU GEMV kernels, built once per run in the run's own TORCH_EXTENSIONS_DIR (never while
+    pytest collects); tests that need them skip with the reason where they cannot be built."""
+    from firefly_core.generation import gemv
+
+    reason = gemv.prepare_kernels()
+    if reason is not None:
+        pytest.skip(f"the CPU GEMV kernel is not available here: {reason}")
+    return gemv
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from firefly_core.generation import GenerationConfig, ModelDecoder, generate_ids
-from firefly_core.generation.gemv import gemv_linear, gemv_matmuls, unavailable_reason
+from firefly_core.generation.gemv import gemv_linear, gemv_matmuls
 from firefly_core.models.loading import load_model
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+# Built once per run under the run's own folder (conftest), not while pytest collects.
+pytestmark = pytest.mark.usefixtures("gemv_kernels")
 
 
 @pytest.mark.parametrize("n,k", [(8, 16), (37, 67), (46145 // 64, 2048), (5, 3)])

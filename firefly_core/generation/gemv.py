@@ -323,15 +323,18 @@ def unavailable_reason() -> str | None:
 def kernels_pay(model: Any) -> bool:
     """Whether the kernel is worth using (and building) for `model`: bf16 on a CPU without fast
     bf16 GEMM, and big enough (KERNEL_MIN_BYTES) that decode reads weights from memory.
-    FIREFLY_GEMV=1 forces it on for any bf16 model on such a CPU (tests, benchmarks); =0 off."""
+    FIREFLY_GEMV=1 forces it on for any bf16 CPU model, even where PyTorch has fast bf16 (tests
+    and benchmarks, so they run the same path on every machine); =0 off."""
     from .prefill import _slow_half_gemm
 
     param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu" or param.dtype != torch.bfloat16 or not _slow_half_gemm(torch.bfloat16):
+    if param is None or param.device.type != "cpu" or param.dtype != torch.bfloat16:
         return False
     flag = os.environ.get("FIREFLY_GEMV", "")
     if flag in ("0", "1"):
         return flag == "1"
+    if not _slow_half_gemm(torch.bfloat16):
+        return False
     linear_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
     return linear_bytes >= KERNEL_MIN_BYTES
 

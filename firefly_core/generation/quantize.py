@@ -20,15 +20,16 @@ every token; see `bench/generate_fast.py` and `firefly_core.quality` for what th
 from __future__ import annotations
 
 import fnmatch
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from .gemv import gemv_int8_linear
-from .gemv import kernels_ready as gemv_kernels_ready
+from .gemv import prepare_kernels
 
 QUANTIZE_METHODS = ("int8",)
 INT8_MAX = 127
@@ -104,6 +105,9 @@ class Int8Linear(nn.Module):
         else:
             self.bias = None
         self.use_kernel = int8_kernel_supported(self.weight_int8.device, in_features)
+        # One-row (decode) products through our GEMV kernel: set by `apply_quantization` once the
+        # kernel is built, so the route is chosen when the model is prepared, never per call.
+        self.use_gemv = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
@@ -135,9 +139,8 @@ class Int8Linear(nn.Module):
         scales = self.scales
         if scales.dtype != self.compute_dtype:  # e.g. after model.half(), which casts float buffers
             scales = scales.to(self.compute_dtype)
-        if x2.shape[0] == 1 and x2.device.type == "cpu" and gemv_kernels_ready():
-            # Decode steps (one row): our AVX2 kernel reads int8 weights faster (gemv.py). Only
-            # when the model service already built it: a forward never compiles anything.
+        if self.use_gemv and x2.shape[0] == 1 and x2.device.type == "cpu":
+            # Decode steps (one row): our AVX2 kernel reads int8 weights faster (gemv.py).
             y = gemv_int8_linear(x2, self.weight_int8, scales)
         elif self.use_kernel and x2.device.type == "cpu":
             y = _int8pack_mm(x2, self.weight_int8, scales)  # [tokens, out]
@@ -152,6 +155,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         kernel = "int8pack_mm" if self.use_kernel else "dequantize"
+        if self.use_gemv:
+            kernel += ", gemv"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, compute={str(self.compute_dtype).removeprefix('torch.')}, {kernel}"
@@ -226,8 +231,17 @@ def quantization_of(model: nn.Module) -> QuantizationReport | None:
     return getattr(model, "firefly_quantization", None)
 
 
-def apply_quantization(lm: Any, method: str | None, skip: Iterable[str] = ()) -> QuantizationReport | None:
-    """Quantize a `LoadedModel` in place (`method` "int8", or None/"none" for nothing).
+def apply_quantization(
+    lm: Any,
+    method: str | None,
+    skip: Iterable[str] = (),
+    *,
+    status: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> QuantizationReport | None:
+    """Quantize a `LoadedModel` in place (`method` "int8", or None/"none" for nothing), and choose
+    each layer's CPU route once: decode rows through our GEMV kernel when it can be built here
+    (`prepare_kernels`, which says "compiling" through `status` the first time), else PyTorch's.
 
     Int8 is a CPU feature: on a GPU the bf16 path (with CUDA graphs) is the fast one, so asking
     for it there is an error with a hint rather than a silent slowdown.
@@ -245,4 +259,9 @@ def apply_quantization(lm: Any, method: str | None, skip: Iterable[str] = ()) ->
     existing = quantization_of(lm.model)
     if existing is not None:
         return existing
-    return quantize_int8(lm.model, skip=skip)
+    report = quantize_int8(lm.model, skip=skip)
+    if prepare_kernels(status=status, cancel=cancel) is None:
+        for module in lm.model.modules():
+            if isinstance(module, Int8Linear):
+                module.use_gemv = True
+    return report
