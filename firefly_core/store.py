@@ -3,7 +3,8 @@
 One database file (`paths.chats_db()`), WAL journal, every write in its own transaction, so a
 kill in the middle of a write loses nothing that was already reported as saved. The schema
 carries a version (`PRAGMA user_version`) and is brought up to date by ordered migrations when
-the store opens. No UI code here: the app, the CLI and scripts share this module; the rules that
+the store opens, in one exclusive transaction that re-reads the version, so several processes
+opening one file at once (the app and `firefly chat` started together) never run a step twice. No UI code here: the app, the CLI and scripts share this module; the rules that
 keep a chat's history consistent with the model's session live in `conversation.py`.
 
 Every SQLite failure a user can cause (a damaged or newer file, a read-only file or folder, a full
@@ -62,6 +63,7 @@ def _m2(db: sqlite3.Connection) -> None:
 # Migration i (1-based) brings the schema from version i-1 to i. Append only; never edit one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2]
 SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write to finish
 
 
 @dataclass
@@ -129,12 +131,19 @@ class ChatStore:
             ) from None
         self._db: sqlite3.Connection | None = None
         with self._errors("open"):
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
+            )
             self._db.row_factory = sqlite3.Row
             # Read first, change nothing: a damaged file fails here (SQLITE_NOTADB) and a newer
             # schema is refused before the journal mode (stored in the file) is touched.
-            self._check_version()
-            self._db.execute("PRAGMA journal_mode=WAL")
+            with self._lock:
+                self._db.execute("BEGIN")  # one snapshot: another firefly may be migrating right now
+                try:
+                    self._check_version()
+                finally:
+                    self._db.execute("COMMIT")
+            self._use_wal()
             # FULL: a transaction reported as committed survives a power cut, not just a kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -201,10 +210,10 @@ class ChatStore:
                 pass
 
     @contextmanager
-    def _tx(self, doing: str = "saving") -> Iterator[sqlite3.Connection]:
+    def _tx(self, doing: str = "saving", begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is saved, or none of it."""
         with self._lock, self._errors(doing):
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(begin)
             try:
                 yield self._db
                 self._db.execute("COMMIT")
@@ -234,12 +243,34 @@ class ChatStore:
                 "upgrade firefly-tui (pipx upgrade firefly-tui); the file was not changed",
             )
 
+    def _use_wal(self) -> None:
+        """Switch the file to WAL (a no-op once it is). The switch needs the file to itself and
+        SQLite answers "locked" at once instead of waiting, so wait here, as long as for a write."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                busy = getattr(e, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+                if not (busy or "locked" in str(e)) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)  # another firefly is opening or upgrading the file right now
+            delay = min(delay * 2, 0.1)
+
     def _migrate(self) -> None:
-        version = self.schema_version()
-        for i in range(version, SCHEMA_VERSION):
-            with self._tx("upgrading the chat database") as db:
+        """Bring the schema up to date, all steps in one exclusive transaction that reads the
+        version itself: when several firefly processes open the file at once, the first does the
+        work and the others find it done (idempotent), instead of running a step twice."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return  # the usual case: no write lock taken
+        with self._tx("upgrading the chat database", begin="BEGIN EXCLUSIVE") as db:
+            self._check_version()  # again, under the lock
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            for i in range(version, SCHEMA_VERSION):
                 MIGRATIONS[i](db)
-                db.execute(f"PRAGMA user_version = {i + 1}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def schema_version(self) -> int:
         with self._read():

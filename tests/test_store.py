@@ -273,3 +273,65 @@ def test_values_edited_by_hand_into_odd_types_still_read(store):
     store._db.execute("UPDATE conversations SET title=?, settings=? WHERE id=?", (42, 7, c.id))
     assert [(x.content, x.meta) for x in store.messages(c.id)] == [("流萤", {})]
     assert [(x.title, x.settings) for x in store.list_conversations()] == [("42", {})]
+
+
+# -- several firefly processes opening one database at once (issue: a migration race) ------------
+
+_OPENERS = 3
+
+
+def _open_in_rounds(paths, barrier, results) -> None:
+    """One process: in each round, wait for the others, then open the store and write to it."""
+    from firefly_core.store import ChatStore
+
+    for path in paths:
+        barrier.wait()
+        try:
+            store = ChatStore(path)
+            store.add_message(store.create_conversation("opened").id, "user", "hi")
+            store.close()
+            results.put((path, None))
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            results.put((path, f"{type(e).__name__}: {e}"))
+
+
+def _v1_database(path) -> None:
+    from firefly_core.store import MIGRATIONS
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    MIGRATIONS[0](db)
+    db.execute("INSERT INTO conversations (title, created, updated) VALUES ('kept', 0, 0)")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("COMMIT")
+    db.close()
+
+
+@pytest.mark.parametrize("start", ["new", "v1"])
+def test_processes_opening_one_database_at_once_never_fail(tmp_path, start):
+    """Real processes, started together by a barrier, each round on a fresh file: before, one of
+    three failed in a few rounds in ten ("table conversations already exists", "duplicate column
+    name: partial", "belongs to another program")."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as separate `firefly` runs are
+    rounds = 12
+    paths = [str(tmp_path / f"round-{i}.sqlite3") for i in range(rounds)]
+    if start == "v1":
+        for p in paths:
+            _v1_database(p)
+    barrier, results = ctx.Barrier(_OPENERS), ctx.Queue()
+    procs = [ctx.Process(target=_open_in_rounds, args=(paths, barrier, results)) for _ in range(_OPENERS)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in range(rounds * _OPENERS)]
+    for p in procs:
+        p.join(timeout=60)
+    failures = [(path, err) for path, err in got if err]
+    assert not failures, failures
+    for path in paths:  # every process's write is there, and the old chat too
+        store = ChatStore(path)
+        titles = sorted(c.title for c in store.list_conversations())
+        assert titles == sorted(["opened"] * _OPENERS + (["kept"] if start == "v1" else []))
+        assert store.schema_version() == SCHEMA_VERSION
+        store.close()
