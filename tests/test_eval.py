@@ -182,12 +182,7 @@ def test_prompt_text_is_the_harness_prompt(ceval_dir, tmp_path):
 # ------------------------------------------------------------------------------------ engines, output
 
 
-def test_llamacpp_engine_scores_as_torch(qwen_dir, ceval_dir):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    from firefly_core.generation.llamacpp import available
-
-    if available() is not None:
-        pytest.skip(f"llama.cpp not usable here: {available()}")
+def test_llamacpp_engine_scores_as_torch(qwen_dir, ceval_dir, llamacpp):
     exams = load_exam("ceval", ceval_dir)
     torch_run = evaluate_model(str(qwen_dir), exams, shots=2, split="val", engine="torch", dtype="fp32", device="cpu")
     gguf_run = evaluate_model(str(qwen_dir), exams, shots=2, split="val", engine="llamacpp", quantize="f32")
