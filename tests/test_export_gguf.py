@@ -18,6 +18,8 @@ import torch
 
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'firefly-tui[llamacpp]')")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'firefly-tui[llamacpp]')")
+# This module names its engine: llama.cpp (tests/conftest.py turns it off for everyone else).
+pytestmark = pytest.mark.usefixtures("llamacpp_module")
 
 import gguf  # noqa: E402
 

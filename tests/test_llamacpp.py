@@ -15,6 +15,8 @@ import torch
 
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'firefly-tui[llamacpp]')")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'firefly-tui[llamacpp]')")
+# This module names its engine: llama.cpp (tests/conftest.py turns it off for everyone else).
+pytestmark = pytest.mark.usefixtures("llamacpp_module")
 
 from firefly_core.chat import ChatSession  # noqa: E402
 from firefly_core.errors import FireflyError, PromptTooLongError  # noqa: E402

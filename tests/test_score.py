@@ -149,7 +149,7 @@ def test_bad_inputs_are_clear_errors(lms):
 
 # ------------------------------------------------------------------------------------- llama.cpp
 @pytest.fixture(scope="module")
-def ggufs(lms, tmp_path_factory):
+def ggufs(lms, tmp_path_factory, llamacpp_module):
     pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'firefly-tui[llamacpp]')")
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'firefly-tui[llamacpp]')")
     from firefly_core.export.gguf import export_gguf
