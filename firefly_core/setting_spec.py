@@ -29,7 +29,8 @@ class Setting:
 
     `min`/`max` are inclusive; `above` is an exclusive lower bound (top_p > 0); `zero_ok` allows 0
     below `min` (temperature 0 = greedy); `max` may be a function when it depends on the machine
-    (threads). `flag` is the long option, `--name-with-dashes` when not given."""
+    (threads). `flag` is the long option, `--name-with-dashes` when not given. The hints say
+    what to do instead when a value is below `min` or above `max`."""
 
     help: str
     choices: tuple[str, ...] | None = None
@@ -38,6 +39,7 @@ class Setting:
     above: float | None = None
     zero_ok: bool = False
     flag: str | None = None
+    labels: dict[str, str] | None = None  # how a dialog names each choice (the value when absent)
     below_hint: str = ""  # the hint when a value is below `min`
     above_hint: str = ""  # the hint when a value is above `max`
 

@@ -22,6 +22,8 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from firefly_core.models import user_settings  # torch-free: the saved settings file
+
 from . import backend, i18n
 from .i18n import t
 from .screens.chat import ChatScreen
@@ -93,7 +95,7 @@ class FireflyApp(App):
         self.startup_errors: list[tuple[str, BaseException]] = []
         if settings == "load":
             try:
-                settings = backend.load_settings()
+                settings = user_settings.load_settings()
             except Exception as e:  # noqa: BLE001 - shown in the app with its hint
                 self.startup_errors.append(("settings", e))
                 settings = None
@@ -177,7 +179,7 @@ class FireflyApp(App):
         if persist and self.settings is not None:
             self.settings.active_model = name
             try:
-                backend.save_settings(self.settings)
+                user_settings.save_settings(self.settings)
             except Exception as e:  # noqa: BLE001 - a read-only config must not break chat
                 self.log.warning(f"cannot save settings: {e}")
         self.call_later(self._model_changed)
@@ -299,7 +301,7 @@ class FireflyApp(App):
         if self.settings is not None:
             self.settings.language = lang
             try:
-                backend.save_settings(self.settings)
+                user_settings.save_settings(self.settings)
             except Exception as e:  # noqa: BLE001
                 self.log.warning(f"cannot save settings: {e}")
         localize_bindings(self)

@@ -110,27 +110,6 @@ def register_local(path: str) -> None:
     _register(path)
 
 
-ENGINE_SETTING_KEYS = ("engine", "quantize", "cuda_graph", "threads")
-
-
-def engine_settings(model: str) -> dict[str, Any]:
-    """The user's saved engine choices for `model` (None = automatic), for the Models screen."""
-    from firefly_core.models.user_settings import load_settings as _load
-
-    ms = _load().for_model(model)
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(ms).items() if k in ENGINE_SETTING_KEYS or k == "trust_remote_code"}
-
-
-def save_engine_settings(model: str, values: dict[str, Any]):
-    """Save engine / quantize / cuda_graph / threads for `model` (validated by the core); the
-    model service applies them the next time the model is loaded."""
-    from firefly_core.models.user_settings import update_model_settings
-
-    return update_model_settings(model, **{k: values.get(k) for k in ENGINE_SETTING_KEYS})
-
-
 def default_gguf_path(model: str, gguf_type: str) -> Path:
     """Where an export goes unless the user says otherwise: FIREFLY data folder/exports/NAME-TYPE.gguf."""
     import re
@@ -163,34 +142,6 @@ def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], N
     out.parent.mkdir(parents=True, exist_ok=True)
     info = model_info(model)
     return _export(info, out, gguf_type=gguf_type, status=status, cancel=cancel)
-
-
-# -- settings ---------------------------------------------------------------------------------
-def load_settings():
-    """The user's saved settings, or None when the settings module is not there."""
-    try:
-        from firefly_core.models.user_settings import load_settings as _load
-    except ImportError:
-        return None
-    return _load()
-
-
-def save_settings(settings) -> None:
-    from firefly_core.models.user_settings import save_settings as _save
-
-    _save(settings)
-
-
-def model_settings(settings, model: str | None) -> dict[str, Any]:
-    """The user's saved per-model settings as a plain dict (None values dropped)."""
-    if settings is None or not model:
-        return {}
-    ms = getattr(settings, "models", {}).get(model)
-    if ms is None:
-        return {}
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(ms).items() if v is not None}
 
 
 # -- chat (APP-CHAT) -------------------------------------------------------------------------

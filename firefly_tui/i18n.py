@@ -282,6 +282,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.no_models": ("{path} 还没有可以对话的模型（没有 final/ 也没有检查点）", "{path} has nothing to chat with yet (no final/, no checkpoint)"),
     "train.preparing_checkpoint": ("正在把检查点 {step} 整理成模型文件夹…", "Turning checkpoint {step} into a model folder…"),
     "models.auto": ("自动", "automatic"),
+    "models.on": ("开", "on"),
+    "models.off": ("关", "off"),
     "models.settings": ("运行设置", "Run settings"),
     "models.settings_title": ("{name} 的运行方式", "How {name} runs"),
     "models.settings_note": (

@@ -78,8 +78,8 @@ def test_no_model_and_no_active_model_says_pass_model(tmp_path):
 
 def test_bad_sampling_flag_is_a_clear_error(bloom_dir, tmp_path):
     proc = _chat(["--model", str(bloom_dir), "--top-p", "1.5"], "", tmp_path)
-    assert proc.returncode == 1
-    assert "top_p" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # refused while the flags are parsed, by the setting's declared rule
+    assert "argument --top-p: top_p = 1.5 is above 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_format_stats_line():

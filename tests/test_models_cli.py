@@ -112,5 +112,7 @@ def test_use_saves_the_engine_settings_the_model_service_reads(fresh_home, capsy
     assert code == 0, err
     request = model_service().request_for(str(bloom_dir))
     assert (request.engine, request.quantize, request.threads, request.cuda_graph) == ("torch", "int8", 1, False)
-    code, _, err = run(capsys, "use", str(bloom_dir), "--threads", "0")
-    assert code == 1 and "threads" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:  # refused while the flags are parsed: argparse's exit 2
+        run(capsys, "use", str(bloom_dir), "--threads", "0")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --threads: threads = 0 is below 1" in err and "Traceback" not in err

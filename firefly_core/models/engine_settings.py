@@ -39,16 +39,17 @@ class EngineSettings:
 
     engine: str | None = field(default=None, metadata=setting(
         "decode with PyTorch or llama.cpp (default: llama.cpp on CPU when it is installed, else PyTorch)",
-        choices=ENGINES))
+        choices=ENGINES, labels={"torch": "torch (PyTorch)", "llamacpp": "llama.cpp"}))
     quantize: str | None = field(default=None, metadata=setting(
         "int8: int8 weights with PyTorch on CPU (faster replies, a small quality cost); "
         "bf16/f16/f32/q8_0/q4_k_m: the GGUF type llama.cpp runs",
-        choices=QUANTIZE_CHOICES))
+        choices=QUANTIZE_CHOICES,
+        labels={**{q: f"{q} (torch)" for q in TORCH_QUANTIZE}, **{q: f"{q} (llama.cpp)" for q in LLAMACPP_QUANTIZE}}))
     cuda_graph: bool | None = field(default=None, metadata=setting(
         "on a GPU, replay a captured CUDA graph for each decode step (default: on where it works)"))
     threads: int | None = field(default=None, metadata=setting(
         "decode threads (default: 1 for small models, else the CPUs that are free)",
-        min=1, max=max_threads, above_hint="more threads than CPUs only slows decoding (the limit is 4x the CPUs):"))
+        min=1, max=max_threads, above_hint="more threads than CPUs only slow decoding (the limit is 4x the CPUs):"))
 
 
 ENGINE_KEYS: tuple[str, ...] = tuple(f.name for f, _s, _k in setting_fields(EngineSettings))

@@ -15,9 +15,11 @@ import sys
 import threading
 from typing import Any
 
-from firefly_core.models.service import ENGINES, QUANTIZE_CHOICES  # torch-free
+from firefly_core.generation.config import GENERATION_KEYS, GenerationConfig  # torch-free
+from firefly_core.models.engine_settings import EngineSettings
+from firefly_core.models.user_settings import ModelSettings
 
-FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
+from .setting_flags import add_setting_flags, setting_values
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = "commands: /reset (forget the conversation), /exit (quit), /help; Ctrl-C stops a reply"
@@ -35,23 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: the active model, see `firefly models`)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 where the device handles it)")
-    p.add_argument("--format", choices=FORMATS, help="prompt format (default: from the model)")
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.35; 0 = greedy)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 0.85)")
-    p.add_argument("--top-k", type=int, help="keep the k most likely tokens (default 0 = off)")
-    p.add_argument("--repetition-penalty", type=float, help="penalty for repeated tokens (default 1.2)")
-    p.add_argument("--max-new-tokens", type=int, help="longest reply in tokens (default 200)")
+    # the settings' flags come from their declarations (firefly_core/setting_spec.py), checked as parsed
+    add_setting_flags(p, ModelSettings, ("prompt_format", "system", "trust_remote_code"))
+    add_setting_flags(p, GenerationConfig, GENERATION_KEYS, show_defaults=True)
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same replies")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code")
-    p.add_argument("--engine", choices=ENGINES, help="decode with PyTorch or llama.cpp (default: llama.cpp "
-                   "on CPU when it is installed, else PyTorch)")
-    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="int8: int8 weights with PyTorch on CPU "
-                   "(faster replies, a small quality cost, see README); bf16/f16/q8_0/q4_k_m: llama.cpp formats")
-    p.add_argument("--threads", type=int, help="decode threads (default: 1 for small models, else all CPUs)")
-    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, decode eagerly instead of "
-                   "replaying a captured CUDA graph")
+    add_setting_flags(p, EngineSettings)
     p.add_argument("--no-stats", action="store_true", help="do not print speed after each reply")
     p.set_defaults(handler=run)
 
@@ -71,17 +62,12 @@ def _active_model() -> str:
 
 def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The generation settings the command line sets (the top layer of resolve_generation_config)."""
-    flags = {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-    }
+    flags = setting_values(args, GenerationConfig, GENERATION_KEYS)
+    if args.seed is not None:
+        flags["seed"] = args.seed
     if args.greedy:
         flags["do_sample"] = False
-    return {k: v for k, v in flags.items() if v is not None}
+    return flags
 
 
 def model_request(model: str, args: argparse.Namespace):
@@ -92,11 +78,11 @@ def model_request(model: str, args: argparse.Namespace):
         model,
         device=args.device,
         dtype=args.dtype,
-        prompt_format=args.format,
+        prompt_format=args.prompt_format,
         trust_remote_code=True if args.trust_remote_code else None,
         engine=args.engine,
         quantize=args.quantize,
-        cuda_graph=False if args.no_cuda_graph else None,
+        cuda_graph=args.cuda_graph,
         threads=args.threads,
     )
 

@@ -11,7 +11,10 @@ import argparse
 import os
 import sys
 
-FORMATS = ("firefly-v1", "firefly-v2", "chat_template")  # firefly_core.formats.FORMAT_NAMES
+from firefly_core.models.engine_settings import EngineSettings  # torch-free
+from firefly_core.models.user_settings import ModelSettings
+
+from .setting_flags import add_setting_flags, setting_values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,11 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "browser (CORS); repeat for several; '*' allows any page. Default: none")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 where the device handles it)")
-    p.add_argument("--format", choices=FORMATS, help="prompt format (default: from the model)")
-    p.add_argument("--quantize", help="torch: int8; llama.cpp: bf16, f16, q8_0, q4_k_m")
-    p.add_argument("--engine", choices=("torch", "llamacpp"), help="decode engine (default: chosen per device)")
-    p.add_argument("--threads", type=int, help="CPU threads for generation (default: chosen by firefly)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code")
+    # the settings' flags come from their declarations (firefly_core/setting_spec.py), checked as parsed
+    add_setting_flags(p, ModelSettings, ("prompt_format", "trust_remote_code"))
+    add_setting_flags(p, EngineSettings)
     p.add_argument("--cache-slots", type=int, default=None, metavar="N",
                    help="conversations per model whose KV cache is kept between requests (default 4)")
     p.set_defaults(handler=run)
@@ -51,10 +52,8 @@ def request_overrides(args: argparse.Namespace) -> dict:
     values = {
         "device": args.device,
         "dtype": args.dtype,
-        "prompt_format": args.format,
-        "quantize": args.quantize,
-        "engine": args.engine,
-        "threads": args.threads,
+        **setting_values(args, ModelSettings, ("prompt_format",)),
+        **setting_values(args, EngineSettings),
         "trust_remote_code": True if args.trust_remote_code else None,
     }
     return {k: v for k, v in values.items() if v is not None}

@@ -19,18 +19,28 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from firefly_core.generation.config import GenerationConfig  # torch-free
+from firefly_core.setting_spec import setting_fields
+
 from .. import backend
 from ..i18n import t
 from ..widgets.conversation import short_model_name
 
-# the generation fields of the dialog and how their text is read
+# the generation fields of the dialog and how their text is read: GenerationConfig's declared
+# settings (a field declared there appears here), in the order the dialog has always shown them
+_ORDER = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 NUMBER_FIELDS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "top_k": int,
-    "repetition_penalty": float,
-    "max_new_tokens": int,
+    f.name: kind
+    for f, _spec, kind in sorted(setting_fields(GenerationConfig),
+                                 key=lambda x: _ORDER.index(x[0].name) if x[0].name in _ORDER else len(_ORDER))
 }
+
+
+def _field_label(name: str) -> str:
+    """The translated label, or the field's name for a field declared after the strings were written."""
+    from ..i18n import STRINGS
+
+    return t(f"settings.{name}") if f"settings.{name}" in STRINGS else name.replace("_", " ")
 
 
 def _shown(value: Any) -> str:
@@ -89,7 +99,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
                     yield Label(t("settings.default", value=self.format_default or t("settings.auto")), classes="default")
                     for name in NUMBER_FIELDS:
                         default = self.defaults.get(name)
-                        yield Label(t(f"settings.{name}"))
+                        yield Label(_field_label(name))
                         yield Input(_shown(self.settings.get(name)), placeholder=_shown(default), id=name)
                         yield Label(t("settings.default", value=_shown(default) or "?"), classes="default")
                 yield Label(t("settings.system"))
@@ -134,7 +144,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
             try:
                 out[name] = kind(raw)
             except ValueError:
-                what = t("settings.whole_number" if kind is int else "settings.bad_number", field=t(f"settings.{name}"))
+                what = t("settings.whole_number" if kind is int else "settings.bad_number", field=_field_label(name))
                 return self._refuse(what, name)
         out = {k: v for k, v in out.items() if v is not None}
         if self.check is not None:

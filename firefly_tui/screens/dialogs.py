@@ -7,6 +7,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
@@ -217,19 +218,20 @@ class ErrorDialog(ModalScreen[bool]):
 
 
 # How each engine setting is offered: (field, choices as (label, value)); "" = automatic (None).
-_ENGINE_CHOICES: dict[str, list[tuple[str, str]]] = {
-    "engine": [("torch (PyTorch)", "torch"), ("llama.cpp", "llamacpp")],
-    "quantize": [("int8 (torch)", "int8"), ("bf16 (llama.cpp)", "bf16"), ("f16 (llama.cpp)", "f16"),
-                 ("q8_0 (llama.cpp)", "q8_0"), ("q4_k_m (llama.cpp)", "q4_k_m")],
-    "cuda_graph": [("on", "on"), ("off", "off")],
-}
+def _label(key: str, fallback: str) -> str:
+    """The translated label, or `fallback` for a field declared after the strings were written."""
+    from ..i18n import STRINGS
+
+    return t(key) if key in STRINGS else fallback
 
 
 class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
-    """How one model runs: engine, quantization, CUDA graphs, threads. Empty = automatic.
+    """How one model runs: one row per declared engine setting (`EngineSettings`: engine,
+    quantization, CUDA graphs, threads; a field declared there appears here). Empty = automatic.
 
-    Dismisses with the ModelSettings fields to save (None values = automatic); the rules are the
-    core's (`ModelSettings.validate`), checked here so a wrong value is refused with its reason."""
+    Dismisses with the engine fields to save (None values = automatic); the rules are the core's
+    (`ModelSettings.validate`, as a save applies them, the llama.cpp extra included), checked here
+    so a wrong value is refused with its reason."""
 
     BINDINGS = [Binding("escape", "cancel", show=False)]
 
@@ -238,19 +240,25 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
         self.model, self.current = model, dict(current)
 
     def compose(self) -> ComposeResult:
+        from firefly_core.models.engine_settings import EngineSettings
+        from firefly_core.setting_spec import setting_fields
+
         auto = t("models.auto")
         with Vertical(classes="dialog wide text-dialog"):
             yield Label(t("models.settings_title", name=self.model), classes="question")
             with Grid(classes="form"):
-                for name, choices in _ENGINE_CHOICES.items():
-                    value = self.current.get(name)
-                    if name == "cuda_graph" and value is not None:
-                        value = "on" if value else "off"
-                    yield Label(t(f"models.setting.{name}"))
-                    yield Select([(auto, "")] + choices, value=value or "", allow_blank=False, id=f"m-{name}")
-                yield Label(t("models.setting.threads"))
-                threads = self.current.get("threads")
-                yield Input("" if threads is None else str(threads), placeholder=auto, id="m-threads")
+                for f, spec, kind in setting_fields(EngineSettings):
+                    value = self.current.get(f.name)
+                    yield Label(_label(f"models.setting.{f.name}", f.name.replace("_", " ")))
+                    if kind is bool:
+                        shown = "" if value is None else ("on" if value else "off")
+                        yield Select([(auto, ""), (t("models.on"), "on"), (t("models.off"), "off")],
+                                     value=shown, allow_blank=False, id=f"m-{f.name}")
+                    elif spec.choices is not None:
+                        options = [(spec.labels.get(c, c) if spec.labels else c, c) for c in spec.choices]
+                        yield Select([(auto, "")] + options, value=value or "", allow_blank=False, id=f"m-{f.name}")
+                    else:
+                        yield Input("" if value is None else str(value), placeholder=auto, id=f"m-{f.name}")
             yield Static(t("models.settings_note"), classes="note")
             yield Label("", id="error", classes="error")
             with ButtonRow(classes="buttons"):
@@ -258,17 +266,26 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
                 yield Button(t("cancel"), id="cancel")
 
     def on_mount(self) -> None:
-        self.query_one("#m-engine", Select).focus()
+        self.query(".form > Select, .form > Input").first().focus()
 
     def values(self) -> dict[str, Any]:
-        """The fields as ModelSettings values; raises ValueError for a threads value that is no number."""
+        """The fields as EngineSettings values; raises ValueError (naming the field) for a number
+        field whose text is no number."""
+        from firefly_core.models.engine_settings import EngineSettings
+        from firefly_core.setting_spec import setting_fields
+
         out: dict[str, Any] = {}
-        for name in _ENGINE_CHOICES:
-            raw = self.query_one(f"#m-{name}", Select).value
-            raw = raw if isinstance(raw, str) and raw else None
-            out[name] = {"on": True, "off": False}.get(raw) if name == "cuda_graph" and raw else raw
-        threads = self.query_one("#m-threads", Input).value.strip()
-        out["threads"] = int(threads) if threads else None
+        for f, _spec, kind in setting_fields(EngineSettings):
+            widget = self.query_one(f"#m-{f.name}")
+            if isinstance(widget, Select):
+                raw = widget.value if isinstance(widget.value, str) and widget.value else None
+                out[f.name] = {"on": True, "off": False}.get(raw) if kind is bool and raw else raw
+                continue
+            text = widget.value.strip()
+            try:
+                out[f.name] = kind(text) if text else None
+            except ValueError:
+                raise ValueError(f.name) from None
         return out
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -281,14 +298,16 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
         error = self.query_one("#error", Label)
         try:
             values = self.values()
-        except ValueError:
-            error.update(t("settings.bad_number", field=t("models.setting.threads")))
+        except ValueError as e:
+            name = str(e)
+            error.update(t("settings.bad_number", field=_label(f"models.setting.{name}", name)))
+            self.query_one(f"#m-{name}").focus()
             return
         merged = {**self.current, **values}
         try:
-            ModelSettings(**merged).validate(self.model)
+            ModelSettings(**merged).validate(self.model, saving=True)
         except FireflyError as e:
-            error.update(e.message + (f" — {e.hint}" if e.hint else ""))
+            error.update(escape(e.message + (f" — {e.hint}" if e.hint else "")))  # "[llamacpp]" is no markup
             return
         self.dismiss(values)
 

@@ -8,6 +8,8 @@ its own worker; the status line says what is loading and shows the reason when i
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import threading
 import time
 
@@ -404,8 +406,10 @@ class ModelsScreen(Screen):
         model = self._selected_model()
         if model is None:
             return
+        from firefly_core.models.user_settings import load_settings, update_model_settings
+
         try:
-            current = backend.engine_settings(model)
+            current = asdict(load_settings().for_model(model))
         except Exception as e:  # noqa: BLE001 - a broken settings file: say so, change nothing
             self.set_status(backend.format_error(e))
             return
@@ -414,7 +418,7 @@ class ModelsScreen(Screen):
             if values is None:
                 return
             try:
-                saved = backend.save_engine_settings(model, values)
+                saved = update_model_settings(model, **values)  # the dialog's fields: None = automatic
             except Exception as e:  # noqa: BLE001
                 self.set_status(backend.format_error(e))
                 return
