@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from app_helpers import screen_text, wait_screen, wait_until, write_events
+from textual.widgets import Label
 
 from firefly_core.paths import runs_dir
 from firefly_core.store import ChatStore
@@ -367,3 +368,99 @@ def test_launching_into_a_folder_of_user_files_is_refused_before_anything_is_wri
     with pytest.raises(OutputExistsError):
         start_run(req, config_of(req))
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "nothing written into the user's folder"
+
+
+async def test_method_and_packing_reach_the_command_line_and_come_back_with_a_clone(store, fresh_home, tmp_path):
+    """The form's Method and Packing fields are `firefly train --method/--packing`, parsed by the
+    CLI's own parser; a clone of a DPO run selects DPO again."""
+    import shlex
+
+    from firefly_core.training.config import TrainConfig
+
+    run = runs_dir() / "run-dpo"
+    w = write_run(run, 2, total=10)
+    w.emit("done", status="completed", step=2, total=10)
+    write_config(run, model="org/model", data=["pairs.jsonl"], out=str(run), gpu="cpu", method="dpo", lora=True,
+                 beta=0.2)
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot, RecordingLauncher())
+        for sel, value in {"#f-model": "org/model", "#f-data": "raw.jsonl", "#f-out": str(tmp_path / "new")}.items():
+            screen.query_one(sel).value = value
+        screen.query_one("#f-method").value = "pretrain"
+        screen.query_one("#f-packing").value = "on"
+        await pilot.press("ctrl+g")
+        dialog = await wait_screen(pilot, TextDialog)
+        argv = shlex.split(dialog.text)[1:]
+        assert argv[argv.index("--method") + 1] == "pretrain" and "--packing" in argv
+        config: TrainConfig = config_of(screen.form.request())
+        assert (config.method, config.packing, config.data) == ("pretrain", True, ["raw.jsonl"])
+        await pilot.press("escape")
+        # SFT without packing adds neither flag: the command stays what `firefly train` always took
+        screen.query_one("#f-method").value = "sft"
+        screen.query_one("#f-packing").value = "off"
+        assert "--method" not in screen.form.request().argv() and "--packing" not in screen.form.request().argv()
+
+        await wait_until(pilot, lambda: shown(screen, run) and screen.run.status == "done")
+        await pilot.click("#clone")
+        await wait_until(pilot, lambda: screen.query_one("#f-method").value == "dpo")
+        form = screen.form.values()
+        assert form["packing"] == "off" and form["mode"] == "lora" and shlex.split(form["extra"]) == ["--beta", "0.2"]
+        assert config_of(screen.form.request()).method == "dpo"
+
+
+async def test_the_panel_shows_rewards_perplexity_and_a_diverging_loss(store, fresh_home):
+    """DPO's reward accuracy and margin next to the loss, the eval's perplexity, and a loss that
+    explodes said in the panel (not only in a chart going up)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = runs_dir() / "run-rewards"
+        w = JsonlRun(run)
+        w.emit("start", pid=sleeper.pid, total_steps=50, start_step=0)
+        for s in range(1, 6):
+            w.emit("step", step=s, total=50, loss=0.6931 - 0.01 * s, lr=1e-6, reward_accuracy=0.5 + 0.1 * s,
+                   reward_margin=0.05 * s, chosen_reward=0.1, rejected_reward=-0.1)
+        w.emit("eval", step=5, loss=1.25, perplexity=3.4903)
+        app = make_app(store)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_train(pilot)
+            await wait_until(pilot, lambda: shown(screen, run) and len(screen.run.state.train) == 5)
+            stats = str(screen.query_one("#run-stats").render())
+            assert "loss 0.6431" in stats and "reward accuracy 1.00 · margin 0.250" in stats
+            assert "eval 1.2500 (perplexity 3.49)" in stats
+            alarm = screen.query_one("#run-alarm")
+            assert not alarm.display
+            for s in range(6, 9):
+                w.emit("step", step=s, total=50, loss=2.5 * s, lr=1e-6)
+            await wait_until(pilot, lambda: alarm.display)
+            assert "exploding" in str(alarm.render()) and "step 8" in str(alarm.render())
+            assert "exploding" in screen_text(app)
+            # and the runs list's row says the step the chart says
+            row = next(i for i in screen.query_one("#runs").children if i.run_dir == run)
+            await wait_until(pilot, lambda: "8/50" in str(row.query_one(Label).render()))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("size", [(140, 45), (80, 24)], ids=["140x45", "80x24"])
+async def test_past_runs_and_every_run_button_are_on_screen(store, fresh_home, size):
+    """Issue 22: "Past runs" visible without scrolling at 140x45; no run button cut ("Clon")."""
+    run = runs_dir() / "run-seen"
+    write_run(run, 5, total=10, done=True).close()
+    app = make_app(store)
+    async with app.run_test(size=size) as pilot:
+        screen = await open_train(pilot)
+        await wait_until(pilot, lambda: shown(screen, run) and len(screen.query_one("#runs").children) == 1)
+        await pilot.pause()
+        if size == (140, 45):
+            title, runs = screen.query_one("#runs-title"), screen.query_one("#runs")
+            assert screen.region.contains_region(title.region) and runs.region.height >= 1
+            assert runs.region.bottom <= size[1] - 1  # above the footer
+        else:
+            screen.show_panel()
+            await pilot.pause()
+        for button in screen.query("#run-buttons Button"):
+            label = str(button.label)
+            assert button.region.width >= len(label), (label, button.region)
+            assert screen.query_one("#train-panel").region.contains_region(button.region), label

@@ -384,8 +384,7 @@ def start_process(cli_argv: list[str], out: Path) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # COLUMNS: rich would wrap at 80 columns in a file; the reader wraps to its own width.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     finally:
         log.close()
@@ -397,6 +396,7 @@ def start_run(request: "TrainRequest", config: TrainConfig) -> Run:
     """Check the run folder by `firefly train`'s own rule (`config` is what the command line of
     `request` resolves to), then start it. A refused folder is an error here, before the log is
     written into it."""
+    config.validate()
     check_new_run(config)
     start_process(request.argv(), Path(request.out))
     return open_run(request.out)
@@ -411,7 +411,6 @@ _REQUEST_CONFIG_KEYS = {
 # part of a clone).
 _CLI_NAMES = {"prompt_format": "--format"}
 _NOT_CLONED = {"out", "config", "num_machines", "machine_rank", "main_process_ip", "main_process_port"}
-METHODS = ("sft", "dpo", "pretrain")
 
 
 @dataclass
@@ -422,7 +421,7 @@ class TrainRequest:
     data: list[str]
     out: Path
     gpu: str = "cpu"
-    method: str = "sft"  # sft | dpo | pretrain (`--method`)
+    method: str = "sft"  # one of config.METHODS: sft, dpo, pretrain (`--method`)
     lora: bool = True
     packing: bool = False
     epochs: float = 1

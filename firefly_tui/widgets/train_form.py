@@ -23,21 +23,21 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
 from firefly_core.errors import ConfigError
-from firefly_core.training.config import TrainConfig
+from firefly_core.training.config import METHODS, TrainConfig
 from firefly_core.training.run import TrainRequest
 
 from .. import backend
 from ..i18n import t
 from ..screens.dialogs import ButtonRow, DataCheckDialog
 
-# The form's fields, in order: (key, label key, kind). Kind "input" or a Select's option source.
+# The form's fields (widget ids "f-KEY", labels "train.KEY"): what its memory keeps.
 FIELDS = ("model", "data", "out", "method", "mode", "packing", "epochs", "max_steps", "lr", "batch",
           "max_length", "gpu", "zero", "extra")
 MEMORY_FILE = "app-train-form.json"
 
 
 def method_options() -> list[tuple[str, str]]:
-    return [(t("train.method_sft"), "sft"), (t("train.method_dpo"), "dpo"), (t("train.method_pretrain"), "pretrain")]
+    return [(t(f"train.method_{m}"), m) for m in METHODS]
 
 
 def default_out() -> str:
@@ -178,7 +178,7 @@ class TrainForm(VerticalScroll):
                                              id="f-model", compact=True))
             yield from field("data", Input(v.get("data", ""), placeholder="data/train.jsonl", id="f-data", compact=True))
             yield from field("out", Input(v.get("out", default_out()), id="f-out", compact=True))
-            yield from field("method", Select(method_options(), value=_pick(v.get("method"), ("sft", "dpo", "pretrain")),
+            yield from field("method", Select(method_options(), value=_pick(v.get("method"), METHODS),
                                               allow_blank=False, id="f-method", compact=True))
             yield from field("mode", Select([("LoRA", "lora"), (t("train.mode_full"), "full")],
                                             value=_pick(v.get("mode"), ("lora", "full")), allow_blank=False,
@@ -201,7 +201,9 @@ class TrainForm(VerticalScroll):
             yield Button(t("train.check"), id="check", compact=True)
             yield Button(t("train.start"), id="start", variant="primary", compact=True)
             yield Button(t("train.show_command"), id="show-command", compact=True)
-        yield Static(self.check_text, id="check-summary", markup=False)
+        summary = Static(self.check_text, id="check-summary", markup=False)
+        summary.display = bool(self.check_text)  # no empty rows above the runs list
+        yield summary
 
     # -- values -----------------------------------------------------------------------------------
     def values(self) -> dict[str, str]:
@@ -261,7 +263,9 @@ class TrainForm(VerticalScroll):
         if req is None:
             return
         self.check_text = t("train.checking")
-        self.query_one("#check-summary", Static).update(self.check_text)
+        summary = self.query_one("#check-summary", Static)
+        summary.update(self.check_text)
+        summary.display = True
         self.remember()
         self._check_worker(req)
 

@@ -1,0 +1,212 @@
+"""The `Run` handle (firefly_core/training/run.py): a run's state folded from its events by one
+rule, its process (alive, stop), resume, clone and checkpoints, on real event files and on a real
+`firefly train` process."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from app_helpers import write_events
+
+from firefly_core.training.config import TrainConfig
+from firefly_core.training.run import (
+    ENDED_WITHOUT_EVENT,
+    EXITED_BEFORE_START,
+    Run,
+    TrainRequest,
+    list_runs,
+    open_run,
+    running_runs,
+    start_run,
+    summarize,
+)
+from firefly_core.training.run_dir import LAUNCH_FILE
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
+
+
+def steps(first: int, last: int, loss=lambda s: 3.0 / s, total: int = 10, **extra) -> list[dict]:
+    return [{"type": "step", "step": s, "total": total, "loss": loss(s), **extra} for s in range(first, last + 1)]
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
+    """Poll until `predicate()` holds (a state, not a duration); fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process to stand for a run's trainer."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_state_is_folded_from_the_events_and_a_resume_starts_the_curve_again(tmp_path, sleeper):
+    run_dir = tmp_path / "run"
+    write_events(run_dir, [{"type": "start", "pid": sleeper.pid, "total_steps": 10, "start_step": 0, "time": 100.0}])
+    write_events(run_dir, steps(1, 4))
+    run = open_run(run_dir)
+    assert (run.status, run.step, run.total, run.alive) == ("running", 4, 10, True)
+    assert run.pid == sleeper.pid and [s for s, _ in run.state.train] == [1, 2, 3, 4]
+
+    write_events(run_dir, [{"type": "eval", "step": 4, "loss": 0.9, "perplexity": math.exp(0.9)},
+                           {"type": "checkpoint", "step": 3, "path": "c"},
+                           {"type": "done", "status": "stopped", "step": 4, "total": 10, "message": "stopped at 4"}])
+    assert run.refresh() and run.status == "stopped" and run.state.message == "stopped at 4"
+    assert run.pid is None and not run.alive  # a finished run has no process, whatever runs under its old pid
+    assert run.state.last_eval.perplexity == pytest.approx(math.exp(0.9))
+
+    # resumed from the checkpoint at step 3: step 4 is done again, its old point goes
+    write_events(run_dir, [{"type": "start", "pid": sleeper.pid, "total_steps": 10, "start_step": 3,
+                            "resumed_from": "c"}])
+    run.refresh()
+    assert (run.status, run.step) == ("running", 3) and [s for s, _ in run.state.train] == [1, 2, 3]
+    assert run.state.eval == [] and run.state.message == ""
+    write_events(run_dir, steps(4, 10))
+    write_events(run_dir, [{"type": "done", "status": "completed", "step": 10, "total": 10, "final_path": "f"}])
+    run.refresh()
+    assert (run.status, run.step, run.state.last_loss) == ("done", 10, pytest.approx(0.3))
+    assert [s for s, _ in run.state.train] == list(range(1, 11))
+    # one rule: a fresh reader of the whole file and the incremental one agree
+    again = open_run(run_dir)
+    assert again.summary() == run.summary() and again.state.train == run.state.train
+    assert run.summary().started == 100.0
+
+
+def test_a_process_gone_without_a_final_event_is_an_error(tmp_path):
+    run_dir = tmp_path / "crashed"
+    write_events(run_dir, [{"type": "start", "pid": dead_pid(), "total_steps": 10}, *steps(1, 2)])
+    run = open_run(run_dir)
+    assert run.status == "error" and run.state.message == ENDED_WITHOUT_EVENT and not run.resumable
+    assert summarize(run_dir).message == ENDED_WITHOUT_EVENT
+
+
+def test_an_error_event_keeps_its_message_and_hint(tmp_path):
+    run_dir = tmp_path / "failed"
+    write_events(run_dir, [{"type": "start", "pid": dead_pid(), "total_steps": 10},
+                           {"type": "error", "message": "the loss became nan at step 2", "hint": "lower --lr"}])
+    run = open_run(run_dir)
+    assert run.status == "error" and run.state.detail == "the loss became nan at step 2 — lower --lr"
+
+
+def test_a_launch_after_the_last_event_waits_for_its_start_and_fails_if_the_process_exits(tmp_path, sleeper):
+    parent = tmp_path / "runs"
+    stopped = parent / "stopped"
+    write_events(stopped, [{"type": "start", "pid": dead_pid(), "total_steps": 10, "time": 10.0},
+                           *[{**e, "time": 11.0} for e in steps(1, 2)],
+                           {"type": "done", "status": "stopped", "step": 2, "total": 10, "time": 12.0}])
+    (stopped / LAUNCH_FILE).write_text(json.dumps({"pid": sleeper.pid, "started": 20.0}))  # a resume, just launched
+    run = open_run(stopped)
+    assert run.status == "waiting" and run.alive and run.pid == sleeper.pid
+    assert [r.path for r in running_runs(parent)] == [stopped]
+
+    never = parent / "never-started"  # launched, then the process exited before any event (a bad option)
+    never.mkdir()
+    (never / LAUNCH_FILE).write_text(json.dumps({"pid": dead_pid(), "started": 30.0}))
+    listed = {r.path.name: r for r in list_runs(parent)}
+    assert set(listed) == {"stopped", "never-started"}
+    assert listed["never-started"].status == "error" and listed["never-started"].state.message == EXITED_BEFORE_START
+    assert not (parent / "empty").exists() and summarize(parent / "empty") is None
+
+
+def test_a_loss_that_is_not_finite_or_explodes_is_said(tmp_path):
+    noisy = tmp_path / "noisy"  # falling with noise: no alarm
+    write_events(noisy, [{"type": "start", "total_steps": 40},
+                         *steps(1, 40, loss=lambda s: 3.0 * 0.95**s + (0.4 if s % 3 == 0 else 0.0), total=40)])
+    assert open_run(noisy).state.loss_alarm == ""
+
+    exploding = tmp_path / "exploding"
+    write_events(exploding, [{"type": "start", "total_steps": 20}, *steps(1, 10, loss=lambda s: 2.0 / s ** 0.5)])
+    run = open_run(exploding)
+    assert run.state.loss_alarm == ""
+    write_events(exploding, steps(11, 13, loss=lambda s: 5.0 * (s - 9)))
+    run.refresh()
+    assert "exploding" in run.state.loss_alarm and "step 13" in run.state.loss_alarm
+
+    nan = tmp_path / "nan"  # written by Python's json as NaN, read back as a float
+    write_events(nan, [{"type": "start", "total_steps": 5}, *steps(1, 2), {"type": "step", "step": 3, "loss": float("nan")}])
+    assert "not finite (nan) at step 3" in open_run(nan).state.loss_alarm
+
+
+def test_clone_gives_the_request_that_trains_like_the_run(tmp_path):
+    import dataclasses
+
+    run_dir = tmp_path / "dpo-run"
+    run_dir.mkdir()
+    cfg = TrainConfig(model="org/m", data=["a.jsonl", "b.jsonl"], out=str(run_dir), gpu="0,1", method="dpo",
+                      lora=True, lr=5e-6, max_steps=30, epochs=2.0, batch_size=2, max_length=256, deepspeed=2,
+                      beta=0.2, save_every=10, gradient_checkpointing=True)
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    req = Run(run_dir).clone()
+    assert (req.model, req.data, req.gpu, req.method, req.lora, req.packing) == ("org/m", ["a.jsonl", "b.jsonl"], "0,1", "dpo", True, False)
+    assert (req.lr, req.max_steps, req.epochs, req.batch_size, req.max_length, req.zero) == (5e-6, 30, 2, 2, 256, 2)
+    assert req.extra == ["--beta", "0.2", "--save-every", "10", "--gradient-checkpointing"]  # in the config's order
+    argv = req.argv()
+    assert argv[argv.index("--method") + 1] == "dpo" and "--lora" in argv and "--packing" not in argv
+
+    (run_dir / "train_config.json").write_text("{broken")
+    from firefly_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read the settings"):
+        Run(run_dir).clone()
+
+
+def test_stop_resume_clone_and_checkpoints_on_a_real_run(bloom_dir, tmp_path, monkeypatch):
+    """A real `firefly train` process started as the app starts it: stopped with SIGINT (it saves a
+    checkpoint), resumed from it, stopped again. The run is long on purpose: it is stopped, never
+    raced to its end."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "runs" / "real"
+    req = TrainRequest(model=str(bloom_dir), data=[str(SAMPLE)], out=out, gpu="cpu", lora=False, max_steps=100000,
+                       batch_size=2, max_length=64, lr=1e-4, extra=["--save-every", "100000", "--warmup-steps", "0"])
+    cfg = TrainConfig(model=str(bloom_dir), data=[str(SAMPLE)], out=str(out), gpu="cpu", max_steps=100000,
+                      batch_size=2, max_length=64, lr=1e-4, save_every=100000, warmup_steps=0)
+    run = start_run(req, cfg)
+    try:
+        wait_for(lambda: run.refresh() is not None and run.step >= 3, what="three steps")
+        assert run.status == "running" and run.alive
+        assert run.stop()
+        wait_for(lambda: run.refresh() is not None and run.status in ("stopped", "error"), what="the stop")
+        assert run.status == "stopped", run.state.detail
+        wait_for(lambda: not run.alive and not running_runs(out.parent), what="the process to exit")
+        stopped_at = run.step
+        assert run.resumable and run.models() == [(f"step {stopped_at}", out / "checkpoints" / f"step-{stopped_at:08d}")]
+        clone = run.clone()
+        assert (clone.model, clone.data, clone.max_steps, clone.lora) == (str(bloom_dir), [str(SAMPLE)], 100000, False)
+        assert "--save-every" in clone.extra and "--warmup-steps" in clone.extra
+        # the summary line is whole in the log (the panel wraps it once, to its width), in words
+        assert any(line.startswith("prompt format") and line.endswith("precision fp32") for line in run.log_tail())
+
+        run.resume()
+        wait_for(lambda: run.refresh() is not None and run.status == "running" and run.step > stopped_at,
+                 what="the resumed run to step on")
+        assert run.state.start.start_step == stopped_at and run.state.start.resumed_from.endswith(f"step-{stopped_at:08d}")
+        assert [s for s, _ in run.state.train][: stopped_at] == list(range(1, stopped_at + 1))
+        assert run.stop()
+        wait_for(lambda: run.refresh() is not None and run.status != "running", what="the second stop")
+        assert run.status == "stopped" and run.step > stopped_at
+    finally:
+        pid = run.pid
+        if pid is not None:
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
