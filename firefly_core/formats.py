@@ -16,6 +16,12 @@ before the first user message, separated by a blank line.
 Ids are built segment by segment (special ids inserted directly, text encoded without special
 tokens). Hugging Face tokenizers split on special tokens before the BPE runs, so this gives the
 same ids as encoding the whole string, and it makes the masks exact by construction.
+
+Every other rendering of a format lives here too, next to the code it must agree with, so a
+change to a format is one edit: `jinja_template` (the Jinja twin written into a trained model's
+tokenizer and into a GGUF's metadata, so transformers, vLLM and llama.cpp prompt as we do) and
+`ollama_template` (the Go template and default system prompt of an ollama Modelfile). Tests check
+each rendering against `render` (tests/test_training.py, tests/test_export_gguf.py).
 """
 
 from __future__ import annotations
@@ -73,9 +79,12 @@ def _split_system(messages: Sequence[Message]) -> tuple[str | None, list[Message
 
 
 class PromptFormat:
-    """Base class: `render` a conversation; `stop_token_ids` end a reply."""
+    """Base class: `render` a conversation; `stop_token_ids` end a reply. `jinja` and `go` are the
+    format's own Jinja and ollama (Go) templates, where it has them (see `jinja_template`)."""
 
     name: str = ""
+    jinja: str | None = None
+    go: str | None = None
 
     def render(self, tokenizer, messages: Sequence[Message], add_generation_prompt: bool) -> Rendered:
         raise NotImplementedError
@@ -112,6 +121,25 @@ class _FireflyFormat(PromptFormat):
 
 class FireflyV1(_FireflyFormat):
     name = "firefly-v1"
+    # Jinja twin (system text before the first user message, blank line between): transformers'
+    # apply_chat_template gives the same text as `render`.
+    jinja = (
+        "{%- set ns = namespace(system='') -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
+        "{%- elif m['role'] == 'user' -%}{{ '<s>' + ns.system + m['content'] + '</s></s>' }}{%- set ns.system = '' -%}"
+        "{%- else -%}{{ m['content'] + '</s>' }}{%- endif -%}"
+        "{%- endfor -%}"
+    )
+    # ollama's Go template of the same layout (.System or a system message: before the first user turn)
+    go = (
+        '{{- $sys := "" }}{{- if .System }}{{ $sys = printf "%s\\n\\n" .System }}{{ end }}'
+        "{{- range .Messages }}"
+        '{{- if eq .Role "system" }}{{ $sys = printf "%s\\n\\n" .Content }}'
+        '{{- else if eq .Role "user" }}<s>{{ $sys }}{{ .Content }}</s></s>{{ $sys = "" }}'
+        '{{- else if eq .Role "assistant" }}{{ .Content }}</s>'
+        "{{- end }}{{- end }}"
+    )
 
     def render(self, tokenizer, messages, add_generation_prompt):
         bos, eos = self._specials(tokenizer)
@@ -131,6 +159,20 @@ class FireflyV1(_FireflyFormat):
 
 class FireflyV2(_FireflyFormat):
     name = "firefly-v2"
+    jinja = (
+        "{{ '<s>' }}{%- set ns = namespace(system='') -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
+        "{%- else -%}{{ ns.system + m['content'] + '</s>' }}{%- set ns.system = '' -%}{%- endif -%}"
+        "{%- endfor -%}"
+    )
+    go = (
+        '<s>{{- $sys := "" }}{{- if .System }}{{ $sys = printf "%s\\n\\n" .System }}{{ end }}'
+        "{{- range .Messages }}"
+        '{{- if eq .Role "system" }}{{ $sys = printf "%s\\n\\n" .Content }}'
+        '{{- else }}{{ $sys }}{{ .Content }}</s>{{ $sys = "" }}'
+        "{{- end }}{{- end }}"
+    )
 
     def render(self, tokenizer, messages, add_generation_prompt):
         bos, eos = self._specials(tokenizer)
@@ -264,3 +306,60 @@ def fit_history(
             "shorten the message or the system prompt, or lower --max-new-tokens",
         )
     return system + turns, rendered
+
+
+# -- the other renderings of a format (see the module docstring) ---------------------------------------
+
+
+def jinja_template(fmt: PromptFormat, tokenizer) -> str | None:
+    """The Jinja chat template that prompts as `fmt` does: Firefly's twin, else the tokenizer's own
+    (chat_template); None when there is none. What a GGUF's `tokenizer.chat_template` holds."""
+    return fmt.jinja or getattr(tokenizer, "chat_template", None) or None
+
+
+# Chat-template families ollama needs as Go templates: (marker in the Jinja template, Go template,
+# where the template's own system block starts and ends — to find its built-in default system prompt).
+_CHATML_GO = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}"
+    '{{- if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+    "{{- end }}<|im_start|>assistant\n"
+)
+_LLAMA3_GO = (
+    "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
+    "{{- range .Messages }}"
+    '{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}'
+    "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+_CHAT_TEMPLATE_FAMILIES = (
+    ("<|im_start|>", _CHATML_GO, "<|im_start|>system\n", "<|im_end|>"),  # ChatML (Qwen)
+    ("<|start_header_id|>", _LLAMA3_GO, "<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),  # Llama 3
+)
+
+
+def ollama_template(fmt: PromptFormat, tokenizer) -> tuple[str | None, str | None]:
+    """(TEMPLATE, default SYSTEM) of an ollama Modelfile for `fmt`. Firefly's formats have their Go
+    twins; a chat template of a known family (ChatML, Llama 3) gets its Go template and its built-in
+    default system prompt (Qwen2.5's); other templates get None (ollama then reads the GGUF's)."""
+    if fmt.go is not None:
+        return fmt.go, None
+    template = getattr(tokenizer, "chat_template", None) or ""
+    for marker, go, start, end in _CHAT_TEMPLATE_FAMILIES:
+        if marker in template:
+            return go, _default_system(tokenizer, start, end)
+    return None, None
+
+
+def _default_system(tokenizer, start: str, end: str) -> str | None:
+    """The system prompt a chat template inserts when the conversation has none (Qwen2.5's)."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=False
+        )
+    except Exception:  # templates may refuse odd inputs; then there is no default to copy
+        return None
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    text = text[len(bos):] if bos and text.startswith(bos) else text
+    if not text.startswith(start) or end not in text[len(start):]:
+        return None
+    return text[len(start): text.index(end, len(start))] or None

@@ -149,7 +149,7 @@ def test_quantized_export_loads_and_generates(lms, exported, family, gguf_type, 
 
 @pytest.mark.parametrize("family", ["bloom", "qwen2"])
 def test_metadata_tokenizer_template_and_stop_tokens(lms, exported, family):
-    from firefly_core.training.final import FIREFLY_TEMPLATES
+    from firefly_core.formats import FireflyV1
 
     lm = lms[family]
     reader = gguf.GGUFReader(exported(family, "f32"))
@@ -164,7 +164,7 @@ def test_metadata_tokenizer_template_and_stop_tokens(lms, exported, family):
     assert f["tokenizer.ggml.eos_token_id"].contents() in lm.stop_token_ids
     template = f["tokenizer.chat_template"].contents()
     if family == "bloom":
-        assert template == FIREFLY_TEMPLATES["firefly-v1"]
+        assert template == FireflyV1.jinja
     else:
         assert template == lm.tokenizer.chat_template
     merges = f["tokenizer.ggml.merges"].contents()

@@ -120,3 +120,36 @@ def test_fit_history_drops_whole_old_turns_keeps_system(bloom_tok):
 def test_fit_history_too_long_message(bloom_tok):
     with pytest.raises(PromptTooLongError):
         fit_history(FireflyV2(), bloom_tok, [Message(U, "很长的消息" * 50)], max_tokens=10)
+
+
+# -- the other renderings of a format (formats.jinja_template / ollama_template) ---------------------
+
+
+@pytest.mark.parametrize("fmt", [FireflyV1(), FireflyV2()])
+def test_the_jinja_twin_renders_the_same_ids_as_render(bloom_tok, fmt):
+    """What a trained model's tokenizer and a GGUF carry must prompt exactly as chat and training."""
+    from firefly_core.formats import jinja_template
+
+    conversation = [Message(S, "你是流萤。"), Message(U, "你好"), Message(A, "你好！"), Message(U, "写一首诗")]
+    template = jinja_template(fmt, bloom_tok)
+    assert template == fmt.jinja
+    for messages in (conversation, conversation[1:], conversation[:2]):
+        text = bloom_tok.apply_chat_template([m.to_dict() for m in messages], chat_template=template, tokenize=False)
+        assert bloom_tok.encode(text, add_special_tokens=False) == fmt.render(bloom_tok, messages, True).ids
+
+
+def test_jinja_template_of_a_chat_template_model_is_its_own(qwen_tok, bloom_tok):
+    from firefly_core.formats import jinja_template
+
+    assert jinja_template(ChatTemplate(), qwen_tok) == qwen_tok.chat_template
+    assert jinja_template(ChatTemplate(), bloom_tok) is None  # no template: nothing to write
+
+
+def test_ollama_templates_come_from_the_format(bloom_tok, qwen_tok):
+    from firefly_core.formats import ollama_template
+
+    assert ollama_template(FireflyV1(), bloom_tok) == (FireflyV1.go, None)
+    assert ollama_template(FireflyV2(), bloom_tok) == (FireflyV2.go, None)
+    template, _system = ollama_template(ChatTemplate(), qwen_tok)
+    assert template is not None and "<|im_start|>" in template  # ChatML family
+    assert ollama_template(ChatTemplate(), bloom_tok) == (None, None)

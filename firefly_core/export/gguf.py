@@ -71,11 +71,10 @@ def model_info(name: str | os.PathLike, prompt_format: str | None = None, *, tru
 
 
 def chat_template_for(info: Any) -> str | None:
-    """The Jinja chat template of the prompt format the model is served with (Firefly v1/v2 have
-    twins written by training; `chat_template` is the tokenizer's own)."""
-    from ..training.final import FIREFLY_TEMPLATES
+    """The Jinja chat template of the prompt format the model is served with (formats.py)."""
+    from ..formats import jinja_template
 
-    return FIREFLY_TEMPLATES.get(info.prompt_format.name) or getattr(info.tokenizer, "chat_template", None)
+    return jinja_template(info.prompt_format, info.tokenizer)
 
 
 def export_gguf(

@@ -1,5 +1,6 @@
-"""The final model folder: safetensors in the base model's dtype, tokenizer, and a generation config
-whose stop tokens are the prompt format's, so transformers, vLLM and `firefly chat` load it as is."""
+"""The final model folder: safetensors in the base model's dtype, tokenizer (with the prompt format's
+Jinja chat template when it has none), and a generation config whose stop tokens are the prompt
+format's, so transformers, vLLM and `firefly chat` load it as is."""
 
 from __future__ import annotations
 
@@ -8,30 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FireflyError
+from ..formats import jinja_template
 from ..outputs import is_disk_full, replace_folder, temp_folder
-
-
-# Jinja twins of formats.FireflyV1/V2 (system text before the first user message, blank line
-# between), written into the final tokenizer when it has no template of its own: transformers'
-# apply_chat_template and vLLM then prompt the model exactly as it was trained, and chat resolves
-# the same ids through it (checked by tests/test_training.py).
-FIREFLY_TEMPLATES = {
-    "firefly-v1": (
-        "{%- set ns = namespace(system='') -%}"
-        "{%- for m in messages -%}"
-        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
-        "{%- elif m['role'] == 'user' -%}{{ '<s>' + ns.system + m['content'] + '</s></s>' }}{%- set ns.system = '' -%}"
-        "{%- else -%}{{ m['content'] + '</s>' }}{%- endif -%}"
-        "{%- endfor -%}"
-    ),
-    "firefly-v2": (
-        "{{ '<s>' }}{%- set ns = namespace(system='') -%}"
-        "{%- for m in messages -%}"
-        "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\n\n' -%}"
-        "{%- else -%}{{ ns.system + m['content'] + '</s>' }}{%- set ns.system = '' -%}{%- endif -%}"
-        "{%- endfor -%}"
-    ),
-}
 
 
 def _base_dtype(base_cfg: dict[str, Any]):
@@ -72,8 +51,10 @@ def _write_model_folder(model, state_dict, tokenizer, fmt, base_path: Path, tmp:
         model = model.to(dtype)
     model.config.dtype = dtype
     model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    if fmt.name in FIREFLY_TEMPLATES and not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = FIREFLY_TEMPLATES[fmt.name]
+    if not getattr(tokenizer, "chat_template", None):
+        # Firefly's Jinja twin (formats.py): transformers' apply_chat_template and vLLM then prompt
+        # the model exactly as it was trained (checked by tests/test_training.py)
+        tokenizer.chat_template = jinja_template(fmt, tokenizer)
     tokenizer.save_pretrained(tmp)
     try:
         gen = GenerationConfig.from_pretrained(base_path)
