@@ -119,7 +119,7 @@ def test_train_screen_with_a_run(snap_compare, store, fresh_home):
     async def run_before(pilot) -> None:
         await pilot.press("f4")
         screen = await wait_screen(pilot, TrainScreen)
-        await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) == 30)
+        await wait_until(pilot, lambda: screen.run is not None and len(screen.run.state.train) == 30)
         await wait_until(pilot, lambda: len(screen.query_one("#runs").children) == 1)
         values = {"#f-model": "YeungNLP/bloom-1b4-zh", "#f-data": "data/中文指令.jsonl", "#f-out": "runs/新的训练"}
         for sel, value in values.items():
@@ -167,7 +167,7 @@ def test_train_screen_sizes(snap_compare, store, fresh_home, size):
     async def run_before(pilot) -> None:
         await pilot.press("f4")
         screen = await wait_screen(pilot, TrainScreen)
-        await wait_until(pilot, lambda: screen.view is not None and len(screen.view.train) == 30)
+        await wait_until(pilot, lambda: screen.run is not None and len(screen.run.state.train) == 30)
         await wait_until(pilot, lambda: len(screen.query_one("#runs").children) == 1)
         for sel, value in {"#f-model": "YeungNLP/bloom-1b4-zh", "#f-data": "data/train.jsonl",
                            "#f-out": "runs/new-run", "#f-gpu": "cpu"}.items():
