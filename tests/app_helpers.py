@@ -92,6 +92,74 @@ async def wait_screen(pilot, cls, timeout: float = 10.0):
     return app.screen
 
 
+# -- a decoder that waits for the test to release each token (stop/cancel without racing) --------
+class GatedDecoder:
+    """Wraps a real decoder: the prompt and every token still run through the model (so the cache,
+    prefix reuse and the store see a real reply), but each `decode` step waits until the test
+    releases it and returns the next token of `script` instead of the sampled one (a random tiny
+    model could end with EOS before the test presses stop). Set on `lm.decoder` after loading.
+
+    `waiting` is set while a step waits for the test; `release(n)` lets n steps through, `open()`
+    lets every step through (after a stop, so the loop reaches its cancel check).
+    """
+
+    def __init__(self, inner, script: list[int]) -> None:
+        self.inner = inner
+        self.script = list(script)
+        self.vocab_size = inner.vocab_size
+        self.device = inner.device
+        self.released = 0  # steps the test let through so far
+        self.steps = 0  # steps taken
+        self._cond = threading.Condition()
+        self._open = False
+        self.waiting = False
+
+    def __getattr__(self, name):  # anything else the loop or the app asks of a decoder
+        return getattr(self.inner, name)
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, ids, cache, every_position: bool = False):
+        return self.inner.forward(ids, cache, every_position)
+
+    def prefill(self, ids, cache, sampler) -> int:
+        self.inner.prefill(ids, cache, sampler)
+        return self.script[0]
+
+    def decode(self, token, cache, sampler) -> int:
+        with self._cond:
+            self.waiting = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._open or self.released > self.steps)
+            self.waiting = False
+            self.steps += 1
+        self.inner.decode(token, cache, sampler)  # the real step: the cache holds what was said
+        return self.script[self.steps % len(self.script)]
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            self.released += n
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    async def release_until(self, pilot, predicate, limit: int = 200, what: str = "") -> None:
+        """Release one step at a time, each time waiting until the decoder is back for the next one
+        (or `predicate()` holds), until `predicate()` holds."""
+        for _ in range(limit):
+            if predicate():
+                return
+            before = self.steps
+            self.release(1)
+            await wait_until(pilot, lambda: predicate() or (self.steps > before and self.waiting),
+                             what=what or "the gated decoder's next step")
+        raise AssertionError(f"not reached after {limit} released tokens: {what or predicate}")
+
+
 # -- training runs as another process leaves them (APP-SHELL) -------------------------------------
 def write_events(run_dir, events: list[dict]) -> None:
     """Append events to RUN_DIR/events.jsonl as the trainer writes them: one JSON object a line.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_helpers import screen_text, wait_screen, wait_until
+from app_helpers import GatedDecoder, screen_text, wait_screen, wait_until
 
 from firefly_core.paths import runs_dir
 from firefly_tui.app import FireflyApp
@@ -60,6 +60,7 @@ async def test_first_start_chat_stop_train_restart(fresh_home, bloom_dir):
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.lm is not None, timeout=60, what="the model")
         assert "Loaded" in models.status_text
+        assert app.lm.engine == "torch"  # named by tests/conftest.py (FIREFLY_LLAMACPP=0), not by what is installed
 
         # chat two turns
         await pilot.press("f2")
@@ -72,16 +73,27 @@ async def test_first_start_chat_stop_train_restart(fresh_home, bloom_dir):
         await chat_turn(pilot, "谢谢")
         assert chat.last_stats["reused_tokens"] > 0
 
-        # stop a long reply (real generation, cancelled between tokens)
+        # stop a long reply: the model runs every step, but a gate lets the test release each token,
+        # so the reply is still streaming when stop is pressed (no race with EOS or a fast engine)
         await set_max_new_tokens(pilot, 1500)
+        script = app.lm.tokenizer.encode("萤火虫在夏夜里一闪一闪，像星星落在草地上。", add_special_tokens=False)
+        real = app.lm.decoder
+        gate = app.lm.decoder = GatedDecoder(real, script)
         chat.query_one("#composer").value = "写一篇很长的文章"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: chat.streaming_view is not None and chat.streaming_view.content, timeout=30)
+        await wait_until(pilot, lambda: gate.waiting, what="the reply's first step")
+        await gate.release_until(pilot, lambda: chat.streaming_view is not None and "萤火" in chat.streaming_view.content,
+                                 what="the reply to show on screen")
+        shown = chat.streaming_view.content
         await pilot.press("escape")
-        await wait_until(pilot, lambda: not chat.generating, timeout=30, what="the stop")
+        gate.open()  # the step waiting at the gate finishes; the loop then sees the stop
+        await wait_until(pilot, lambda: not chat.generating, what="the stop")
+        app.lm.decoder = real
         msgs = app.store.messages(cid)
-        assert len(msgs) == 6 and msgs[-1].partial and msgs[-1].content
-        assert msgs[-1].meta["stop_reason"] == "cancelled"
+        assert len(msgs) == 6 and msgs[-1].partial and msgs[-1].meta["stop_reason"] == "cancelled"
+        said = app.lm.tokenizer.decode(script)
+        assert msgs[-1].content.startswith(shown) and said.startswith(msgs[-1].content)
+        assert gate.steps <= gate.released + 1  # stopped at the next step, not run on to max_new_tokens
 
         # train on the sample data: data check first, then a real `firefly train` process
         await pilot.press("f4")
