@@ -441,3 +441,41 @@ def test_quitting_does_not_wait_for_background_work(tmp_path):
     assert _time.monotonic() - started < 30
     assert proc.stdout.split() == ["returned"], proc.stderr[-2000:]
     assert proc.returncode == 3
+
+
+async def test_run_settings_and_chat_settings_dialogs_list_the_declared_fields():
+    """Both dialogs are derived from the declarations: one row per declared engine setting (a
+    choice list for choices, on/off for true/false, a text field for numbers), and the chat
+    settings' number fields are GenerationConfig's declared settings."""
+    from textual.app import App
+    from textual.widgets import Input, Select
+
+    from firefly_core.generation.config import GENERATION_KEYS
+    from firefly_core.models.engine_settings import EngineSettings
+    from firefly_core.setting_spec import setting_fields
+    from firefly_tui.screens.chat_settings import NUMBER_FIELDS
+    from firefly_tui.screens.dialogs import ModelSettingsDialog
+
+    assert set(NUMBER_FIELDS) == set(GENERATION_KEYS)
+    current = {"engine": "torch", "cuda_graph": False, "threads": 3}
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(ModelSettingsDialog("m", current))
+
+    async with Host().run_test(size=SIZE) as pilot:
+        dialog = await wait_screen(pilot, ModelSettingsDialog)
+        for f, spec, kind in setting_fields(EngineSettings):
+            widget = dialog.query_one(f"#m-{f.name}")
+            if kind is bool:
+                assert isinstance(widget, Select) and widget.value == "off"
+            elif spec.choices is not None:
+                assert isinstance(widget, Select)
+                assert [v for _label, v in widget._options if v] == list(spec.choices)
+            else:
+                assert isinstance(widget, Input)
+        assert dialog.values() == {"engine": "torch", "quantize": None, "cuda_graph": False, "threads": 3}
+        dialog.query_one("#m-threads", Input).value = "100000"
+        await pilot.click("#save")
+        await wait_until(pilot, lambda: "threads = 100000 is above" in str(dialog.query_one("#error").render()))
+        assert isinstance(pilot.app.screen, ModelSettingsDialog), "refused, not saved"

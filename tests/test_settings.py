@@ -241,3 +241,192 @@ def test_use_with_an_unwritable_home_is_a_clear_error_from_the_cli(fresh_home, b
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "cannot" in err and "FIREFLY_HOME" in err
+
+
+# -- settings declared once: the file, the request, the flags and the dialogs come from one place --
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass, field, fields  # noqa: E402
+
+from firefly_core.generation.config import GENERATION_KEYS, GenerationConfig  # noqa: E402
+from firefly_core.models.engine_settings import ENGINE_KEYS, EngineSettings, max_threads  # noqa: E402
+from firefly_core.models.service import ModelRequest  # noqa: E402
+from firefly_core.setting_spec import include_settings, setting, setting_fields  # noqa: E402
+from firefly_tui.commands.setting_flags import add_setting_flags, setting_values  # noqa: E402
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    """The real parser of `firefly COMMAND` (chat, use, serve)."""
+    from firefly_tui.commands import chat, models, serve
+
+    root = argparse.ArgumentParser()
+    subs = root.add_subparsers(dest="command")
+    {"chat": chat, "use": models, "serve": serve}[command].register(subs)
+    return subs.choices[command]
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {opt: a for a in parser._actions for opt in a.option_strings}
+
+
+def test_engine_settings_are_declared_once_and_every_front_end_takes_them_from_there():
+    declared = setting_fields(EngineSettings)
+    assert tuple(f.name for f, _s, _k in declared) == ENGINE_KEYS == ("engine", "quantize", "cuda_graph", "threads")
+    saved = {f.name: f for f in fields(ModelSettings)}
+    request = {f.name: f for f in fields(ModelRequest)}
+    for f, spec, kind in declared:
+        # the settings file and the request hold the field, with the declaration's own metadata
+        assert saved[f.name].metadata["setting"] is spec and request[f.name].metadata["setting"] is spec
+        for command in ("chat", "use", "serve"):
+            flags = _flags(_parser(command))
+            action = flags[spec.flag_name(f.name)]
+            assert action.dest == f.name and action.default is None, (command, f.name)
+            if kind is bool:
+                assert "--no-" + spec.flag_name(f.name)[2:] in flags
+            else:
+                assert action.choices == spec.choices, (command, f.name)
+    for f, spec, _kind in setting_fields(GenerationConfig):  # the generation fields: chat and use
+        assert saved[f.name].metadata["setting"] is spec
+        for command in ("chat", "use"):
+            assert _flags(_parser(command))[spec.flag_name(f.name)].dest == f.name
+    assert set(GENERATION_KEYS) <= set(saved) and set(ENGINE_KEYS) <= set(saved)
+
+
+def test_a_field_declared_once_shows_up_in_a_settings_class_and_as_a_checked_flag(capsys):
+    """The mechanism the front ends use: declare a field with its metadata, and a class that
+    includes the declaration holds it, a parser gets its flag, and its range is applied."""
+
+    @dataclass
+    class Beams:
+        beams: int | None = field(default=None, metadata=setting("beams to search", min=1, max=4))
+
+    @dataclass
+    @include_settings((Beams, None))
+    class Saved:
+        name: str = ""
+
+    assert Saved(beams=2).beams == 2 and fields(Saved)[-1].metadata["setting"].max == 4
+    parser = argparse.ArgumentParser(prog="firefly x")
+    add_setting_flags(parser, Beams)
+    assert setting_values(parser.parse_args(["--beams", "3"]), Beams) == {"beams": 3}
+    assert setting_values(parser.parse_args([]), Beams) == {}
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--beams", "5"])
+    assert e.value.code == 2 and "argument --beams: beams = 5 is above 4" in capsys.readouterr().err
+
+
+# -- hostile saved settings (issue 23 item 6): one range rule, applied on save AND on read-back ----
+
+HOSTILE = [
+    ("threads", 100_000),  # segfaulted natively in every later chat
+    ("threads", 1_000_000_000),  # std::bad_alloc
+    ("threads", 2000),  # a bare libgomp error
+    ("threads", 0),
+    ("temperature", 1e-300),  # every later chat ended in a traceback
+    ("temperature", 5e-324),
+    ("repetition_penalty", 1e-300),
+    ("repetition_penalty", 0.0),
+]
+
+
+@pytest.mark.parametrize("name, value", HOSTILE, ids=[f"{n}={v}" for n, v in HOSTILE])
+def test_hostile_value_is_refused_on_save_and_on_read_back(fresh_home, name, value):
+    assert value > max_threads() or name != "threads" or value < 1
+    with pytest.raises(ConfigError) as e:
+        update_model_settings("a/b", **{name: value})
+    assert name in e.value.message
+    assert not paths.config_file().exists(), "nothing was saved"
+    with pytest.raises(ConfigError):
+        ModelSettings(**{name: value}).validate()
+
+    # the same value written by hand: a clear error naming the file, the model and the field
+    raw = json.dumps({"active_model": "a/b", "models": {"a/b": {name: value}, "c/d": {"top_k": 5}}})
+    _write_config(raw.encode())
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert str(paths.config_file()) in e.value.message and "'a/b'" in e.value.message and name in e.value.message
+    assert "firefly use" in e.value.hint and "--reset" in e.value.hint
+    assert paths.config_file().read_text("utf-8") == raw, "the file is left as it is"
+    # and the command the hint names repairs that entry, keeping the rest
+    update_model_settings("a/b", reset=True)
+    assert load_settings().for_model("a/b") == ModelSettings() and load_settings().for_model("c/d").top_k == 5
+
+
+@pytest.mark.parametrize("name, value", [h for h in HOSTILE if h[0] in GENERATION_KEYS])
+def test_hostile_generation_value_is_refused_from_every_layer(name, value):
+    """The chat's settings, a flag or an API request go through the same rule."""
+    from firefly_core.models.generation_layers import resolve_generation_config
+
+    for layer in ("chat", "overrides", "saved"):
+        with pytest.raises(ConfigError) as e:
+            resolve_generation_config("x/y", **{layer: {name: value}})
+        assert name in e.value.message
+
+
+@pytest.mark.parametrize("value", [100_000, 2000, 0])
+def test_hostile_threads_refused_by_the_model_request(value):
+    with pytest.raises(ConfigError, match="threads"):
+        ModelRequest("x/y", threads=value).validate()
+    ModelRequest("x/y", threads=max_threads()).validate()
+
+
+def test_zero_temperature_and_penalty_floor_are_allowed(fresh_home):
+    ms = update_model_settings("a/b", temperature=0, repetition_penalty=0.01, threads=1)
+    assert load_settings().for_model("a/b") == ms and ms.temperature == 0
+
+
+def test_an_active_model_of_100k_characters_is_a_clear_error_not_an_oserror(fresh_home):
+    huge = "a" * 100_000
+    with pytest.raises(ConfigError, match="longer than 4096"):
+        set_active_model(huge)
+    assert not paths.config_file().exists()
+    _write_config(json.dumps({"active_model": huge}).encode())
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "active_model" in e.value.message and str(paths.config_file()) in e.value.message
+    assert len(e.value.message) < 500, "the message quotes the value cut short"
+    set_active_model("x/y")  # choosing another model repairs the file
+    assert load_settings().active_model == "x/y"
+
+
+def _firefly(args: list[str], home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FIREFLY_HOME": str(home / "firefly"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "firefly_tui.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_firefly_use_threads_100000_exits_2_and_saves_nothing(fresh_home, bloom_dir):
+    proc = _firefly(["use", str(bloom_dir), "--threads", "100000"], fresh_home)
+    assert proc.returncode == 2 and "argument --threads: threads = 100000 is above" in proc.stderr
+    assert "Traceback" not in proc.stderr and not paths.config_file().exists()
+    proc = _firefly(["use", str(bloom_dir), "--temperature", "1e-300"], fresh_home)
+    assert proc.returncode == 2 and "temperature = 1e-300 is below 0.01" in proc.stderr
+    proc = _firefly(["serve", "--model", str(bloom_dir), "--threads", "100000"], fresh_home)
+    assert proc.returncode == 2 and "threads" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _firefly(["use", "b" * 100_000], fresh_home)
+    assert proc.returncode == 1 and "longer than 4096" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr) < 1000
+
+
+@pytest.mark.parametrize("saved", [{"models": {"M": {"threads": 100_000}}, "active_model": "M"},
+                                   {"active_model": "a" * 100_000}], ids=["threads", "long-active-model"])
+def test_firefly_chat_with_a_hand_edited_bad_file_says_which_line(fresh_home, bloom_dir, saved):
+    text = json.dumps(saved).replace('"M"', json.dumps(str(bloom_dir)))
+    _write_config(text.encode())
+    proc = _firefly(["chat"], fresh_home)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(paths.config_file()) in proc.stderr and ("threads" in proc.stderr or "active_model" in proc.stderr)
+    assert paths.config_file().read_text("utf-8") == text
+
+
+def test_saving_llamacpp_without_its_extra_is_refused_with_the_install_command(fresh_home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # the extra is not installed
+    for values in ({"engine": "llamacpp"}, {"quantize": "q4_k_m"}):
+        with pytest.raises(FireflyError) as e:
+            update_model_settings("a/b", **values)
+        assert "llamacpp" in e.value.message + (e.value.hint or "") and "install" in (e.value.hint or "")
+        assert not paths.config_file().exists()
+    update_model_settings("a/b", engine="torch", quantize="int8")  # what runs without it is saved
+    assert load_settings().for_model("a/b").engine == "torch"
