@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("chat", "models", "serve", "prune", "export", "train", "data", "eval", "compare")
+COMMAND_MODULES = ("chat", "models", "serve", "prune", "export", "train", "runs", "data", "eval", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

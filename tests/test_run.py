@@ -210,3 +210,57 @@ def test_stop_resume_clone_and_checkpoints_on_a_real_run(bloom_dir, tmp_path, mo
             import signal
 
             os.kill(pid, signal.SIGKILL)
+
+
+# A trainer as far as the run folder can tell: real events, and SIGINT answered with a checkpoint
+# and a "stopped" event, as the loop does (the loop's own reaction is test_training's job).
+STOPPABLE = """
+import json, os, signal, sys, time
+f = open(os.path.join(sys.argv[1], "events.jsonl"), "a")
+def emit(type, **data):
+    f.write(json.dumps(dict(type=type, time=time.time(), **data)) + chr(10)); f.flush()
+emit("start", pid=os.getpid(), total_steps=1000, start_step=0)
+stop = []
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+step = 0
+while not stop:
+    step += 1
+    emit("step", step=step, total=1000, loss=1.0 / step)
+    time.sleep(0.05)
+emit("checkpoint", step=step, path="ckpt")
+emit("done", status="stopped", step=step, total=1000, message=f"stopped by SIGINT at step {step}")
+"""
+
+
+def test_firefly_runs_lists_and_stops_through_the_same_run_state(tmp_path, capsys):
+    from firefly_tui.cli import main
+
+    parent = tmp_path / "runs"
+    write_events(parent / "old", [{"type": "start", "pid": dead_pid(), "total_steps": 8}, *steps(1, 8, total=8),
+                                  {"type": "done", "status": "completed", "step": 8, "total": 8}])
+    write_events(parent / "crashed", [{"type": "start", "pid": dead_pid(), "total_steps": 8}, *steps(1, 2, total=8)])
+    live = parent / "live"
+    live.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE, str(live)], start_new_session=True)
+    try:
+        wait_for(lambda: open_run(live).step >= 2, timeout=30, what="the fake trainer to step")
+        assert main(["runs", "--dir", str(parent)]) == 0
+        table = capsys.readouterr().out.splitlines()
+        rows = {line.split()[0]: line.split() for line in table[1:] if not line.startswith(("crashed:",))}
+        assert table[0].split() == ["RUN", "STATUS", "STEP", "LOSS", "STARTED"]
+        assert rows["old"][1:4] == ["done", "8/8", "0.3750"] and rows["live"][1] == "running"
+        assert rows["crashed"][1] == "error" and f"crashed: {ENDED_WITHOUT_EVENT}" in table
+
+        assert main(["runs", "--dir", str(parent), "stop", "live"]) == 0
+        out = capsys.readouterr().out
+        assert proc.wait(10) == 0
+        run = open_run(live)
+        assert run.status == "stopped" and out.strip() == f"live: stopped at step {run.step} ({run.state.detail})"
+        assert main(["runs", "stop", str(live)]) == 1  # nothing runs it any more
+        assert "is not running (it is stopped)" in capsys.readouterr().err
+        assert main(["runs", "stop", str(tmp_path / "nothing")]) == 1
+        assert "no training run at" in capsys.readouterr().err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
