@@ -80,16 +80,22 @@ def weight_bytes(model) -> int:
     return total
 
 
-def int8_copy(model):
-    """A copy of `model` whose linear layers hold int8 weights; every other tensor is shared, so the
-    reference keeps running on the untouched bf16 model in the same process."""
+def prepared_copy(model, quantize: str | None):
+    """Our side: a copy of `model`'s modules sharing every tensor, with int8 weights if asked, and
+    the CPU route written into its layers as the model service does; the reference keeps running
+    on the untouched model in the same process."""
     import copy
 
     from firefly_core.generation.quantize import quantize_int8
+    from firefly_core.models.service import prepare_cpu_route
 
     shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     clone = copy.deepcopy(model, memo=dict(shared))
-    print(f"int8: {quantize_int8(clone).summary()}", flush=True)
+    if quantize == "int8":
+        print(f"int8: {quantize_int8(clone).summary()}", flush=True)
+    reason = prepare_cpu_route(clone, status=lambda m: print(m, flush=True))
+    route = clone.firefly_cpu_route.describe() or "PyTorch's routines"
+    print(f"our CPU route: {route}" + (f" (kernels: {reason})" if reason else ""), flush=True)
     return clone
 
 
@@ -166,7 +172,7 @@ def run_ours(lm, prompt, new_tokens):
 
 def decode_mode(args):
     model = build_model(args)
-    ours_model = int8_copy(model) if args.quantize == "int8" else model
+    ours_model = prepared_copy(model, args.quantize)
     lm = SimpleNamespace(model=ours_model, device=torch.device("cpu"), stop_token_ids=[], tokenizer=None)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=g)
@@ -385,6 +391,10 @@ def _variant_runner(args, kind: str):
         lm.decoder = LlamaCppDecoder(args.gguf, n_ctx=4096, threads=threads)
     else:
         lm = load_model(args.folder, dtype="bf16", device="cpu", quantize="int8" if kind == "ours-int8" else None)
+        if kind != "generate":  # ours: the CPU route the model service would write
+            from firefly_core.models.service import prepare_cpu_route
+
+            prepare_cpu_route(lm.model)
     bare_lm = SimpleNamespace(model=lm.model, tokenizer=lm.tokenizer, device=torch.device("cpu"),
                               stop_token_ids=[], context_length=4096)  # no stop ids: exactly n tokens
 

@@ -75,12 +75,15 @@ def weight_bytes(model) -> int:
 
 
 def quantized_copy(model, skip=()):
-    """A copy of `model` with int8 linears; the copy shares every other tensor with `model`."""
+    """A copy of `model` with int8 linears and the CPU route the model service would write (our
+    GEMV kernel for decode rows where it can be built); the copy shares every other tensor."""
     from firefly_core.generation.quantize import quantize_int8
+    from firefly_core.models.service import prepare_cpu_route
 
     shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     clone = copy.deepcopy(model, memo=dict(shared))
     report = quantize_int8(clone, skip=skip)
+    prepare_cpu_route(clone)
     return clone, report
 
 

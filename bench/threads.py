@@ -61,8 +61,7 @@ def main() -> None:
     from generate import build_model
 
     from firefly_core.generation import ModelDecoder
-    from firefly_core.generation.gemv import kernels_pay, prepare_kernels
-    from firefly_core.models.service import default_threads
+    from firefly_core.models.service import default_threads, prepare_cpu_route
     from firefly_core.testkit import build_tokenizer
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -74,12 +73,13 @@ def main() -> None:
         model = build_model(SimpleNamespace(dtype="bf16", **shape))
         model.generation_config.eos_token_id = None
         lm = SimpleNamespace(model=model, tokenizer=tok, stop_token_ids=[], context_length=2048)
-        fast = kernels_pay(model) and prepare_kernels() is None
+        prepare_cpu_route(model)  # as the model service prepares a model: our kernels where they pay
+        fast = model.firefly_cpu_route.gemv
         results: dict[int, list[float]] = {n: [] for n in counts}
-        decode_tps(lm, ModelDecoder(model, fast_gemv=fast, threads=1), 4)  # warm-up
+        decode_tps(lm, ModelDecoder(model, threads=1), 4)  # warm-up
         for _ in range(args.rounds):
             for n in counts:
-                results[n].append(decode_tps(lm, ModelDecoder(model, fast_gemv=fast, threads=n), args.tokens))
+                results[n].append(decode_tps(lm, ModelDecoder(model, threads=n), args.tokens))
                 print(f"  {name}, {n} thread(s): {results[n][-1]:.2f} tok/s", flush=True)
         med = {n: statistics.median(v) for n, v in results.items()}
         line = " · ".join(f"{n} thread{'s' if n > 1 else ''}: {med[n]:.1f} tok/s" for n in counts)

@@ -177,8 +177,10 @@ def test_stop_string_ends_reply_and_never_leaks(lms):
     done = events[-1]
     assert done.stats.stop_reason == "stop_string"
     assert done.text == full[: full.index(stop)]
+    # A stream cannot take text back, so this equality is the proof that no piece of the stop string
+    # leaked (the old per-piece check only restated it).
     assert "".join(e.text for e in events[:-1]) == done.text
-    assert all(stop[0] not in e.text or stop not in e.text for e in events[:-1])
+    assert stop not in done.text and full.startswith(done.text + stop)
 
 
 def test_cancel_between_tokens_from_another_thread(lms):
@@ -252,38 +254,9 @@ def test_context_window_is_respected(lms):
     ids = [5] * (lm.context_length - 4)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=50, stop_token_ids=(), repetition_penalty=1.0)
     done = list(generate_stream(lm, ids, cfg))[-1]
-    if done.stats.stop_reason != "stop_token":
-        assert done.stats.stop_reason == "context_full"
-        assert done.stats.context_used <= lm.context_length
-
-
-def test_float32_prefill_computes_big_linears_in_float32():
-    import torch.nn.functional as F
-
-    from firefly_core.generation.prefill import MIN_ROWS, float32_matmuls
-
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(64, 32, generator=g).to(torch.bfloat16)
-    big = torch.randn(MIN_ROWS, 32, generator=g).to(torch.bfloat16)
-    one = big[:1]
-    with float32_matmuls():
-        got_big, got_one = F.linear(big, w), F.linear(one, w)
-    assert torch.equal(got_big, F.linear(big.float(), w.float()).to(torch.bfloat16))
-    assert torch.equal(got_one, F.linear(one, w))  # decode rows keep the bf16 kernel
-    assert got_big.dtype == torch.bfloat16
-
-
-def test_float32_prefill_gives_the_same_logits_on_a_bf16_model(bloom_dir):
-    lm = load_model(bloom_dir, dtype="bf16", device="cpu")
-    ids = torch.tensor([_ids(lm, PROMPTS[0] * 2)])
-    assert ids.shape[1] >= 16
-    with torch.inference_mode():
-        plain = ModelDecoder(lm.model, float32_prefill=False)
-        fast = ModelDecoder(lm.model, float32_prefill=True)
-        a = plain.forward(ids, plain.new_cache())
-        b = fast.forward(ids, fast.new_cache())
-    torch.testing.assert_close(a, b, rtol=0.05, atol=0.1)
-    assert a.argmax() == b.argmax()
+    # No stop tokens and 50 tokens asked for with 4 left: the window ends the reply, full to the last slot.
+    assert done.stats.stop_reason == "context_full"
+    assert done.stats.context_used == lm.context_length and done.stats.new_tokens == 4
 
 
 # -- the decode seam: the loop touches only the Decoder protocol ------------------------------

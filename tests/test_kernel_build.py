@@ -91,18 +91,16 @@ def test_no_kernel_for_fp32_or_tiny_models(bloom_dir, monkeypatch, fresh_kernel_
     said: list = []
     for dtype in ("fp32", "bf16"):
         lm = ModelService().get(ModelRequest(str(bloom_dir), device="cpu", dtype=dtype, engine="torch"), status=said.append)
-        assert lm.decoder.fast_gemv is False
+        assert lm.model.firefly_cpu_route.gemv is False
     assert not [s for s in said if s.step == "kernels"]
     assert not gemv.kernels_pay(torch.nn.Linear(64, 64).float())
 
 
 def test_a_big_bf16_model_is_where_the_kernel_pays(monkeypatch):
-    from firefly_core.generation.prefill import _slow_half_gemm
-
     monkeypatch.delenv("FIREFLY_GEMV", raising=False)
     big = torch.nn.Linear(4096, 8192, bias=False, dtype=torch.bfloat16)  # 64 MiB of weights
     small = torch.nn.Linear(256, 256, bias=False, dtype=torch.bfloat16)
-    assert gemv.kernels_pay(big) == _slow_half_gemm(torch.bfloat16)
+    assert gemv.kernels_pay(big) == gemv.slow_half_gemm(torch.bfloat16)
     assert not gemv.kernels_pay(small)
     monkeypatch.setenv("FIREFLY_GEMV", "1")  # forced on, whatever the CPU's bf16 speed
     assert gemv.kernels_pay(small)
@@ -134,7 +132,7 @@ def test_stale_locks_planted_in_the_build_folder_and_chat_still_answers(bloom_di
     lm = load_model(bloom_dir, device="cpu", dtype="bf16")
     from firefly_core.generation import ModelDecoder
 
-    lm.decoder = ModelDecoder(lm.model, fast_gemv=False)  # PyTorch's kernels: the reference
+    lm.decoder = ModelDecoder(lm.model)  # no CPU route written: PyTorch's kernels, the reference
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=8))
     expected = [e for e in session.send("你好") if isinstance(e, ReplyDone)][0].text
     assert proc.stdout == expected + "\n"

@@ -172,8 +172,11 @@ def test_chat_cli_quantize_flag(bloom_dir):
     from firefly_core.generation import ReplyDone
 
     cfg = GenerationConfig(max_new_tokens=6, do_sample=False)
+    from firefly_core.models.service import prepare_cpu_route
+
     lm = load_model(bloom_dir, device="cpu")
     apply_quantization(lm, "int8")
+    prepare_cpu_route(lm.model)  # the route the CLI's model service writes (our kernel where it builds)
     expected = [e for e in ChatSession(lm, config=cfg).send("你好") if isinstance(e, ReplyDone)][0].text
     proc = subprocess.run(
         [sys.executable, "-m", "firefly_tui.cli", "chat", "--model", str(bloom_dir), "--device", "cpu",

@@ -178,7 +178,7 @@ def test_prepared_once_with_threads_and_decoder(bloom_dir):
     service = ModelService()
     lm = service.get(ModelRequest(str(bloom_dir), device="cpu", dtype="fp32", threads=1, engine="torch"))
     assert lm.engine == "torch" and lm.decoder.threads == 1
-    assert lm.decoder.fast_gemv is False  # fp32: no kernel
+    assert lm.model.firefly_cpu_route.gemv is False  # fp32: no kernel
     # The decoder the loop uses is the one the service attached (prepared once).
     from firefly_core.generation import decoder_for
 
@@ -190,8 +190,11 @@ def test_int8_through_the_service_matches_quantize_by_hand(bloom_dir):
 
     service = ModelService()
     lm = service.get(ModelRequest(str(bloom_dir), device="cpu", dtype="bf16", quantize="int8", engine="torch"))
+    from firefly_core.models.service import prepare_cpu_route
+
     by_hand = load_model(bloom_dir, device="cpu", dtype="bf16")
     apply_quantization(by_hand, "int8")
+    prepare_cpu_route(by_hand.model)
     prompt = by_hand.tokenizer.encode("床前明月光", add_special_tokens=False)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=10)
     assert generate_ids(lm, prompt, cfg) == generate_ids(by_hand, prompt, cfg)

@@ -30,12 +30,11 @@ import socket
 import sys
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -303,8 +302,11 @@ def prepare_kernels(
 
 
 def _module() -> Any:
-    prepare_kernels()
-    return _state[0] if _state else None
+    """The built kernels; never builds them (only the model service does, through `prepare_kernels`)."""
+    state = _state
+    if state is None or state[0] is None:
+        raise RuntimeError("firefly's CPU kernels are not built here: prepare_kernels() first (the model service does)")
+    return state[0]
 
 
 def kernels_ready() -> bool:
@@ -320,20 +322,32 @@ def unavailable_reason() -> str | None:
     return prepare_kernels()
 
 
+@lru_cache(maxsize=None)
+def slow_half_gemm(dtype: torch.dtype) -> bool:
+    """True when this CPU has no fast kernel for `dtype` matrix multiply (no AVX-512 BF16/AMX for
+    bf16): PyTorch's fallback then runs at GEMV speed, so fp32 prompts and our GEMV kernel pay."""
+    try:
+        if dtype == torch.bfloat16:
+            return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if dtype == torch.float16:
+            return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+    return False
+
+
 def kernels_pay(model: Any) -> bool:
     """Whether the kernel is worth using (and building) for `model`: bf16 on a CPU without fast
     bf16 GEMM, and big enough (KERNEL_MIN_BYTES) that decode reads weights from memory.
     FIREFLY_GEMV=1 forces it on for any bf16 CPU model, even where PyTorch has fast bf16 (tests
     and benchmarks, so they run the same path on every machine); =0 off."""
-    from .prefill import _slow_half_gemm
-
     param = next(model.parameters(), None)
     if param is None or param.device.type != "cpu" or param.dtype != torch.bfloat16:
         return False
     flag = os.environ.get("FIREFLY_GEMV", "")
     if flag in ("0", "1"):
         return flag == "1"
-    if not _slow_half_gemm(torch.bfloat16):
+    if not slow_half_gemm(torch.bfloat16):
         return False
     linear_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
     return linear_bytes >= KERNEL_MIN_BYTES
@@ -352,36 +366,3 @@ def gemv_int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> 
     """One row through int8 weights `q` ([out, in]) with per-row `scales`; fp32 result, [1, out]."""
     module = _module()
     return module.gemv_int8(x.reshape(-1).float().contiguous(), q, scales.float().contiguous())[None]
-
-
-class _GemvLinear(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x, weight = args[0], args[1]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if (
-                x.dtype == torch.bfloat16
-                and weight.dtype == torch.bfloat16
-                and x.device.type == "cpu"
-                and weight.dim() == 2
-                and weight.is_contiguous()
-                and x.numel() == x.shape[-1]  # one row: a matrix-vector product
-            ):
-                return gemv_linear(x, weight, bias)
-        return func(*args, **kwargs)
-
-
-def wants_gemv(model: Any) -> bool:
-    """True when the kernel pays for `model` (`kernels_pay`) and is ready (built on first use)."""
-    return kernels_pay(model) and prepare_kernels() is None
-
-
-@contextlib.contextmanager
-def gemv_matmuls(enabled: bool = True) -> Iterator[None]:
-    """Within the block, one-row bf16 `F.linear` calls on the CPU use the kernel."""
-    if not enabled:
-        yield
-        return
-    with _GemvLinear():
-        yield

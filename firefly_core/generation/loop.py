@@ -27,8 +27,6 @@ from ..errors import FireflyError, PromptTooLongError
 from .cache import KVCache, TokenCache, cache_argument
 from .config import GenerationConfig, ReplyDone, ReplyStats, TextDelta
 from .detokenize import StopStringGuard, StreamingDetokenizer
-from .gemv import gemv_matmuls, wants_gemv
-from .prefill import MIN_ROWS, float32_matmuls, wants_float32_prefill
 from .sampling import TokenSampler
 
 
@@ -78,18 +76,13 @@ def output_rows(model: Any) -> int:
 class ModelDecoder(Decoder):
     """The default decoder: a transformers causal LM with our preallocated `KVCache`.
 
+    Which CPU routine each layer multiplies with (our GEMV kernels, fp32 prompts, int8) was written
+    into the layers when the model service prepared the model (cpu_route.py); a pass just runs them.
     `threads` (None = leave torch's setting) is applied in the calling thread before each pass: torch's
     thread count is process-wide, and the app decodes in a worker thread.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        float32_prefill: bool | None = None,
-        fast_gemv: bool | None = None,
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, model: Any, *, threads: int | None = None) -> None:
         self.model = model
         param = next(model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
@@ -99,10 +92,6 @@ class ModelDecoder(Decoder):
         # [n, vocab] GEMM (models without the argument compute them all and we take the last).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self._cache_arg = cache_argument(model)
-        # On CPUs without fast bf16 GEMM, prompts are multiplied in fp32 (see prefill.py).
-        self.float32_prefill = wants_float32_prefill(model) if float32_prefill is None else float32_prefill
-        # ... and decode steps (one row) use our bf16 GEMV kernel, which reads weights faster (gemv.py).
-        self.fast_gemv = wants_gemv(model) if fast_gemv is None else fast_gemv
 
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)
@@ -111,10 +100,8 @@ class ModelDecoder(Decoder):
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         extra = {} if every_position else self._last_only
-        rows = ids.shape[-1]
         try:
-            with float32_matmuls(self.float32_prefill and rows >= MIN_ROWS), gemv_matmuls(self.fast_gemv and rows == 1):
-                out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **extra)
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **extra)
         except BaseException:
             cache.crop_to(len(cache.ids))  # layers a failed pass appended to go back to the ids
             raise

@@ -20,16 +20,14 @@ every token; see `bench/generate_fast.py` and `firefly_core.quality` for what th
 from __future__ import annotations
 
 import fnmatch
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from .gemv import gemv_int8_linear
-from .gemv import prepare_kernels
 
 QUANTIZE_METHODS = ("int8",)
 INT8_MAX = 127
@@ -105,8 +103,8 @@ class Int8Linear(nn.Module):
         else:
             self.bias = None
         self.use_kernel = int8_kernel_supported(self.weight_int8.device, in_features)
-        # One-row (decode) products through our GEMV kernel: set by `apply_quantization` once the
-        # kernel is built, so the route is chosen when the model is prepared, never per call.
+        # One-row (decode) products through our GEMV kernel: set by the CPU route the model service
+        # chooses when it prepares the model (cpu_route.py), never decided per call.
         self.use_gemv = False
 
     @classmethod
@@ -231,18 +229,11 @@ def quantization_of(model: nn.Module) -> QuantizationReport | None:
     return getattr(model, "firefly_quantization", None)
 
 
-def apply_quantization(
-    lm: Any,
-    method: str | None,
-    skip: Iterable[str] = (),
-    *,
-    status: Callable[[str], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> QuantizationReport | None:
-    """Quantize a `LoadedModel` in place (`method` "int8", or None/"none" for nothing), and choose
-    each layer's CPU route once: decode rows through our GEMV kernel when it can be built here
-    (`prepare_kernels`, which says "compiling" through `status` the first time), else PyTorch's.
+def apply_quantization(lm: Any, method: str | None, skip: Iterable[str] = ()) -> QuantizationReport | None:
+    """Quantize a `LoadedModel` in place (`method` "int8", or None/"none" for nothing).
 
+    Which routine the int8 layers multiply with (our GEMV kernel for decode rows, or PyTorch's)
+    is the CPU route the model service chooses afterwards (`cpu_route.py`); nothing is built here.
     Int8 is a CPU feature: on a GPU the bf16 path (with CUDA graphs) is the fast one, so asking
     for it there is an error with a hint rather than a silent slowdown.
     """
@@ -259,9 +250,4 @@ def apply_quantization(
     existing = quantization_of(lm.model)
     if existing is not None:
         return existing
-    report = quantize_int8(lm.model, skip=skip)
-    if prepare_kernels(status=status, cancel=cancel) is None:
-        for module in lm.model.modules():
-            if isinstance(module, Int8Linear):
-                module.use_gemv = True
-    return report
+    return quantize_int8(lm.model, skip=skip)

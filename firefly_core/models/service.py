@@ -330,24 +330,33 @@ def prepare_for_chat(lm: Any, request: ModelRequest, say: Callable[[str, str], N
         if plan.reason:
             notes.append(f"CUDA graph off: {plan.reason}")
     elif lm.device.type == "cpu":
-        from ..generation.gemv import kernels_pay, prepare_kernels
-
-        fast_gemv = False
-        if kernels_pay(lm.model) or request.quantize in TORCH_QUANTIZE:
-            reason = prepare_kernels(status=lambda m: say("kernels", m), cancel=cancel)
-            if reason is None:
-                fast_gemv = kernels_pay(lm.model)
-            else:
-                notes.append(f"PyTorch's decode kernels: {reason}")
-                say("kernels", f"using PyTorch's decode kernels: {reason}")
+        reason = prepare_cpu_route(lm.model, status=lambda m: say("kernels", m), cancel=cancel)
+        if reason is not None:
+            notes.append(f"PyTorch's decode kernels: {reason}")
+            say("kernels", f"using PyTorch's decode kernels: {reason}")
         import torch
 
         torch.set_num_threads(threads)
-        lm.decoder = ModelDecoder(lm.model, fast_gemv=fast_gemv, threads=threads)
+        lm.decoder = ModelDecoder(lm.model, threads=threads)
     if lm.decoder is None:
         lm.decoder = ModelDecoder(lm.model)
     lm.engine = "torch"
     lm.notes = tuple(notes)
+
+
+def prepare_cpu_route(model: Any, *, status: Callable[[str], None] | None = None, cancel=None) -> str | None:
+    """Choose the CPU matrix route of `model` once and write it into its layers
+    (`generation/cpu_route.py`): our kernels (built here, the only place they are built: a reply
+    never compiles anything) when they may pay, fp32 prompts where half GEMM is slow. Returns why
+    our kernels are not used when they would have been, else None."""
+    from ..generation.cpu_route import apply_route, choose_route
+    from ..generation.gemv import kernels_pay, prepare_kernels
+    from ..generation.quantize import quantization_of
+
+    wanted = kernels_pay(model) or quantization_of(model) is not None
+    reason = prepare_kernels(status=status, cancel=cancel) if wanted else None
+    apply_route(model, choose_route(model, kernels_ready=wanted and reason is None))
+    return reason
 
 
 def weights_label(lm: Any) -> str:
@@ -367,8 +376,9 @@ def describe(lm: Any) -> str:
     extra = []
     if getattr(decoder, "threads", None):
         extra.append(f"{decoder.threads} thread{'s' if decoder.threads != 1 else ''}")
-    if getattr(decoder, "fast_gemv", False):
-        extra.append("firefly CPU kernels")
+    route = getattr(lm.model, "firefly_cpu_route", None)  # generation/cpu_route.py's mark
+    if route is not None and route.describe():
+        extra.append(route.describe())
     return " · ".join([lm.name, str(lm.device), dtype, lm.engine, lm.prompt_format.name, *extra])
 
 
