@@ -58,13 +58,13 @@ class ModelSettings:
         not installed (they would fail every later run)."""
         for f, spec, kind in setting_fields(ModelSettings):
             if f.name in ("trust_remote_code",) and getattr(self, f.name) is None:
-                raise ConfigError(f"{where}: trust_remote_code must be true or false")
+                raise ConfigError(f"{where}: trust_remote_code must be true or false".lstrip(": "))
             check_setting(f.name, spec, kind, getattr(self, f.name), where)
         check_engine_settings(self, where)
         try:  # the fields' combination: GenerationConfig's own validation
             GenerationConfig().with_overrides(**self.generation_overrides())
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e.message}", e.hint) from None
+            raise ConfigError(f"{where}: {e.message}" if where else e.message, e.hint) from None
         if saving:
             check_engine_installed(self, where)
 

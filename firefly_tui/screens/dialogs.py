@@ -233,6 +233,12 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
     (`ModelSettings.validate`, as a save applies them, the llama.cpp extra included), checked here
     so a wrong value is refused with its reason."""
 
+    # one line per field (compact widgets), so the buttons stay on an 80x24 terminal
+    DEFAULT_CSS = """
+    ModelSettingsDialog .engine-form { grid-size: 2; grid-columns: 24 1fr; grid-rows: 1; grid-gutter: 1 1; height: auto; }
+    ModelSettingsDialog .engine-form Label { padding: 0 1 0 0; }
+    ModelSettingsDialog #error { width: 100%; height: auto; }
+    """
     BINDINGS = [Binding("escape", "cancel", show=False)]
 
     def __init__(self, model: str, current: dict[str, Any]) -> None:
@@ -246,19 +252,21 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
         auto = t("models.auto")
         with Vertical(classes="dialog wide text-dialog"):
             yield Label(t("models.settings_title", name=self.model), classes="question")
-            with Grid(classes="form"):
+            with Grid(classes="engine-form"):
                 for f, spec, kind in setting_fields(EngineSettings):
                     value = self.current.get(f.name)
                     yield Label(_label(f"models.setting.{f.name}", f.name.replace("_", " ")))
                     if kind is bool:
                         shown = "" if value is None else ("on" if value else "off")
                         yield Select([(auto, ""), (t("models.on"), "on"), (t("models.off"), "off")],
-                                     value=shown, allow_blank=False, id=f"m-{f.name}")
+                                     value=shown, allow_blank=False, compact=True, id=f"m-{f.name}")
                     elif spec.choices is not None:
                         options = [(spec.labels.get(c, c) if spec.labels else c, c) for c in spec.choices]
-                        yield Select([(auto, "")] + options, value=value or "", allow_blank=False, id=f"m-{f.name}")
+                        yield Select([(auto, "")] + options, value=value or "", allow_blank=False, compact=True,
+                                     id=f"m-{f.name}")
                     else:
-                        yield Input("" if value is None else str(value), placeholder=auto, id=f"m-{f.name}")
+                        yield Input("" if value is None else str(value), placeholder=auto, compact=True,
+                                    id=f"m-{f.name}")
             yield Static(t("models.settings_note"), classes="note")
             yield Label("", id="error", classes="error")
             with ButtonRow(classes="buttons"):
@@ -266,7 +274,7 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
                 yield Button(t("cancel"), id="cancel")
 
     def on_mount(self) -> None:
-        self.query(".form > Select, .form > Input").first().focus()
+        self.query(".engine-form > Select, .engine-form > Input").first().focus()
 
     def values(self) -> dict[str, Any]:
         """The fields as EngineSettings values; raises ValueError (naming the field) for a number
@@ -305,7 +313,7 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
             return
         merged = {**self.current, **values}
         try:
-            ModelSettings(**merged).validate(self.model, saving=True)
+            ModelSettings(**merged).validate("", saving=True)  # the dialog's title names the model
         except FireflyError as e:
             error.update(escape(e.message + (f" — {e.hint}" if e.hint else "")))  # "[llamacpp]" is no markup
             return
