@@ -43,17 +43,17 @@ def bare_tokens_per_s(lm, tokens: int) -> float:
 
 def _bare(lm, tokens: int) -> float:
     """What `firefly chat` does for one reply (commands/chat.py): same config resolution, same lock."""
-    from firefly_core.chat import ChatSession
+    from firefly_core.formats import Message
     from firefly_core.generation import ReplyDone
+    from firefly_core.session import ChatSession
     from firefly_core.models.generation_layers import generation_config_for
 
     config = generation_config_for(lm, overrides={"max_new_tokens": tokens})
     for _attempt in range(5):  # a random tiny model may hit its stop token early: retry
-        session = ChatSession(lm, config=config)
-        with lm.generation_lock:
-            for ev in session.send("你好，请介绍一下你自己", threading.Event()):
-                if isinstance(ev, ReplyDone) and ev.stats.new_tokens >= tokens // 2:
-                    return ev.stats.tokens_per_s
+        session = ChatSession(lm, config=config)  # its reply holds the model's generation lock
+        for ev in session.reply([Message("user", "你好，请介绍一下你自己")], threading.Event()):
+            if isinstance(ev, ReplyDone) and ev.stats.new_tokens >= tokens // 2:
+                return ev.stats.tokens_per_s
     raise RuntimeError(f"no reply of at least {tokens // 2} tokens in 5 tries")
 
 

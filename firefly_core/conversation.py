@@ -1,8 +1,8 @@
-"""The one owner of a chat's history: keeps the SQLite store and the `ChatSession` consistent.
+"""The one owner of a chat's history: the SQLite store is the truth, and every reply is asked of
+the chat's `ChatSession` (`session.py`, the owner of the KV cache) with the history read from it.
 
-Before this module the store and the session each held the history, and a failed reply left them
-disagreeing for good (a user message without a reply: "the last message has no reply yet").
-Here the store is the truth and the session is re-synchronised from it before every reply:
+The session keeps no copy of the history, so the two cannot disagree (before, a failed reply left
+a user message without a reply in one of them for good). What the model sees:
 
 - The model sees only *answered turns*: a user message directly followed by an assistant reply
   (partial replies included). A user message whose reply failed, or that a crash left unanswered,
@@ -16,14 +16,16 @@ Here the store is the truth and the session is re-synchronised from it before ev
   text, then swap them in one transaction; a failed retry changes nothing.
 - `edit` replaces a user message and drops what followed it in one transaction, then answers it.
 
-Every operation returns a `Reply`: an iterator of exactly the events `ChatSession.send` yields
+Every operation returns a `Reply`: an iterator of exactly the events `ChatSession.reply` yields
 (`TextDelta`s then a `ReplyDone`); errors are recorded first, then raised to the consumer as they
 were. The store write that must happen before a reply (saving the user's message) happens when the
-operation is called, so a read-only or full store is reported before any generation.
+operation is called, so a read-only or full store is reported before any generation. Each stored
+reply keeps the settings it was made with (`ChatSession.settings_used`), in the same transaction.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
@@ -34,7 +36,7 @@ from .formats import Message
 from .store import ChatStore, StoredMessage, StoreError
 
 if TYPE_CHECKING:
-    from .chat import ChatSession
+    from .session import ChatSession
 
 SessionSource = Union["ChatSession", Callable[[], "ChatSession"]]
 
@@ -84,6 +86,7 @@ class Reply:
         self.replaces = replaces
         self.saved: StoredMessage | None = None
         self.error: BaseException | None = None
+        self.session: ChatSession | None = None  # the session that answered (once the stream starts)
         self._owner = owner
         self._started = False
         self._events = owner._stream(self, cancel)
@@ -113,10 +116,11 @@ class Reply:
 class Conversation:
     """One stored chat and the session that answers in it.
 
-    `session` is a `ChatSession` or a function that makes one; the function is called when a reply
-    is first needed, so a model that cannot be loaded (a missing folder) fails inside the reply and
-    is recorded with the message like any other failure. The session's system prompt and
-    generation settings are its own; this class owns only the history.
+    `session` is a `ChatSession` (anything with its `reply(history, cancel)`) or a function that
+    makes one; the function is called when a reply is first needed, so a model that cannot be
+    loaded (a missing folder) fails inside the reply and is recorded with the message like any
+    other failure. The session's system prompt and generation settings are its own; this class
+    owns only the history.
     """
 
     def __init__(self, store: ChatStore, conversation_id: int, session: SessionSource | None = None) -> None:
@@ -145,9 +149,7 @@ class Conversation:
 
     def set_session(self, session: SessionSource | None) -> None:
         """Answer with another session (a new model or settings); the history stays the store's."""
-        from .chat import ChatSession
-
-        if session is None or isinstance(session, ChatSession):
+        if session is None or hasattr(session, "reply"):
             self._session, self._make_session = session, None
         elif callable(session):
             self._session, self._make_session = None, session
@@ -242,7 +244,7 @@ class Conversation:
         return self._session
 
     def _stream(self, reply: Reply, cancel: threading.Event | None) -> Iterator[Any]:
-        """Sync the session to the store, stream its reply, and record the outcome.
+        """Ask the session for the reply to the stored history, stream it, and record the outcome.
 
         The reply is stored *before* its `ReplyDone` is passed on, so a consumer that stops
         reading at `ReplyDone` (as UI workers do) has nothing left pending."""
@@ -266,11 +268,11 @@ class Conversation:
                 self._lock.release()
 
         try:
-            session = self._ready_session()
+            session = reply.session = self._ready_session()
             msgs = self.messages()
             i = self._index(msgs, reply.question.id)
-            session.messages = answered_history(msgs[:i])
-            events = session.send(reply.question.content, cancel)
+            history = answered_history(msgs[:i]) + [Message("user", reply.question.content)]
+            events = session.reply(history, cancel)
             for event in events:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
@@ -293,6 +295,9 @@ class Conversation:
         if done is not None and done.stats is not None:
             stats = asdict(done.stats) if is_dataclass(done.stats) else dict(vars(done.stats))
             meta = {k: stats[k] for k in STATS_KEPT if k in stats}
+        used = getattr(reply.session, "settings_used", None)
+        if done is not None and callable(used):
+            meta["settings"] = used()
         if error is not None:
             meta["error"] = error_text(error)
         partial = done.cancelled if done is not None else True
@@ -311,3 +316,13 @@ class Conversation:
             raise StoreError(
                 f"{error_text(error)}; and it could not be recorded: {store_error.message}", store_error.hint
             ) from error
+
+
+def export_chat_json(store: ChatStore, conversation_id: int) -> str:
+    """The chat as JSON: Chinese kept readable, and the settings the last reply was made with."""
+    data = store.export_json(conversation_id)
+    replies = [m.get("meta", {}).get("settings") for m in data["messages"] if m.get("role") == "assistant"]
+    used = next((s for s in reversed(replies) if s), None)
+    if used is not None:
+        data["settings_used"] = used
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"

@@ -10,7 +10,6 @@ from app_helpers import SlowSession, screen_text, wait_screen, wait_until
 from textual import events
 
 from firefly_core.store import ChatStore
-from firefly_tui import backend
 from firefly_tui.app import FireflyApp
 from firefly_tui.screens.chat import ChatScreen
 from firefly_tui.screens.chat_settings import ChatSettingsDialog
@@ -24,7 +23,9 @@ SIZE = (110, 36)
 
 @pytest.fixture(scope="module")
 def bloom_lm(bloom_dir):
-    return backend.load_model(str(bloom_dir))
+    from firefly_core.models.service import model_service
+
+    return model_service().get(str(bloom_dir))
 
 
 @pytest.fixture
@@ -34,8 +35,9 @@ def store(tmp_path):
     s.close()
 
 
-def make_app(store, lm=None, name=None, language="en") -> FireflyApp:
-    app = FireflyApp(store=store, welcome=False, language=language, settings=None)
+def make_app(store, lm=None, name=None, language="en", sessions=None) -> FireflyApp:
+    """The app over `store`; `sessions`: a session provider instead of core's open_session."""
+    app = FireflyApp(store=store, welcome=False, language=language, settings=None, sessions=sessions)
     if lm is not None:
         app.lm, app.model_name = lm, name or lm.name
     return app
@@ -67,12 +69,8 @@ async def send(pilot, text: str, *, wait: bool = True) -> None:
         )
 
 
-def scripted(monkeypatch, session) -> None:
-    monkeypatch.setattr(backend, "new_session", lambda lm, history, settings, model_id=None: session)
-
-
 async def test_chat_two_turns_real_model_persisted(store, bloom_lm, bloom_dir):
-    conv = store.create_conversation("t", {"max_new_tokens": 12, "temperature": 0.0 + 1e-3})
+    conv = store.create_conversation("t", {"max_new_tokens": 12, "temperature": 0.01})
     app = make_app(store, bloom_lm, str(bloom_dir))
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
@@ -106,11 +104,10 @@ async def test_chat_two_turns_real_model_persisted(store, bloom_lm, bloom_dir):
         assert chat.conversation_id == conv.id
 
 
-async def test_composer_keeps_every_line_enter_sends_ctrl_j_adds_a_line(store, monkeypatch):
+async def test_composer_keeps_every_line_enter_sends_ctrl_j_adds_a_line(store):
     slow = SlowSession(["好"], delay=0.0, forever=False)
-    scripted(monkeypatch, slow)
     conv = store.create_conversation("t")
-    app = make_app(store, lm=object(), name="scripted")
+    app = make_app(store, lm=object(), name="scripted", sessions=slow.provider)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         composer = composer_of(app)
@@ -128,16 +125,16 @@ async def test_composer_keeps_every_line_enter_sends_ctrl_j_adds_a_line(store, m
         await pilot.press("enter")
         await wait_until(pilot, lambda: not chat.generating and len(store.messages(conv.id)) == 2)
         assert store.messages(conv.id)[0].content == pasted + "\nend"
-        assert slow.messages[0].content == pasted + "\nend"  # the model got every line too
+        assert slow.histories[0][-1].content == pasted + "\nend"  # the model got every line too
         user_view = list(chat.query(MessageView))[0]
         assert "second line" in screen_text(app) and "indented 第四行" in screen_text(app)
         assert user_view.content.count("\n") == 4
         assert composer.value == "" and composer.size.height == height
 
 
-async def test_esc_stops_reply_keeps_partial_and_ui_stays_responsive(store, monkeypatch):
-    scripted(monkeypatch, SlowSession(["床前", "明月", "光，"], delay=0.03))
-    app = make_app(store, lm=object(), name="scripted")
+async def test_esc_stops_reply_keeps_partial_and_ui_stays_responsive(store):
+    slow = SlowSession(["床前", "明月", "光，"], delay=0.03)
+    app = make_app(store, lm=object(), name="scripted", sessions=slow.provider)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "写一首诗", wait=False)
@@ -153,9 +150,8 @@ async def test_esc_stops_reply_keeps_partial_and_ui_stays_responsive(store, monk
         assert "stopped" in str(view.query_one(".role").render())
 
 
-async def test_empty_reply_says_so(store, monkeypatch):
-    scripted(monkeypatch, SlowSession([], forever=False))
-    app = make_app(store, lm=object(), name="scripted")
+async def test_empty_reply_says_so(store):
+    app = make_app(store, lm=object(), name="scripted", sessions=SlowSession([], forever=False).provider)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "你好")
@@ -209,8 +205,11 @@ async def test_regenerate_and_edit_and_resend(store, bloom_lm):
         assert [(m.role, m.content) for m in msgs if m.role == "user"] == [("user", "问题一"), ("user", "问题二")]
         assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
         assert [v.content for v in chat.query(MessageView)] == [m.content for m in msgs]
-        # the session's history agrees with the store
-        assert [m.content for m in chat.session.messages] == [m.content for m in msgs]
+        # the last reply was made from the store's history: its prompt is what the session cached
+        history = chat.chat.conversation.history()
+        assert [m.content for m in history] == [m.content for m in msgs]
+        _, prompt = chat.session.prompt_ids(history[:-1])
+        assert list(chat.session._prefix.ids[: len(prompt)]) == prompt
 
 
 async def test_message_actions_delete_retry_copy(store, bloom_lm):
@@ -376,7 +375,9 @@ async def test_sidebar_new_rename_delete_search(store):
 
 
 async def test_settings_dialog_lists_models_shows_defaults_refuses_out_of_range(store, bloom_lm, bloom_dir, qwen_dir, fresh_home):
+    from firefly_core.errors import ConfigError
     from firefly_core.models.inventory import register_local
+    from firefly_core.session import check_chat_settings, generation_defaults
 
     register_local(qwen_dir)
     conv = store.create_conversation("s", {"temperature": 0.7})
@@ -394,7 +395,7 @@ async def test_settings_dialog_lists_models_shows_defaults_refuses_out_of_range(
         assert {v for _, v in fmt._options if isinstance(v, str)} == {"firefly-v1", "firefly-v2", "chat_template"}
         # current values in the fields, defaults beside them (core's resolution of the model's)
         assert dialog.query_one("#temperature").value == "0.7"
-        defaults = backend.generation_defaults(bloom_lm, str(bloom_dir))
+        defaults = generation_defaults(str(bloom_dir), bloom_lm)
         shown = [str(label.render()) for label in dialog.query(".default")]
         assert f"default {defaults['top_p']}" in shown and f"default {defaults['max_new_tokens']}" in shown
         assert dialog.query_one("#top_p").placeholder == str(defaults["top_p"])
@@ -402,7 +403,9 @@ async def test_settings_dialog_lists_models_shows_defaults_refuses_out_of_range(
         dialog.query_one("#top_p").value = "1.5"
         await pilot.click("#save")
         assert isinstance(app.screen, ChatSettingsDialog)
-        assert "top_p must be in (0, 1]" in str(dialog.query_one("#error").render())
+        with pytest.raises(ConfigError) as refused:  # core's reason, not a copy of the rule
+            check_chat_settings(str(bloom_dir), {"temperature": 0.7, "top_p": 1.5}, bloom_lm)
+        assert refused.value.message in str(dialog.query_one("#error").render())
         assert app.focused is dialog.query_one("#top_p")
         dialog.query_one("#top_p").value = "0.9"
         dialog.query_one("#max_new_tokens").value = "lots"
@@ -424,6 +427,8 @@ async def test_settings_dialog_lists_models_shows_defaults_refuses_out_of_range(
 
 
 async def test_settings_reach_the_session(store, bloom_lm):
+    from firefly_core.session import generation_config
+
     store.create_conversation("s", {"max_new_tokens": 3, "system": "你是助手", "prompt_format": "firefly-v2", "temperature": 0})
     app = make_app(store, bloom_lm)
     async with app.run_test(size=SIZE) as pilot:
@@ -432,13 +437,13 @@ async def test_settings_reach_the_session(store, bloom_lm):
         assert chat.last_stats["new_tokens"] <= 3
         session = chat.session
         assert session.config.max_new_tokens == 3 and session.config.do_sample is False  # 0 = greedy
-        assert session.config == backend.chat_generation_config(bloom_lm, bloom_lm.name, {"max_new_tokens": 3, "temperature": 0})
+        assert session.config == generation_config(bloom_lm.name, {"max_new_tokens": 3, "temperature": 0}, lm=bloom_lm)
         assert session.system == "你是助手"
         assert session.lm.prompt_format.name == "firefly-v2"
         assert session.lm.model is bloom_lm.model  # same weights, no reload
 
 
-async def test_no_model_failed_reply_and_read_only_store_lose_nothing(store, bloom_lm, monkeypatch):
+async def test_no_model_failed_reply_and_read_only_store_lose_nothing(store, bloom_lm):
     app = make_app(store)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
@@ -449,13 +454,18 @@ async def test_no_model_failed_reply_and_read_only_store_lose_nothing(store, blo
         assert composer_of(app).value == "hi"
 
     from firefly_core.errors import PromptTooLongError
+    from firefly_core.session import open_session
 
-    def broken(lm, history, settings, model_id=None):
-        raise PromptTooLongError("the message is too long", "shorten it")
+    broken = True
 
-    monkeypatch.setattr(backend, "new_session", broken)
+    def sessions(model, chat, **options):
+        """Core's provider, failing while `broken`."""
+        if broken:
+            raise PromptTooLongError("the message is too long", "shorten it")
+        return open_session(model, chat, **options)
+
     conv = store.create_conversation("f", {"max_new_tokens": 3})
-    app = make_app(store, bloom_lm)
+    app = make_app(store, bloom_lm, sessions=sessions)
     async with app.run_test(size=SIZE) as pilot:
         chat = chat_of(app)
         await send(pilot, "hi", wait=False)
@@ -465,7 +475,7 @@ async def test_no_model_failed_reply_and_read_only_store_lose_nothing(store, blo
         assert view.role == "user" and "the message is too long" in header and "shorten it" in header
         assert [m.content for m in store.messages(conv.id)] == ["hi"]  # the question is kept
         # the chat is not stuck: with a working model the next message is answered
-        monkeypatch.undo()
+        broken = False
         await send(pilot, "again")
         assert [m.role for m in store.messages(conv.id)] == ["user", "user", "assistant"]
         # a store that refuses writes: the message stays in the composer, the reason is shown
@@ -535,3 +545,39 @@ async def test_a_message_sent_while_the_active_model_loads_waits_for_that_one_lo
         await wait_until(pilot, lambda: app.lm is not None, timeout=60, what="the start-up load")
         assert chat.session.lm.model is app.lm.model  # one model in memory, shared
         assert [m.role for m in store.messages(conv.id)] == ["user", "assistant"]
+
+
+async def test_the_system_prompt_saved_for_the_model_is_shown_and_applied(store, bloom_lm, bloom_dir, fresh_home):
+    """`firefly use M --system …` saves a system prompt for M: the app's chats with M show it and
+    answer with it (`firefly chat` and `firefly serve` did; the app ignored it). Oracle: the reply a
+    fresh ChatSession gives with that system prompt; a chat's own system prompt still wins."""
+    from firefly_core.formats import Message
+    from firefly_core.generation import ReplyDone
+    from firefly_core.session import ChatSession, generation_config
+    from firefly_tui.cli import main
+
+    assert main(["use", str(bloom_dir), "--system", "你是一个诗人"]) == 0
+    chat_settings = {"max_new_tokens": 6, "temperature": 0}
+    conv = store.create_conversation("p", chat_settings)
+    app = make_app(store, bloom_lm, str(bloom_dir))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = chat_of(app)
+        await wait_until(pilot, lambda: "System: 你是一个诗人" in screen_text(app), what="the saved system prompt")
+        await send(pilot, "你好")
+        reply = store.messages(conv.id)[-1]
+        assert chat.session.system == "你是一个诗人"
+        assert reply.meta["settings"]["system"] == "你是一个诗人"  # kept with the reply, exported with the chat
+        config = generation_config(str(bloom_dir), chat_settings, lm=bloom_lm)
+        fresh = ChatSession(bloom_lm, system="你是一个诗人", config=config)
+        question = [Message("user", "你好")]
+        expected = [e for e in fresh.reply(question) if isinstance(e, ReplyDone)][0]
+        assert reply.content == expected.text
+        assert chat.last_stats["prompt_tokens"] == len(fresh.prompt_ids(question)[1])
+        assert len(fresh.prompt_ids(question)[1]) > len(ChatSession(bloom_lm, config=config).prompt_ids(question)[1])
+        # the chat's own system prompt wins over the model's
+        store.update_settings(conv.id, {**chat_settings, "system": "你是助手"})
+        chat.chat.settings_changed()
+        await wait_until(pilot, lambda: "System: 你是助手" in screen_text(app), what="the chat's own system prompt")
+        await send(pilot, "再来")
+        assert chat.session.system == "你是助手"
+        assert store.messages(conv.id)[-1].meta["settings"]["system"] == "你是助手"

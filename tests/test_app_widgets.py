@@ -1,4 +1,4 @@
-"""App building blocks without a model: i18n, the loss plot, the backend's training command line."""
+"""App building blocks without a model: i18n, the loss plot, the chat's model list, a chat's JSON export."""
 
 from __future__ import annotations
 
@@ -92,9 +92,9 @@ def test_plot_empty_and_nan():
 
 
 def test_train_command_line():
-    from firefly_tui.backend import TrainRequest
+    from firefly_core.training.run import TrainRequest
 
-    req = TrainRequest(model="m", data=["a.jsonl", "b.jsonl"], out=Path("/r"), gpu="cpu", method="lora",
+    req = TrainRequest(model="m", data=["a.jsonl", "b.jsonl"], out=Path("/r"), gpu="cpu", lora=True,
                        max_steps=5, zero=2, lr=1e-3, batch_size=2, max_length=128)
     argv = req.argv()
     assert argv[0] == "train"
@@ -121,7 +121,7 @@ def test_short_model_name_keeps_the_status_line_to_one_row():
 
 def test_model_choices_lists_complete_models_then_the_active_and_the_chats_own(bloom_dir, qwen_dir, fresh_home, tmp_path):
     from firefly_core.models.inventory import register_local
-    from firefly_tui import backend
+    from firefly_tui.model_choices import model_choices
 
     import shutil
 
@@ -130,24 +130,28 @@ def test_model_choices_lists_complete_models_then_the_active_and_the_chats_own(b
     register_local(broken)
     for weights in broken.glob("*.safetensors"):
         weights.unlink()  # now it cannot be loaded: not offered
-    choices = backend.model_choices(active=str(qwen_dir), current="YeungNLP/firefly-1b4")
+    choices = model_choices(active=str(qwen_dir), current="YeungNLP/firefly-1b4")
     assert choices == [str(bloom_dir), str(qwen_dir), "YeungNLP/firefly-1b4"]  # no incomplete folder
 
 
 def test_export_json_keeps_chinese_and_the_settings_used(tmp_path):
     import json
 
+    from firefly_core.conversation import Conversation, export_chat_json
     from firefly_core.store import ChatStore
-    from firefly_tui import backend
+    from firefly_tui.widgets.conversation import stats_dict
+    from app_helpers import SlowSession
 
     store = ChatStore(tmp_path / "c.sqlite3")
-    conv = store.create_conversation("诗", {"temperature": 0})
-    store.add_message(conv.id, "user", "你好")
-    reply = store.add_message(conv.id, "assistant", "你好！", meta={"new_tokens": 3})
+    scripted = SlowSession(["你好！"], delay=0.0, forever=False)
     used = {"model": "m", "prompt_format": "firefly-v1", "system": None, "generation": {"temperature": 0.0}}
-    backend.record_settings_used(store, reply, used)
-    text = backend.export_chat_json(store, conv.id)
+    scripted.settings_used = lambda: used
+    conv = Conversation.create(store, "诗", {"temperature": 0}, session=scripted)
+    done = list(conv.send("你好"))[-1]  # the Conversation keeps the settings with the reply it stores
+    assert stats_dict(done.stats)["new_tokens"] == 1
+    text = export_chat_json(store, conv.id)
     assert "你好！" in text and "\\u4f60" not in text
     data = json.loads(text)
-    assert data["settings_used"] == used and data["messages"][1]["meta"] == {"new_tokens": 3, "settings": used}
+    assert data["settings_used"] == used and data["messages"][1]["meta"]["settings"] == used
+    assert data["messages"][1]["content"] == "你好！" and data["messages"][1]["meta"]["new_tokens"] == 1
     store.close()

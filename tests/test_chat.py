@@ -1,4 +1,7 @@
-"""ChatSession: multi-turn KV-prefix reuse is exact, truncation, regenerate/edit/reset, cancel."""
+"""ChatSession: multi-turn KV-prefix reuse is exact, truncation, regenerate/edit/reset, cancel.
+
+The session owns the KV cache, not the history: each test keeps its history itself (a list, or a
+`Conversation` over a real store where regenerate/edit are the verbs under test)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import threading
 import pytest
 import torch
 
-from firefly_core.chat import ChatSession
+from firefly_core.conversation import Conversation
+from firefly_core.session import ChatSession
+from firefly_core.store import ChatStore
+from firefly_core.errors import ConfigError
 from firefly_core.formats import Message
 from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder, ReplyDone, TextDelta, generate_stream
 from firefly_core.models.loading import load_model
@@ -55,19 +61,28 @@ def _run(events):
     return events[-1]
 
 
+def _talk(session, history, text, cancel=None):
+    """Ask `session` to answer `text` after `history`; the turn is added to `history`."""
+    history.append(Message("user", text))
+    done = _run(session.reply(history, cancel))
+    history.append(Message("assistant", done.text))
+    return done
+
+
 @pytest.mark.parametrize("family", ["bloom", "qwen2"])
 def test_three_turns_with_prefix_reuse_equal_fresh_prefill(loaded, family):
     lm = _fresh_lm(loaded, family)
     lm.decoder = RecordingDecoder(lm.model)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=12)
     session = ChatSession(lm, system="你是一个乐于助人的助手。", config=cfg)
+    history: list[Message] = []
     previous_prompt = 0
     for i, text in enumerate(TURNS):
         start = len(lm.decoder.logits)
-        done = _run(session.send(text))
+        done = _talk(session, history, text)
         reused_logits = lm.decoder.logits[start:]
         # the same prompt, prefilled from scratch
-        _, ids = ChatSession(lm, system=session.system, config=cfg, messages=session.messages[:-1]).prompt_ids()
+        _, ids = ChatSession(lm, system=session.system, config=cfg).prompt_ids(history[:-1])
         fresh_dec = RecordingDecoder(lm.model)
         fresh = _run(generate_stream(lm, ids, cfg, decoder=fresh_dec))
         assert done.text == fresh.text
@@ -80,7 +95,6 @@ def test_three_turns_with_prefix_reuse_equal_fresh_prefill(loaded, family):
         else:  # at least the whole previous prompt came from the cache
             assert done.stats.reused_tokens >= previous_prompt
         previous_prompt = done.stats.prompt_tokens
-    assert [m.role for m in session.messages] == ["user", "assistant"] * 3
 
 
 def test_reuse_covers_the_previous_reply_when_it_retokenizes_the_same(loaded):
@@ -89,16 +103,17 @@ def test_reuse_covers_the_previous_reply_when_it_retokenizes_the_same(loaded):
     lm = _fresh_lm(loaded, "qwen2")
     tok = lm.tokenizer
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=12))
-    _run(session.send(TURNS[0]))
+    history: list[Message] = []
+    _talk(session, history, TURNS[0])
     # Pretend the model said a canonical reply: put its ids in the cache as if generated.
     reply = "我是萤火虫，很高兴认识你。"
-    session.messages[-1] = Message("assistant", reply)
-    _, ids = ChatSession(lm, messages=session.messages[:1]).prompt_ids()
+    history[-1] = Message("assistant", reply)
+    _, ids = ChatSession(lm).prompt_ids(history[:1])
     reply_ids = tok.encode(reply, add_special_tokens=False)
     list(generate_stream(lm, ids + reply_ids, GenerationConfig(do_sample=False, max_new_tokens=1),
                          prefix_cache=session._prefix))
-    second = _run(session.send(TURNS[1]))
-    _, full = ChatSession(lm, messages=session.messages[:2] + [Message("user", TURNS[1])]).prompt_ids()
+    second = _talk(session, history, TURNS[1])
+    _, full = ChatSession(lm).prompt_ids(history[:3])
     assert full[: len(ids) + len(reply_ids)] == ids + reply_ids
     assert second.stats.prompt_tokens == len(full)
     # everything up to the end of the reply came from the cache; only the rest was prefilled
@@ -109,93 +124,98 @@ def test_truncation_drops_whole_old_turns(loaded):
     lm = _fresh_lm(loaded, "bloom", context_length=90)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=10)
     session = ChatSession(lm, system="sys", config=cfg)
+    history: list[Message] = []
     for text in TURNS * 2:
-        done = _run(session.send(text))
+        done = _talk(session, history, text)
         assert done.stats.prompt_tokens <= 90 - 10
-    assert len(session.messages) == 12  # the session keeps the whole history; only the prompt is cut
-    session.messages.append(Message("user", "again"))
-    kept, ids = session.prompt_ids()
+    assert len(history) == 12  # the caller keeps the whole history; only the prompt is cut
+    kept, ids = session.prompt_ids(history + [Message("user", "again")])
     assert kept[0] == Message("system", "sys")
     assert kept[-1] == Message("user", "again") and len(kept) < 13
     assert [m.role for m in kept[1:]] == ["user", "assistant"] * ((len(kept) - 2) // 2) + ["user"]
     assert len(ids) <= 80
 
 
-def test_regenerate_edit_and_reset(loaded):
+def test_regenerate_edit_and_reset(loaded, tmp_path):
+    """The history verbs are the Conversation's; the session they ask reuses its cache for them."""
     lm = _fresh_lm(loaded, "qwen2")
     cfg = GenerationConfig(do_sample=False, max_new_tokens=10)
     session = ChatSession(lm, config=cfg)
-    first = _run(session.send(TURNS[1]))
-    again = _run(session.regenerate())
-    assert again.text == first.text and len(session.messages) == 2
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    conv = Conversation.create(store, "t", session=session)
+    first = _run(conv.send(TURNS[1]))
+    again = _run(conv.regenerate())
+    assert again.text == first.text and len(conv.messages()) == 2
     assert again.stats.reused_tokens == again.stats.prompt_tokens - 1
-    edited = _run(session.edit_last_user(TURNS[2]))
-    assert session.messages[0] == Message("user", TURNS[2])
-    assert session.messages[1] == Message("assistant", edited.text) and len(session.messages) == 2
-    session.reset()
-    assert session.messages == []
-    assert _run(session.send(TURNS[1])).text == first.text
+    edited = _run(conv.edit_last_user(TURNS[2]))
+    assert conv.history() == [Message("user", TURNS[2]), Message("assistant", edited.text)]
+    session.reset()  # a new chat with the same session: nothing cached, the same reply
+    other = Conversation.create(store, "u", session=session)
+    redone = _run(other.send(TURNS[1]))
+    assert redone.text == first.text and redone.stats.reused_tokens == 0
+    store.close()
 
 
 def test_seeded_sessions_repeat(loaded):
     lm = _fresh_lm(loaded, "bloom")
 
     def talk():
-        s = ChatSession(lm, config=GenerationConfig(seed=7, temperature=1.0, max_new_tokens=15))
-        return [_run(s.send(t)).text for t in TURNS[:2]]
+        s, history = ChatSession(lm, config=GenerationConfig(seed=7, temperature=1.0, max_new_tokens=15)), []
+        return [_talk(s, history, t).text for t in TURNS[:2]]
 
     assert talk() == talk()
 
 
-def test_cancel_keeps_partial_reply(loaded):
+def test_cancel_ends_with_the_partial_reply_and_the_session_goes_on(loaded):
     lm = _fresh_lm(loaded, "bloom")
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=100))
     cancel = threading.Event()
     events = []
-    for event in session.send(TURNS[1], cancel):
+    history = [Message("user", TURNS[1])]
+    for event in session.reply(history, cancel):
         events.append(event)
         if isinstance(event, TextDelta):
             cancel.set()
     done = events[-1]
     assert done.cancelled and done.text
-    assert session.messages == [Message("user", TURNS[1]), Message("assistant", done.text)]
-    # the session goes on
-    assert _run(session.send(TURNS[0])).stats.reused_tokens > 0
+    history.append(Message("assistant", done.text))
+    assert _talk(session, history, TURNS[0]).stats.reused_tokens > 0
 
 
-def test_consumer_stopping_early_keeps_shown_text_or_restores_history(loaded):
+def test_consumer_stopping_early_releases_the_model(loaded):
     lm = _fresh_lm(loaded, "bloom")
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=50))
-    stream = session.send(TURNS[1])
-    shown = next(stream).text
+    stream = session.reply([Message("user", TURNS[1])])
+    next(stream)
+    assert lm.generation_lock.locked()  # one generation at a time per model, held while it streams
     stream.close()
-    assert session.messages == [Message("user", TURNS[1]), Message("assistant", shown)]
-    never_started = session.send("ignored")
-    never_started.close()
-    assert len(session.messages) == 2
+    assert not lm.generation_lock.locked()
+    with pytest.raises(ConfigError, match="no message to answer"):
+        list(session.reply([]))
+    assert _run(session.reply([Message("user", TURNS[0])])).text
 
 
-def test_prompt_too_long_restores_history(loaded):
+def test_prompt_too_long_is_refused_before_generating(loaded):
     from firefly_core.errors import PromptTooLongError
 
     lm = _fresh_lm(loaded, "bloom", context_length=40)
     session = ChatSession(lm, config=GenerationConfig(max_new_tokens=10))
     with pytest.raises(PromptTooLongError):
-        list(session.send("很长的消息" * 20))
-    assert session.messages == []
+        list(session.reply([Message("user", "很长的消息" * 20)]))
+    assert not lm.generation_lock.locked()
 
 
 def test_warm_prefills_a_loaded_conversation(loaded):
     lm = _fresh_lm(loaded, "qwen2")
     history = [Message("user", TURNS[0]), Message("assistant", "我是萤火虫。"), Message("user", TURNS[1]),
                Message("assistant", "Fireflies glow at night.")]
-    session = ChatSession(lm, system="sys", config=GenerationConfig(do_sample=False, max_new_tokens=5), messages=history)
-    cached = session.warm()
+    session = ChatSession(lm, system="sys", config=GenerationConfig(do_sample=False, max_new_tokens=5))
+    cached = session.warm(history)
     warm_ids = list(session._prefix.ids)
-    assert cached == 0 and session.warm() == len(warm_ids)  # the second warm is free
-    done = _run(session.send(TURNS[2]))
-    _, prompt = ChatSession(lm, system="sys", messages=history + [Message("user", TURNS[2])]).prompt_ids()
+    assert cached == 0 and session.warm(history) == len(warm_ids)  # the second warm is free
+    done = _run(session.reply(history + [Message("user", TURNS[2])]))
+    _, prompt = ChatSession(lm, system="sys").prompt_ids(history + [Message("user", TURNS[2])])
     assert prompt[: len(warm_ids)] == warm_ids  # the warmed history is a prefix of the next prompt
     assert done.stats.reused_tokens == len(warm_ids)
-    fresh = _run(ChatSession(lm, system="sys", config=session.config, messages=history).send(TURNS[2]))
+    fresh = _run(ChatSession(lm, system="sys", config=session.config).reply(history + [Message("user", TURNS[2])]))
     assert done.text == fresh.text

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from firefly_core.chat import ChatSession
+from firefly_core.session import ChatSession
 from firefly_core.conversation import Conversation, answered_history
 from firefly_core.errors import ConfigError, ModelNotFoundError
 from firefly_core.formats import Message
@@ -76,7 +76,7 @@ def store(tmp_path):
 
 def oracle(lm, history: list[Message], question: str, config=GREEDY) -> str:
     """The reply a fresh session gives to `question` after `history`."""
-    events = list(ChatSession(lm, config=config, messages=history).send(question))
+    events = list(ChatSession(lm, config=config).reply([*history, Message("user", question)]))
     return events[-1].text
 
 
@@ -284,7 +284,7 @@ def test_killed_between_the_question_and_its_reply_then_reopened(tmp_path, bloom
     code = textwrap.dedent(
         f"""
         import os, signal, dataclasses
-        from firefly_core.chat import ChatSession
+        from firefly_core.session import ChatSession
         from firefly_core.conversation import Conversation
         from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder
         from firefly_core.models.loading import load_model

@@ -12,7 +12,8 @@ import gc
 import pytest
 import torch
 
-from firefly_core.chat import ChatSession
+from firefly_core.formats import Message
+from firefly_core.session import ChatSession
 from firefly_core.errors import PromptTooLongError
 from firefly_core.formats import Message
 from firefly_core.generation import Decoder, GenerationConfig, ModelDecoder, ReplyDone, TokenSampler, generate_ids
@@ -117,15 +118,18 @@ def test_three_turns_with_prefix_reuse_equal_fresh_prefill(model_dir):
     lm.decoder = CudaGraphDecoder(lm.model, lm.context_length, use_graph=False)
     cfg = GenerationConfig(max_new_tokens=8, do_sample=False)
     fast = ChatSession(lm, system="你是流萤。", config=cfg)
+    history: list[Message] = []
     for turn, text in enumerate(["你好", "Tell me about fireflies.", "再写两句诗"]):
-        done = [e for e in fast.send(text) if isinstance(e, ReplyDone)][0]
+        history.append(Message("user", text))
+        done = [e for e in fast.reply(history) if isinstance(e, ReplyDone)][0]
         if turn:
             assert done.stats.reused_tokens > 0  # only the new message was prefilled
         # A brand-new session with the eager decoder, same history: the same reply.
-        ref_session = ChatSession(fresh, system="你是流萤。", config=cfg, messages=fast.messages[:-1])
-        ref = [e for e in ref_session.regenerate() if isinstance(e, ReplyDone)][0]
+        ref_session = ChatSession(fresh, system="你是流萤。", config=cfg)
+        ref = [e for e in ref_session.reply(history) if isinstance(e, ReplyDone)][0]
         assert ref.text == done.text
         assert ref.stats.reused_tokens == 0
+        history.append(Message("assistant", done.text))
 
 
 def test_caches_return_to_the_pool(bloom_dir):
@@ -225,11 +229,13 @@ def test_cuda_graph_prefix_reuse_and_seeded_sampling(bloom_dir):
     assert enable_fast_decode(lm).graphed
     cfg = GenerationConfig(max_new_tokens=8, do_sample=False)
     fast = ChatSession(lm, config=cfg)
+    history: list[Message] = []
     for text in ["你好", "Tell me about fireflies.", "再写两句诗"]:
-        done = [e for e in fast.send(text) if isinstance(e, ReplyDone)][0]
-        ref = [e for e in ChatSession(fresh, config=cfg, messages=fast.messages[:-1]).regenerate()
-               if isinstance(e, ReplyDone)][0]
+        history.append(Message("user", text))
+        done = [e for e in fast.reply(history) if isinstance(e, ReplyDone)][0]
+        ref = [e for e in ChatSession(fresh, config=cfg).reply(history) if isinstance(e, ReplyDone)][0]
         assert ref.text == done.text
+        history.append(Message("assistant", done.text))
     sampled = GenerationConfig(max_new_tokens=16, do_sample=True, temperature=1.0, seed=5)
     prompt = _prompt(lm)
     assert _loop_with(lm, lm.decoder, prompt, sampled) == _loop_with(lm, lm.decoder, prompt, sampled)

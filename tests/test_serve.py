@@ -357,7 +357,8 @@ def test_api_key_is_required_when_set(bloom_dir, torch_one_thread):
 
 
 def test_several_models_each_answer_with_their_own_format(bloom_dir, qwen_dir, torch_one_thread):
-    from firefly_core.chat import ChatSession
+    from firefly_core.formats import Message
+    from firefly_core.session import ChatSession
     from firefly_core.models.generation_layers import generation_config_for
 
     models = served_models([str(bloom_dir), str(qwen_dir)], overrides={"device": "cpu", "dtype": "fp32"})
@@ -371,9 +372,10 @@ def test_several_models_each_answer_with_their_own_format(bloom_dir, qwen_dir, t
         assert lm.prompt_format.name == "chat_template"
         config = generation_config_for(lm, qwen.name, overrides={"temperature": 0, "max_new_tokens": 8})
         session = ChatSession(lm, config=config)
-        expected = "".join(getattr(e, "text", "") for e in session.send("你好") if type(e).__name__ == "TextDelta")
+        history = [Message("user", "你好")]
+        expected = "".join(getattr(e, "text", "") for e in session.reply(history) if type(e).__name__ == "TextDelta")
         assert r.choices[0].message.content == expected
-        assert r.usage.prompt_tokens == len(lm.prompt_format.render(lm.tokenizer, session.messages[:1], True).ids)
+        assert r.usage.prompt_tokens == len(lm.prompt_format.render(lm.tokenizer, history, True).ids)
 
 
 def test_a_model_that_cannot_load_is_a_clear_error_and_the_server_keeps_serving(bloom_dir, tmp_path, torch_one_thread):

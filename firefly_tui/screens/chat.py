@@ -18,12 +18,12 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Header, Input, TextArea
 
 from .. import backend
 from ..i18n import t
+from ..model_loading import ModelLoaded, ModelStatus
 from ..widgets.chat_sidebar import ChatSidebar
 from ..widgets.chat_view import ChatLog, MessageView
 from ..widgets.composer import Composer
@@ -52,13 +52,6 @@ class ChatScreen(Screen):
         Binding("ctrl+f", "search", "chat.search_key", show=False),
     ]
 
-    class Status(Message):
-        """A line for the status bar from outside the chat (the app's model loading)."""
-
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
     def __init__(self) -> None:
         super().__init__(id="chat")
         localize_bindings(self)
@@ -74,7 +67,7 @@ class ChatScreen(Screen):
         yield Header()
         with Horizontal():
             yield ChatSidebar(self.store, id="sidebar")
-            yield ChatConversation(self.store, id="main")
+            yield ChatConversation(self.store, self.app.sessions, id="main")
         yield Footer()
 
     @property
@@ -303,15 +296,17 @@ class ChatScreen(Screen):
         settings = chat.settings()
         model = settings.get("model") or self.app.model_name
         lm = self.app.lm if model == self.app.model_name else None
+        from firefly_core.session import check_chat_settings, generation_defaults
+
         try:
-            defaults = backend.generation_defaults(lm, model)
+            defaults = generation_defaults(model, lm)
         except Exception:  # noqa: BLE001 - a broken saved setting: the dialog still opens
             defaults = {}
         fmt_default = getattr(getattr(lm, "prompt_format", None), "name", None)
 
         def check(new: dict[str, Any]) -> None:
-            backend.check_chat_settings(lm if (new.get("model") or self.app.model_name) == model else None,
-                                        new.get("model") or self.app.model_name, new)
+            chosen = new.get("model") or self.app.model_name
+            check_chat_settings(chosen, new, lm if chosen == model else None)
 
         def done(new: dict | None) -> None:
             if new is not None and self.conversation_id is not None:
@@ -349,7 +344,9 @@ class ChatScreen(Screen):
         from firefly_core.atomic import write_text
 
         if fmt == "json" or path.suffix == ".json":
-            text = backend.export_chat_json(self.store, self.conversation_id)
+            from firefly_core.conversation import export_chat_json
+
+            text = export_chat_json(self.store, self.conversation_id)
         else:
             labels = {
                 "user": t("chat.user"),
@@ -363,8 +360,22 @@ class ChatScreen(Screen):
         return path
 
     # -- status line --------------------------------------------------------------------------
-    def on_chat_screen_status(self, message: Status) -> None:
-        self.chat.update_status(message.text)
+    def on_model_status(self, message: ModelStatus) -> None:
+        """A step of the app's model load, in the status line."""
+        name = f"{message.name}: {message.step}" if message.step else message.name
+        self.update_status(t("chat.loading_model", name=name))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        if message.error is not None:
+            self.update_status(t("models.load_failed", error=message.error))
+
+    def model_changed(self) -> None:
+        """The app's active model changed: its name, and the system prompt saved for it."""
+        try:
+            self.chat.show_system_prompt()
+        except Exception:  # noqa: BLE001 - not composed yet
+            pass
+        self.update_status()
 
     def update_status(self, extra: str | None = None) -> None:
         try:

@@ -2,11 +2,11 @@
 
 Requests for a model are answered one at a time, in arrival order (batch 1 is what our decode loop
 does well): each `ServedModel` has a FIFO of `Job`s and a thread that takes them in turn. A job
-gets its model from the process's model service (loaded on first use, shared with anything else in
-the process), renders the messages with the model's prompt format (`firefly_core.formats`, the same
-code `firefly chat` and training use), resolves the generation settings through
-`generation_config_for` (the same layers as `firefly chat`, the request's fields being the explicit
-overrides), and streams `generate_stream`'s events back under the service's per-model
+opens its session with `firefly_core.session.open_session` (the model from the process's model
+service, loaded on first use and shared; the saved prompt format and system prompt; the generation
+settings resolved by the same layers as `firefly chat` and the app, the request's fields being the
+explicit overrides), renders the messages with the model's prompt format (`firefly_core.formats`,
+the same code `firefly chat` and training use), and streams `generate_stream`'s events back under the service's per-model
 generation lock. A job whose client went away is cancelled between tokens (or skipped if it never
 started), so the model is free for the next request at once.
 
@@ -205,16 +205,18 @@ class ServedModel:
 
     def _run(self, job: Job) -> None:
         from firefly_core.generation import ReplyDone, generate_stream
-        from firefly_core.models.generation_layers import generation_config_for
         from firefly_core.models.service import model_service
+        from firefly_core.session import open_session
 
         service = model_service()
-        request = service.request_for(self.name, **self.overrides)
-        lm = service.get(request, status=lambda s: self.log(s.message), cancel=job.cancel)
+        session = open_session(
+            self.name, overrides=job.request.generation_overrides(), load=self.overrides,
+            status=lambda s: self.log(s.message), cancel=job.cancel,
+        )
         if job.cancel.is_set():
             raise shutting_down()
-        config = generation_config_for(lm, self.name, overrides=job.request.generation_overrides())
-        ids = self._prompt_ids(lm, job.request)
+        lm, config = session.lm, session.config
+        ids = self._prompt_ids(session, job.request)
         context = int(getattr(lm, "context_length", 0) or 0)
         if context and len(ids) >= context:
             raise ApiError(
@@ -231,16 +233,16 @@ class ServedModel:
                     self._record(event.stats)
                 self._emit(job, event)
 
-    def _prompt_ids(self, lm: Any, request: ChatRequest | CompletionRequest) -> list[int]:
+    def _prompt_ids(self, session: Any, request: ChatRequest | CompletionRequest) -> list[int]:
         from firefly_core.errors import FireflyError
 
         from .limits import check_prompt_chars, prompt_chars
 
-        check_prompt_chars(lm, prompt_chars(request), "prompt" if isinstance(request, CompletionRequest) else "messages")
+        check_prompt_chars(session.lm, prompt_chars(request), "prompt" if isinstance(request, CompletionRequest) else "messages")
         try:
             if isinstance(request, CompletionRequest):
-                return list(lm.tokenizer.encode(request.prompt))
-            return render_chat(lm, self.name, request.messages)
+                return list(session.lm.tokenizer.encode(request.prompt))
+            return render_chat(session, request.messages)
         except FireflyError as e:
             raise ApiError(400, _say(e), param="messages") from None
 
@@ -277,17 +279,15 @@ class ServedModel:
         )
 
 
-def render_chat(lm: Any, model_name: str, messages: list[ChatMessage]) -> list[int]:
-    """Prompt ids for a conversation, exactly as `firefly chat` renders it: the model's prompt
-    format, and the model's saved system prompt when the request brings none."""
+def render_chat(session: Any, messages: list[ChatMessage]) -> list[int]:
+    """Prompt ids for a conversation, exactly as `firefly chat` renders it: the session's prompt
+    format, and its system prompt (the one saved for the model) when the request brings none."""
     from firefly_core.formats import Message
-    from firefly_core.models.user_settings import load_settings
 
     msgs = [Message(m.role, m.content) for m in messages]
-    if msgs[0].role != "system":
-        system = load_settings().for_model(model_name).system
-        if system:
-            msgs.insert(0, Message("system", system))
+    if msgs[0].role != "system" and session.system:
+        msgs.insert(0, Message("system", session.system))
+    lm = session.lm
     return list(lm.prompt_format.render(lm.tokenizer, msgs, add_generation_prompt=True).ids)
 
 

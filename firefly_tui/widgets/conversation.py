@@ -2,8 +2,12 @@
 
 This widget owns one conversation the way oterm's ChatContainer does; the screen around it only
 switches chats and routes keys. The history itself belongs to `firefly_core.conversation.Conversation`
-(the store is the truth; the `ChatSession` is synchronised from it before every reply), so a
-failed reply never leaves the chat stuck and nothing here writes messages to the store by hand.
+(the store is the truth; the `ChatSession` is asked for each reply with the history read from it), so
+a failed reply never leaves the chat stuck and nothing here writes messages to the store by hand.
+
+The widget is given its session provider (`firefly_core.session.open_session`, or a test's fake):
+it never loads a model itself. The provider runs in the reply worker the first time a reply needs
+a session, so loading steps show in the status line and a failed load is recorded with the message.
 
 Replies run in one thread worker at a time. The worker only posts messages (`ReplyDelta`,
 `ReplyFinished`, `Status`); when it raises, the single `on_worker_state_changed` handler shows
@@ -13,6 +17,7 @@ the error on the reply and re-reads the chat from the store. Esc sets the worker
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -51,8 +56,13 @@ class ReplyJob:
     conversation_id: int
     reply: Any  # firefly_core.conversation.Reply
     cancel: threading.Event
-    model: str | None  # the chat's model (None: the app's active one)
-    conversation: Any  # firefly_core.conversation.Conversation the reply belongs to
+
+
+def stats_dict(stats: Any) -> dict[str, Any]:
+    """A reply's ReplyStats as a plain dict (the status line reads it)."""
+    if stats is None:
+        return {}
+    return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(vars(stats))
 
 
 class ChatConversation(Vertical):
@@ -76,9 +86,12 @@ class ChatConversation(Vertical):
             super().__init__()
             self.text = text
 
-    def __init__(self, store, *, id: str | None = None) -> None:
+    def __init__(self, store, sessions, *, id: str | None = None) -> None:
+        """`sessions`: the session provider, called as `open_session(model, chat_settings, lm=…,
+        status=…, cancel=…)` in the reply worker (`firefly_core.session.open_session` in the app)."""
         super().__init__(id=id)
         self.store = store
+        self.sessions = sessions
         self.conversation_id: int | None = None
         self.conversation = None  # firefly_core.conversation.Conversation of the open chat
         self.session_key: tuple | None = None  # (model, settings) the conversation's session was made for
@@ -152,8 +165,18 @@ class ChatConversation(Vertical):
             error=(m.meta or {}).get("error"), stop_reason=(m.meta or {}).get("stop_reason"),
         )
 
+    def system_prompt(self) -> str | None:
+        """The system prompt replies use: the chat's own, else the one saved for its model
+        (`firefly use M --system …`); the same rule `open_session` applies."""
+        from firefly_core.session import system_prompt_for
+
+        try:
+            return system_prompt_for(self.model_name(), self.settings())
+        except Exception:  # noqa: BLE001 - a broken settings file: the reply will say why
+            return self.settings().get("system")
+
     def show_system_prompt(self) -> None:
-        self.query_one("#system-prompt", SystemPromptView).show_prompt(self.settings().get("system"))
+        self.query_one("#system-prompt", SystemPromptView).show_prompt(self.system_prompt())
 
     async def sync(self) -> None:
         """Make the views match the stored messages (after a reply, a retry, an edit, a delete).
@@ -186,13 +209,22 @@ class ChatConversation(Vertical):
         self.post_message(self.Status(text))
 
     def _session_factory(self):
-        """The function the Conversation calls (in the worker) when it first needs a session."""
+        """The function the Conversation calls (in the worker) when it first needs a session: the
+        provider, given the app's active model when this chat answers with that one (a chat with
+        its own model gets it from the model service, which loads each model once)."""
+        from firefly_core.errors import ConfigError
+
         settings = self.settings()
         name = self.model_name()
+        app = self.app
 
         def make():
-            lm = backend.chat_model(self.app, name, status=self._status, cancel=self.cancel_event)
-            return backend.new_session(lm, [], settings, model_id=name)
+            if not name:
+                raise ConfigError("no model is chosen for this chat", "pick one with Ctrl+O or on the Models screen (F3)")
+            lm = app.lm if app.lm is not None and name == app.model_name else None
+            return self.sessions(
+                name, settings, lm=lm, status=lambda step: self._status(step.message), cancel=self.cancel_event
+            )
 
         return make
 
@@ -390,7 +422,7 @@ class ChatConversation(Vertical):
         self.generating = True
         self.cancel_event = cancel
         self.update_status(t("status.generating"))
-        self._reply_worker(ReplyJob(self.conversation_id, reply, cancel, self.model_name(), self.conversation))
+        self._reply_worker(ReplyJob(self.conversation_id, reply, cancel))
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _reply_worker(self, job: ReplyJob) -> None:
@@ -398,30 +430,25 @@ class ChatConversation(Vertical):
         from firefly_core.generation.config import ReplyDone
 
         # Deltas are batched to at most ~UI_HZ updates a second: re-rendering Markdown per token
-        # would take the GIL from the decode loop and slow generation down.
-        # The model first (the service loads it once; its steps show in the status line), then the
-        # reply under the model's generation lock: one generation at a time per model.
-        lm = backend.chat_model(self.app, job.model, status=self._status, cancel=job.cancel)
-        with backend.generation_lock(lm):
-            pending: list[str] = []
-            last = 0.0
-            for ev in job.reply:
-                if isinstance(ev, ReplyDone):
-                    if pending:
-                        self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
-                        pending = []
-                    stats = backend.stats_dict(ev.stats)
-                    self.post_message(self.ReplyFinished(job.conversation_id, ev.text, stats, ev.cancelled))
-                    continue  # the Conversation records the reply when the stream ends
-                pending.append(ev.text)
-                now = time.monotonic()
-                if now - last >= 1 / UI_HZ:
+        # would take the GIL from the decode loop and slow generation down. The session is made
+        # on the first step (the model service loads the model once; its steps show in the status
+        # line) and holds the model's generation lock while it streams; the Conversation stores
+        # the reply, with the settings it was made with, when the stream ends.
+        pending: list[str] = []
+        last = 0.0
+        for ev in job.reply:
+            if isinstance(ev, ReplyDone):
+                if pending:
                     self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
-                    pending, last = [], now
-        session = job.conversation.session
-        if job.reply.saved is not None and session is not None:
-            # What this reply was made with, kept with it (exported with the chat).
-            backend.record_settings_used(self.store, job.reply.saved, backend.settings_used(lm, job.model, session))
+                    pending = []
+                stats = stats_dict(ev.stats)
+                self.post_message(self.ReplyFinished(job.conversation_id, ev.text, stats, ev.cancelled))
+                continue
+            pending.append(ev.text)
+            now = time.monotonic()
+            if now - last >= 1 / UI_HZ:
+                self.post_message(self.ReplyDelta(job.conversation_id, "".join(pending)))
+                pending, last = [], now
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place a reply worker's end is handled: success, cancel or failure."""
