@@ -238,7 +238,7 @@ def _fit_tokens(tok, text: str, n: int) -> str:
 
 
 def ttft_mode(args):
-    from firefly_core.chat import ChatSession
+    from firefly_core.session import ChatSession
     from firefly_core.formats import FireflyV1, Message
     from firefly_core.generation import GenerationConfig, ReplyDone, generate_stream
     from firefly_core.models.loading import LoadedModel
@@ -256,23 +256,25 @@ def ttft_mode(args):
           f"tokens", flush=True)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=1)
     session = ChatSession(lm, config=cfg)
+    history: list[Message] = []
     generate_stream(lm, user_ids[:4], cfg)  # warm-up
     rows = []
     for turn in range(1, args.turns + 1):
         text = f"{turn}. {user}"
+        history.append(Message("user", text))
         measure = turn in (1, 5, 10) or turn == args.turns
         if measure:
             # baseline first: the whole history, prefilled from scratch
-            _, ids = ChatSession(lm, config=cfg, messages=session.messages + [Message("user", text)]).prompt_ids()
+            _, ids = ChatSession(lm, config=cfg).prompt_ids(history)
             full = [e for e in generate_stream(lm, ids, cfg) if isinstance(e, ReplyDone)][0]
-        done = [e for e in session.send(text) if isinstance(e, ReplyDone)][0]
+        done = [e for e in session.reply(history) if isinstance(e, ReplyDone)][0]
         if measure:
             rows.append((turn, done.stats.prompt_tokens, done.stats.reused_tokens, done.stats.ttft_s, full.stats.ttft_s))
             print(f"turn {turn:2d}: prompt {done.stats.prompt_tokens:4d} tokens ({done.stats.reused_tokens} reused): "
                   f"ours {done.stats.ttft_s * 1000:7.0f} ms, full prefill {full.stats.ttft_s * 1000:7.0f} ms", flush=True)
         # the scripted reply replaces the 1-token one and goes into the cache as if generated
-        session.messages[-1] = Message("assistant", reply)
-        session.warm()
+        history.append(Message("assistant", reply))
+        session.warm(history)
     t1 = rows[0][3]
     print()
     print("turn  prompt  reused  ours TTFT  full-prefill TTFT  ours/turn1  full/ours")
@@ -422,29 +424,31 @@ def _variant_runner(args, kind: str):
 
 def _chat_ttfts(args, lm, llm) -> dict[int, float]:
     """TTFT at each turn of a scripted 10-turn chat (user 32 tokens, replies 64 tokens in the cache)."""
-    from firefly_core.chat import ChatSession
     from firefly_core.formats import Message
     from firefly_core.generation import GenerationConfig, ReplyDone
+    from firefly_core.session import ChatSession
 
     user = _fit_tokens(lm.tokenizer, USER, args.user_tokens)
     reply = _fit_tokens(lm.tokenizer, REPLY, args.reply_tokens)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=1)
     session = ChatSession(lm, config=cfg)
+    history: list[Message] = []
     out = {}
     for turn in range(1, args.turns + 1):
         text = f"{turn}. {user}"
+        history.append(Message("user", text))
         if llm is None:
-            done = [e for e in session.send(text) if isinstance(e, ReplyDone)][0]
+            done = [e for e in session.reply(history) if isinstance(e, ReplyDone)][0]
             out[turn] = done.stats.ttft_s
-            session.messages[-1] = Message("assistant", reply)
-            session.warm()
+            history.append(Message("assistant", reply))
+            session.warm(history)
         else:  # bare llama-cpp-python: it reuses the longest cached prefix itself
-            _, ids = ChatSession(lm, messages=session.messages + [Message("user", text)]).prompt_ids()
+            _, ids = ChatSession(lm).prompt_ids(history)
             t = time.perf_counter()
             next(llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True))
             out[turn] = time.perf_counter() - t
-            session.messages += [Message("user", text), Message("assistant", reply)]
-            _, warm = ChatSession(lm, messages=session.messages).prompt_ids()
+            history.append(Message("assistant", reply))
+            _, warm = ChatSession(lm).prompt_ids(history)
             next(llm.generate(warm, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True))
     return out
 

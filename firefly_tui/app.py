@@ -1,8 +1,10 @@
 """The Textual app that `firefly` opens: chat, models and training, one mode each.
 
-The app holds what the screens share: the chat store, the loaded model (loaded only in workers,
-through `backend`), the user's settings and the interface language. Nothing heavy is imported at
-module import time, so the first screen paints before torch is ever loaded.
+The app holds what the screens share: the chat store, the session provider chats answer with
+(`firefly_core.session.open_session` unless a test gives a fake), the active model (loaded in the
+app's one loading worker, through the model service), the user's settings and the interface
+language. Nothing heavy is imported at module import time, so the first screen paints before torch
+is ever loaded.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 
 from firefly_core.models import user_settings  # torch-free: the saved settings file
 
 from . import backend, i18n
 from .i18n import t
+from .model_loading import ModelLoaded, ModelStatus
 from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.train import TrainScreen
@@ -86,9 +91,11 @@ class FireflyApp(App):
         welcome: bool | None = None,
         language: str | None = None,
         settings: Any = "load",
+        sessions=None,
     ) -> None:
         """`welcome`: None = show it on first start (no active model); `settings`: "load" reads
-        the user's settings, None runs without them."""
+        the user's settings, None runs without them; `sessions`: what chats open their session
+        with (`firefly_core.session.open_session`'s signature; tests give a scripted one)."""
         super().__init__()
         # A broken config.json or chat store is shown in the app (ErrorDialog), never rewritten:
         # without settings nothing is saved; without a store the app offers only to quit.
@@ -110,8 +117,12 @@ class FireflyApp(App):
             except Exception as e:  # noqa: BLE001
                 self.startup_errors.append(("store", e))
         self.store = store
+        if sessions is None:
+            from firefly_core.session import open_session as sessions  # light: no torch
+        self.sessions = sessions
         self.lm = None
         self.model_name: str | None = None
+        self.loading_model: str | None = None  # the model the loading worker is getting ready
         self.want_welcome = welcome
         self._screens: weakref.WeakSet[Screen] = weakref.WeakSet()
 
@@ -187,38 +198,57 @@ class FireflyApp(App):
     def _model_changed(self) -> None:
         for screen in list(self._screens):
             if isinstance(screen, ChatScreen) and screen.is_mounted:
-                screen.update_status()
+                screen.model_changed()
 
     def load_active_model(self, name: str) -> None:
-        """Load the saved active model in a worker; the chat status line shows progress."""
-        self._load_worker(name)
+        """Load the saved active model; the chat status line shows progress."""
+        self.load_model(name)
 
     def _chat_screen(self) -> ChatScreen | None:
         return next((s for s in self._screens if isinstance(s, ChatScreen)), None)
 
-    @staticmethod
-    def _load_status(chat: ChatScreen | None, name: str):
-        """The model service's steps, shown in the chat's status line as they happen."""
-        if chat is None:
-            return None
-        return lambda step: chat.post_message(ChatScreen.Status(t("chat.loading_model", name=f"{name}: {step}")))
+    # -- the one model-loading worker ---------------------------------------------------------
+    def load_model(self, name: str, *, persist: bool = False, register: bool = False) -> None:
+        """Load `name` through the model service and make it the active model (`persist`: saved as
+        the model `firefly` starts with; `register`: a local folder added to the model list first).
+        Every screen hears the steps (`ModelStatus`) and the end (`ModelLoaded`)."""
+        self.loading_model = name
+        self._tell(lambda: ModelStatus(name))
+        self._model_loader(name, persist, register)
 
-    def _load_worker(self, name: str) -> None:
-        def work() -> None:
-            chat = self._chat_screen()
-            if chat is not None:
-                chat.post_message(ChatScreen.Status(t("chat.loading_model", name=name)))
-            try:
-                lm = backend.load_model(name, settings=self.settings, status=self._load_status(chat, name))
-            except BaseException as e:  # noqa: BLE001 - shown, not raised
-                msg = t("models.load_failed", error=backend.format_error(e))
-                self.call_from_thread(self.notify, msg, severity="error", timeout=10)
-                if chat is not None:
-                    chat.post_message(ChatScreen.Status(msg))
-                return
-            self.set_model(lm, name, persist=False)
+    @work(thread=True, exclusive=True, group="app-load", exit_on_error=False)
+    def _model_loader(self, name: str, persist: bool, register: bool) -> tuple[str, Any, bool]:
+        """Blocking load; posts messages only, its end is handled in `on_worker_state_changed`."""
+        from firefly_core.models.service import model_service, quiet_loading
 
-        self.run_worker(work, thread=True, exclusive=True, group="app-load")
+        if register:
+            from firefly_core.models.inventory import register_local
+
+            register_local(name)
+        quiet_loading()  # no progress bars drawn over the app
+        service = model_service()
+        say = lambda status: self._tell(lambda: ModelStatus(name, status.message))  # noqa: E731
+        return name, service.get(service.request_for(name), status=say), persist
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a model load ends: the active model changes, or the failure is shown."""
+        if event.worker.group != "app-load" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if event.state == WorkerState.SUCCESS:
+            name, lm, persist = event.worker.result
+            self.loading_model = None
+            self.set_model(lm, name, persist=persist)
+            self._tell(lambda: ModelLoaded(name, lm))
+        else:
+            name, error = self.loading_model or "", backend.format_error(event.worker.error)
+            self.loading_model = None
+            self.notify(t("models.load_failed", error=error), severity="error", timeout=10)
+            self._tell(lambda: ModelLoaded(name, error=error))
+
+    def _tell(self, message) -> None:
+        """Post a fresh `message()` to every mode screen (thread-safe)."""
+        for screen in list(self._screens):
+            screen.post_message(message())
 
     def chat_with_model(self, path: str, title: str | None = None) -> None:
         """The chat whose model is `path` (a run's final/ or checkpoint model); loads it right away.
@@ -236,25 +266,9 @@ class FireflyApp(App):
                 conv = self.store.create_conversation(title or Path(path).parent.name, {"model": path})
             await chat.open_conversation(conv.id)
             await chat.refresh_conversations()
-            self._load_and_use(path)
+            self.load_model(path)
 
         self.call_later(open_chat)
-
-    def _load_and_use(self, path: str) -> None:
-        def work() -> None:
-            chat = self._chat_screen()
-            if chat is not None:
-                chat.post_message(ChatScreen.Status(t("chat.loading_model", name=path)))
-            try:
-                lm = backend.load_model(path, settings=self.settings, status=self._load_status(chat, path))
-            except BaseException as e:  # noqa: BLE001
-                self.call_from_thread(
-                    self.notify, t("models.load_failed", error=backend.format_error(e)), severity="error"
-                )
-                return
-            self.set_model(lm, path, persist=False)
-
-        self.run_worker(work, thread=True, exclusive=True, group="app-load")
 
     # -- navigation, language, commands -------------------------------------------------------
     def action_show(self, mode: str) -> None:

@@ -37,6 +37,7 @@ class SlowSession:
 
     Used only where a test needs a reply that does not end on its own (cancel) or a reply a tiny
     random model cannot be made to give (an empty one); everything else uses the real tiny models.
+    The app is given it as its session provider (`FireflyApp(sessions=slow.provider)`).
     """
 
     def __init__(self, pieces: list[str], delay: float = 0.05, forever: bool = True) -> None:
@@ -45,14 +46,13 @@ class SlowSession:
         self.pieces = pieces
         self.delay = delay
         self.forever = forever
-        self.messages: list = []
+        self.histories: list = []  # the history each reply was asked for
         self.system = None
         self.lm = None
         self.config = GenerationConfig()
         self.started = threading.Event()
 
     def _stream(self, cancel):
-        from firefly_core.formats import Message
         from firefly_core.generation.config import ReplyDone, ReplyStats, TextDelta
 
         def stats(i: int, reason: str) -> ReplyStats:
@@ -63,7 +63,6 @@ class SlowSession:
         self.started.set()
         while self.forever or i < len(self.pieces):
             if cancel is not None and cancel.is_set():
-                self.messages.append(Message("assistant", text))
                 yield ReplyDone(text, stats(i, "cancelled"), True)
                 return
             piece = self.pieces[i % len(self.pieces)]
@@ -71,14 +70,18 @@ class SlowSession:
             i += 1
             yield TextDelta(piece)
             time.sleep(self.delay)
-        self.messages.append(Message("assistant", text))
         yield ReplyDone(text, stats(max(i, 1), "stop_token"), False)
 
-    def send(self, text, cancel=None):
-        from firefly_core.formats import Message
-
-        self.messages.append(Message("user", text))
+    def reply(self, history, cancel=None):
+        self.histories.append(list(history))
         return self._stream(cancel)
+
+    def settings_used(self) -> dict:
+        return {"model": "scripted", "prompt_format": None, "system": None, "generation": {}}
+
+    def provider(self, model, chat, **_options):
+        """`open_session`'s signature: every chat answers with this scripted session."""
+        return self
 
 
 async def wait_screen(pilot, cls, timeout: float = 10.0):

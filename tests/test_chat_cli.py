@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from firefly_core.chat import ChatSession
+from firefly_core.formats import Message
 from firefly_core.generation import GenerationConfig, ReplyDone
 from firefly_core.models.loading import load_model
+from firefly_core.session import ChatSession
 
 
 def _chat(args, stdin, home):
@@ -30,12 +31,15 @@ def _expected_replies(model_dir, turns, max_new_tokens):
     """What ChatSession says in-process for the same turns (greedy), /reset included."""
     lm = load_model(model_dir, dtype="fp32", device="cpu")
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens))
-    replies = []
+    replies, history = [], []
     for turn in turns:
         if turn == "/reset":
             session.reset()
+            history = []
             continue
-        replies.append([e for e in session.send(turn) if isinstance(e, ReplyDone)][0].text)
+        history.append(Message("user", turn))
+        replies.append([e for e in session.reply(history) if isinstance(e, ReplyDone)][0].text)
+        history.append(Message("assistant", replies[-1]))
     return replies
 
 

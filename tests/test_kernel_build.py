@@ -113,7 +113,8 @@ def test_a_big_bf16_model_is_where_the_kernel_pays(monkeypatch):
 def test_stale_locks_planted_in_the_build_folder_and_chat_still_answers(bloom_dir, tmp_path, gemv_kernels):
     """A compile killed midway leaves torch's `lock` (and ours) behind; torch alone would wait for
     it forever. `firefly chat` with the kernel forced on must break both and answer as PyTorch does."""
-    from firefly_core.chat import ChatSession
+    from firefly_core.formats import Message
+    from firefly_core.session import ChatSession
     from firefly_core.generation import GenerationConfig, ReplyDone
     from firefly_core.models.loading import load_model
 
@@ -134,5 +135,5 @@ def test_stale_locks_planted_in_the_build_folder_and_chat_still_answers(bloom_di
 
     lm.decoder = ModelDecoder(lm.model)  # no CPU route written: PyTorch's kernels, the reference
     session = ChatSession(lm, config=GenerationConfig(do_sample=False, max_new_tokens=8))
-    expected = [e for e in session.send("你好") if isinstance(e, ReplyDone)][0].text
+    expected = [e for e in session.reply([Message("user", "你好")]) if isinstance(e, ReplyDone)][0].text
     assert proc.stdout == expected + "\n"

@@ -18,7 +18,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 # This module names its engine: llama.cpp (tests/conftest.py turns it off for everyone else).
 pytestmark = pytest.mark.usefixtures("llamacpp_module")
 
-from firefly_core.chat import ChatSession  # noqa: E402
+from firefly_core.formats import Message  # noqa: E402
+from firefly_core.session import ChatSession  # noqa: E402
 from firefly_core.errors import FireflyError, PromptTooLongError  # noqa: E402
 from firefly_core.export.gguf import ExportCancelled, export_gguf, model_info  # noqa: E402
 from firefly_core.generation import GenerationConfig, ReplyDone, TextDelta, generate_ids, generate_stream  # noqa: E402
@@ -157,12 +158,15 @@ def test_three_turns_with_prefix_reuse_equal_fresh_prefill(lms, ggufs, family):
     lm = _llm(lms, ggufs, family)
     cfg = GenerationConfig(do_sample=False, max_new_tokens=12)
     session = ChatSession(lm, system="你是一个乐于助人的助手。", config=cfg)
+    history: list[Message] = []
     previous_prompt = 0
     for i, text in enumerate(TURNS):
         ran_before, logits_before = lm.decoder.tokens_run, len(lm.decoder.outputs)
-        done = _run(session.send(text))
+        history.append(Message("user", text))
+        done = _run(session.reply(history))
         reused_logits = lm.decoder.outputs[logits_before:]
-        _, ids = ChatSession(lm, system=session.system, config=cfg, messages=session.messages[:-1]).prompt_ids()
+        _, ids = ChatSession(lm, system=session.system, config=cfg).prompt_ids(history)
+        history.append(Message("assistant", done.text))
         fresh_dec = _dec(ggufs, family)
         fresh = _run(generate_stream(lm, ids, cfg, decoder=fresh_dec))
         assert done.text == fresh.text and done.stats.new_tokens == fresh.stats.new_tokens
@@ -183,11 +187,17 @@ def test_two_conversations_on_one_model_stay_exact(lms, ggufs):
     lm = _llm(lms, ggufs, "qwen2")
     cfg = GenerationConfig(do_sample=False, max_new_tokens=8)
     a, b = ChatSession(lm, config=cfg), ChatSession(lm, config=cfg)
+    histories: tuple[list[Message], list[Message]] = ([], [])
     replies = []
     for text in TURNS[:2]:
-        replies.append((_run(a.send(text)).text, _run(b.send(text[::-1])).text))
-    for session, pick in ((a, 0), (b, 1)):
-        _, ids = ChatSession(lm, config=cfg, messages=session.messages[:-1]).prompt_ids()
+        pair = []
+        for session, history, said in ((a, histories[0], text), (b, histories[1], text[::-1])):
+            history.append(Message("user", said))
+            pair.append(_run(session.reply(history)).text)
+            history.append(Message("assistant", pair[-1]))
+        replies.append(tuple(pair))
+    for history, pick in ((histories[0], 0), (histories[1], 1)):
+        _, ids = ChatSession(lm, config=cfg).prompt_ids(history[:-1])
         fresh = _run(generate_stream(lm, ids, cfg, decoder=_dec(ggufs, "qwen2")))
         assert fresh.text == replies[-1][pick]
 

@@ -168,8 +168,9 @@ def test_chat_cli_quantize_flag(bloom_dir):
     import subprocess
     import sys
 
-    from firefly_core.chat import ChatSession
+    from firefly_core.formats import Message
     from firefly_core.generation import ReplyDone
+    from firefly_core.session import ChatSession
 
     cfg = GenerationConfig(max_new_tokens=6, do_sample=False)
     from firefly_core.models.service import prepare_cpu_route
@@ -177,7 +178,7 @@ def test_chat_cli_quantize_flag(bloom_dir):
     lm = load_model(bloom_dir, device="cpu")
     apply_quantization(lm, "int8")
     prepare_cpu_route(lm.model)  # the route the CLI's model service writes (our kernel where it builds)
-    expected = [e for e in ChatSession(lm, config=cfg).send("你好") if isinstance(e, ReplyDone)][0].text
+    expected = [e for e in ChatSession(lm, config=cfg).reply([Message("user", "你好")]) if isinstance(e, ReplyDone)][0].text
     proc = subprocess.run(
         [sys.executable, "-m", "firefly_tui.cli", "chat", "--model", str(bloom_dir), "--device", "cpu",
          "--quantize", "int8", "--greedy", "--max-new-tokens", "6"],

@@ -1,6 +1,8 @@
 """`firefly chat`: a plain terminal REPL (no Textual) that streams replies from a local model.
 
-Multi-turn with KV-prefix reuse (firefly_core.chat.ChatSession); `/reset` forgets the conversation,
+Multi-turn with KV-prefix reuse: the session comes from `firefly_core.session.open_session` (the same
+resolution of prompt format, system prompt and settings as the app and `firefly serve`) and the history
+is a `firefly_core.conversation.Conversation` in an in-memory store; `/reset` forgets the conversation,
 `/exit` (or end of input) quits; Ctrl-C stops the current reply and keeps the session. With stdin
 piped from another program it prints only the replies, one after the other, each ending in a newline.
 Heavy imports happen inside the handler, so `firefly --help` stays instant.
@@ -70,34 +72,37 @@ def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def model_request(model: str, args: argparse.Namespace):
-    """The model service's request: the user's saved per-model settings, then the flags."""
-    from firefly_core.models.service import model_service
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model service's options the flags set (over the user's saved per-model settings)."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "trust_remote_code": True if args.trust_remote_code else None,
+        "engine": args.engine,
+        "quantize": args.quantize,
+        "cuda_graph": args.cuda_graph,
+        "threads": args.threads,
+    }
 
-    return model_service().request_for(
-        model,
-        device=args.device,
-        dtype=args.dtype,
-        prompt_format=args.prompt_format,
-        trust_remote_code=True if args.trust_remote_code else None,
-        engine=args.engine,
-        quantize=args.quantize,
-        cuda_graph=args.cuda_graph,
-        threads=args.threads,
-    )
+
+def chat_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chat settings the flags set: the prompt format, and the system prompt (an empty
+    --system "" means none, even when one is saved for the model)."""
+    chat: dict[str, Any] = {}
+    if args.prompt_format:
+        chat["prompt_format"] = args.prompt_format
+    if args.system is not None:
+        chat["system"] = args.system
+    return chat
 
 
 def run(args: argparse.Namespace) -> int:
-    from firefly_core.chat import ChatSession
+    from firefly_core.conversation import Conversation
     from firefly_core.errors import FireflyError
-    from firefly_core.models.generation_layers import generation_config_for, resolve_generation_config
-    from firefly_core.models.service import model_service
-    from firefly_core.models.user_settings import load_settings
+    from firefly_core.session import open_session
+    from firefly_core.store import ChatStore
 
     model = args.model or _active_model()
-    flags = generation_flags(args)
-    resolve_generation_config(model, overrides=flags)  # a bad flag fails now, not after a long load
-    request = model_request(model, args)
     interactive = sys.stdin.isatty()
     tty_out = sys.stdout.isatty()
     talk = interactive or sys.stderr.isatty()
@@ -107,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
         if talk and status.step != "ready":
             _note(status.message)
 
-    service = model_service()
-    lm = service.get(request, status=show)
-    config = generation_config_for(lm, model, overrides=flags)
-    saved = load_settings().for_model(model)
-    system = args.system if args.system is not None else saved.system
-    session = ChatSession(lm, system=system, config=config)
+    session = open_session(
+        model, chat_options(args), overrides=generation_flags(args), load=load_options(args), status=show
+    )
+    lm = session.lm
+    store = ChatStore(":memory:")  # this REPL's history: gone when it ends, like the terminal's
+    conversation = Conversation.create(store, "firefly chat", session=session)
     if interactive:
         from firefly_core.models.service import describe
 
@@ -139,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             return 1 if failed else 0
         if text == "/reset":
             session.reset()
+            conversation = Conversation.create(store, "firefly chat", session=session)
             if interactive:
                 print(f"{DIM}(conversation reset){RESET}", file=sys.stderr, flush=True)
             continue
@@ -146,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=sys.stderr, flush=True)
             continue
         try:
-            with service.generation_lock(lm):
-                _stream_reply(session, text, show_stats)
+            _stream_reply(conversation, text, show_stats)
         except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
@@ -214,7 +219,9 @@ def _read_line(interactive: bool) -> str | None:
         return line
 
 
-def _stream_reply(session: Any, text: str, show_stats: bool) -> None:
+def _stream_reply(conversation: Any, text: str, show_stats: bool) -> None:
+    """Answer `text` in `conversation`, printing the reply as it streams (the session holds the
+    model's generation lock while it does)."""
     from firefly_core.generation import ReplyDone, TextDelta
 
     cancel = threading.Event()
@@ -225,7 +232,7 @@ def _stream_reply(session: Any, text: str, show_stats: bool) -> None:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
     done = None
     try:
-        for event in session.send(text, cancel):
+        for event in conversation.send(text, cancel):
             if isinstance(event, TextDelta):
                 sys.stdout.write(event.text)
                 sys.stdout.flush()

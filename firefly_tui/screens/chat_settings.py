@@ -3,7 +3,7 @@
 Every field shows the chat's current value and, beside it, the default the chat gets when the
 field is left empty (the model's generation_config.json → catalog → the user's saved model
 settings, as core resolves them). Saving checks the values with core's own validation
-(`backend.check_chat_settings` → `resolve_generation_config`): an out-of-range value is refused
+(`firefly_core.session.check_chat_settings` → `resolve_generation_config`): an out-of-range value is refused
 with core's reason, not a second copy of the rules. Dismisses with the new settings dict (empty
 fields left out) or None.
 """
@@ -22,7 +22,10 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from firefly_core.generation.config import GenerationConfig  # torch-free
 from firefly_core.setting_spec import setting_fields
 
+from firefly_core.formats import FORMAT_NAMES
+
 from .. import backend
+from ..model_choices import model_choices
 from ..i18n import t
 from ..widgets.conversation import short_model_name
 
@@ -80,7 +83,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
     def compose(self) -> ComposeResult:
         current_model = self.settings.get("model")
         model_options = [(self._model_label(m), m) for m in dict.fromkeys(x for x in (self.active_model, current_model) if x)]
-        fmt_options = [(name, name) for name in backend.prompt_format_names()]
+        fmt_options = [(name, name) for name in FORMAT_NAMES]
         with Vertical(classes="dialog wide", id="chat-settings"):
             yield Label(t("settings.title"), classes="question")
             with VerticalScroll(classes="dialog-body"):
@@ -119,7 +122,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
     @work(thread=True, exit_on_error=False)
     def _load_models(self) -> None:
         """The installed models and local folders (scanning the cache takes a moment)."""
-        names = backend.model_choices(self.active_model, self.settings.get("model"))
+        names = model_choices(self.active_model, self.settings.get("model"))
         self.app.call_from_thread(self._set_models, names)
 
     def _set_models(self, names: list[str]) -> None:

@@ -2,8 +2,9 @@
 
 Downloads run in a thread worker with a cancel `threading.Event`; progress callbacks post
 messages (at most ~10 a second) to a progress bar showing bytes, speed and ETA. Cancelling
-leaves the partial files in the hub cache, so downloading again resumes. Loading a model runs in
-its own worker; the status line says what is loading and shows the reason when it fails.
+leaves the partial files in the hub cache, so downloading again resumes. Loading a model is the
+app's one loading worker (`FireflyApp.load_model`); this screen's status line shows its steps
+(`ModelStatus`) and its end, with the reason when it fails (`ModelLoaded`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from textual.widgets import Button, DataTable, Header, Label, ProgressBar, Stati
 
 from .. import backend
 from ..i18n import t
+from ..model_loading import ModelLoaded, ModelStatus
 from ..widgets.footer import QuickFooter as Footer
 from firefly_core.units import human_bytes
 
@@ -62,11 +64,6 @@ class ModelsScreen(Screen):
         def __init__(self, repo_id: str, outcome: str, detail: str = "") -> None:
             super().__init__()
             self.repo_id, self.outcome, self.detail = repo_id, outcome, detail
-
-    class Loaded(Message):
-        def __init__(self, name: str, lm=None, error: str | None = None) -> None:
-            super().__init__()
-            self.name, self.lm, self.error = name, lm, error
 
     class Listed(Message):
         def __init__(self, catalog: list, installed: list, error: str | None) -> None:
@@ -139,13 +136,16 @@ class ModelsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="list")
     def _list_worker(self) -> None:
+        from firefly_core.models.catalog import catalog
+        from firefly_core.models.inventory import list_installed
+
         errors = []
         try:
-            cat = backend.catalog()
+            cat = list(catalog())
         except Exception as e:  # noqa: BLE001 - the screen still shows what it can
             cat, errors = [], [backend.format_error(e)]
         try:
-            inst = backend.list_installed()
+            inst = list(list_installed())
         except Exception as e:  # noqa: BLE001
             inst = []
             errors.append(backend.format_error(e))
@@ -230,42 +230,31 @@ class ModelsScreen(Screen):
         self.app.push_screen(PromptDialog(t("models.local_prompt"), placeholder="/path/to/model"), done)
 
     def use_model(self, name: str, register: bool = False) -> None:
+        """Make `name` the active model (saved for the next start), loaded by the app's worker."""
         if self.loading:
             return
         self.loading = name
-        self.set_status(t("models.loading", name=name))
         self.query_one("#model-status").add_class("busy")
-        self._load_worker(name, register)
+        self.app.load_model(name, persist=True, register=register)
 
-    @work(thread=True, exclusive=True, group="load")
-    def _load_worker(self, name: str, register: bool) -> None:
-        try:
-            if register:
-                try:
-                    backend.register_local(name)
-                except ImportError:
-                    pass  # listing local folders needs firefly_core.models.hub; loading does not
-            # each step of getting it ready ("compiling CPU kernels, once, ~30 s") as it happens
-            lm = backend.load_model(
-                name, settings=self.app.settings,
-                status=lambda step: self.app.call_from_thread(self.set_status, t("models.loading", name=f"{name}: {step}")),
-            )
-        except BaseException as e:  # shown on screen, with our hint
-            self.post_message(self.Loaded(name, error=backend.format_error(e)))
-            return
-        self.post_message(self.Loaded(name, lm=lm))
+    def on_model_status(self, message: ModelStatus) -> None:
+        """Each step of getting the model ready ("compiling CPU kernels, once, ~30 s") as it happens."""
+        name = f"{message.name}: {message.step}" if message.step else message.name
+        self.set_status(t("models.loading", name=name))
 
-    def on_models_screen_loaded(self, message: Loaded) -> None:
+    def on_model_loaded(self, message: ModelLoaded) -> None:
         self.loading = None
         self.query_one("#model-status").remove_class("busy")
         if message.error:
             self.set_status(t("models.load_failed", error=message.error))
             self.query_one("#model-status").add_class("failed")
             return
+        from firefly_core.models.service import weights_label
+
+        lm = message.lm
         self.query_one("#model-status").remove_class("failed")
-        self.app.set_model(message.lm, message.name)
-        d = backend.describe_model(message.lm)
-        self.set_status(t("models.loaded", name=message.name, device=d["device"], dtype=d["dtype"], ctx=d["context_length"]))
+        self.set_status(t("models.loaded", name=message.name, device=str(lm.device), dtype=weights_label(lm),
+                          ctx=lm.context_length))
         self.action_refresh()
 
     # -- download -----------------------------------------------------------------------------
@@ -312,8 +301,15 @@ class ModelsScreen(Screen):
                 last = now
                 self.post_message(self.Progress(p))
 
+        from firefly_core.models.hub import pull
+        from firefly_core.models.service import quiet_loading
+        from firefly_core.models.user_settings import load_settings
+
         try:
-            backend.pull(repo_id, progress=progress, cancel=cancel)
+            quiet_loading()  # no progress bars drawn over the app
+            # the user's remote-code opt-in for this model (`firefly use M --trust-remote-code`)
+            trusted = bool(load_settings().for_model(repo_id).trust_remote_code)
+            pull(repo_id, progress=progress, cancel=cancel, allow_remote_code=trusted)
         except BaseException as e:
             if cancel.is_set() or type(e).__name__ == "DownloadCancelled":
                 self.post_message(self.DownloadEnded(repo_id, "cancelled"))
@@ -383,8 +379,10 @@ class ModelsScreen(Screen):
 
     @work(thread=True, group="delete")
     def _delete_worker(self, model: str, local: bool) -> None:
+        from firefly_core.models.inventory import remove
+
         try:
-            freed = backend.remove(model)
+            freed = remove(model)
         except BaseException as e:
             self.app.call_from_thread(self.set_status, backend.format_error(e))
             return
