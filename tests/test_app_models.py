@@ -70,7 +70,7 @@ async def test_failed_load_shows_the_reason(store, tmp_path):
         screen = await open_models(pilot)
         screen.use_model(str(bad))
         await wait_until(pilot, lambda: screen.loading is None and "failed" in screen.status_text, timeout=30)
-        assert str(bad) in screen.status_text or "config" in screen.status_text
+        assert str(bad) in screen.status_text and "no config.json" in screen.status_text
         assert screen.query_one("#model-status").has_class("failed")
         assert app.lm is None
 
