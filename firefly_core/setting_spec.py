@@ -92,7 +92,8 @@ def check_setting(name: str, spec: Setting, kind: type, value: Any, where: str =
     prefix = f"{where}: " if where else ""
 
     def bad(why: str, hint: str | None = None) -> ConfigError:
-        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80] + "…")
+        shown = repr(value if not isinstance(value, str) else value[:200])
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a value from outside: cut short
         return ConfigError(f"{prefix}{name} = {shown} {why}", hint or "fix or clear that setting")
 
     if kind is bool:
@@ -111,9 +112,14 @@ def check_setting(name: str, spec: Setting, kind: type, value: Any, where: str =
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("is not a whole number")
     elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("is not a number")
-        value = float(value)
+        try:
+            value = float(value)  # an int of 400 digits (valid JSON) does not fit: OverflowError
+        except OverflowError:
+            raise bad("is not a number") from None
+        if not math.isfinite(value):
+            raise bad("is not a number")
     if spec.zero_ok and value == 0:
         return value
     if spec.above is not None and not value > spec.above:

@@ -27,6 +27,7 @@ from ..generation.config import GENERATION_KEYS, GenerationConfig
 from ..jsonfile import read_json
 from ..setting_spec import check_setting, include_settings, setting, setting_fields
 from .engine_settings import (  # noqa: F401 (the engine choices, re-exported for the front ends)
+    ENGINE_KEYS,
     ENGINES,
     LLAMACPP_QUANTIZE,
     QUANTIZE_CHOICES,
@@ -56,10 +57,12 @@ class ModelSettings:
         """Each field by its declared rule, the engine pairing, the generation fields together as
         GenerationConfig takes them; `saving` also refuses settings that need an extra that is
         not installed (they would fail every later run)."""
+        if self.trust_remote_code is None:  # the one setting without a "not chosen" value
+            raise ConfigError(f"{where}: trust_remote_code must be true or false" if where else
+                              "trust_remote_code must be true or false")
         for f, spec, kind in setting_fields(ModelSettings):
-            if f.name in ("trust_remote_code",) and getattr(self, f.name) is None:
-                raise ConfigError(f"{where}: trust_remote_code must be true or false".lstrip(": "))
-            check_setting(f.name, spec, kind, getattr(self, f.name), where)
+            if f.name not in ENGINE_KEYS:  # those below, with their engine/quantization pairing
+                check_setting(f.name, spec, kind, getattr(self, f.name), where)
         check_engine_settings(self, where)
         try:  # the fields' combination: GenerationConfig's own validation
             GenerationConfig().with_overrides(**self.generation_overrides())
