@@ -131,3 +131,33 @@ def test_cli_side_by_side_with_checks_and_json(qwen_dir, other_qwen, tmp_path, c
     assert doc["models"][0]["next_token_agreement_with_first"] is None
     assert 0 <= doc["models"][1]["next_token_agreement_with_first"] < 1
     assert set(doc["models"][0]["checks"]) >= {"stopped", "empty", "repetition", "perplexity"}
+
+
+def test_evaluate_run_saves_base_vs_final_in_the_run_folder(qwen_dir, other_qwen, tmp_path):
+    """The app's Evaluate: compare (and an exam) of a run's base vs its final/, saved for reopening."""
+    import shutil
+
+    from firefly_core.evaluation.run_eval import evaluate_run, load_evaluation, summary_lines
+    from firefly_core.training.config import CONFIG_FILE
+    from firefly_core.training.run_dir import EVAL_FILE
+    from test_eval import write_ceval
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(json.dumps({"model": str(qwen_dir)}), encoding="utf-8")
+    shutil.copytree(other_qwen, run / "final")
+    exam = write_ceval(tmp_path / "exam")
+    seen = []
+    doc = evaluate_run(run, exam=exam, shots=1, limit=2, prompts=2, max_new_tokens=6, progress=seen.append)
+    assert (run / EVAL_FILE).is_file() and load_evaluation(run) == json.loads((run / EVAL_FILE).read_text())
+    assert doc["base"] == str(qwen_dir) and doc["made_label"] == "final"
+    assert doc["checks"]["base"]["replies"] == 2 and doc["checks"]["made"]["replies"] == 2
+    assert 0 <= doc["next_token_agreement"] < 1
+    assert [r["model"] for r in doc["eval"]["json"]["results"]] == [str(qwen_dir), str(run / "final")]
+    assert len(doc["eval"]["json"]["results"][1]["questions"]) == 4
+    assert seen[-1].step == "done" and seen[-1].done == seen[-1].total == 2 * 2 + 2 * 4
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    lines = summary_lines(load_evaluation(run))
+    assert any(line.startswith("ceval: base") for line in lines) and "next-token agreement" in "\n".join(lines)
+    (run / EVAL_FILE).write_text("not json", encoding="utf-8")
+    assert load_evaluation(run) is None

@@ -28,7 +28,8 @@ FINAL_DIR = "final"
 # launch record and log: firefly_tui/backend.py), and what a start that failed leaves.
 LAUNCH_FILE = "app-launch.json"  # what a front end writes next to a run it started (pid, command)
 LOG_FILE = "train.log"  # stdout + stderr of a run a front end started
-FRONT_END_FILES = (LAUNCH_FILE, LOG_FILE)
+EVAL_FILE = "evaluation.json"  # what Evaluate found (firefly_core.evaluation.run_eval)
+FRONT_END_FILES = (LAUNCH_FILE, LOG_FILE, EVAL_FILE)
 RUN_FILES = (CONFIG_FILE, EVENTS_FILE, ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, LOCK_FILE, MODELS_DIR)
 
 
