@@ -6,9 +6,9 @@ afterwards, and sets `lm.decoder` to a `LlamaCppDecoder` over it. The model serv
 decoder itself (generation/llamacpp.py) knows nothing about where its file came from.
 
 A cached file is trusted only if whole: its SHA-256, written beside it (`NAME.gguf.sha256`) when it
-is made, is checked at every load (a flipped weight byte loads fine in llama.cpp and answers
-wrongly; hashing costs a fraction of the load: see the README), and a damaged or unverifiable file
-is remade. Temporary files of builds that were killed (kill -9, SIGTERM, power loss) are removed at
+is made, is checked at every load, on a thread while llama.cpp loads the file (a flipped weight byte loads
+fine in llama.cpp and answers wrongly; see the README for the cost), and a damaged or
+unverifiable file is remade. Temporary files of builds that were killed (kill -9, SIGTERM, power loss) are removed at
 the next load by the owner-pid/age rule of `outputs.clean_stale_temp`.
 
 The weights are read from the model's folder, not from `lm.model`, which may be None.
@@ -87,23 +87,49 @@ def cached_gguf_damage(path: Path) -> str | None:
     """None when the cached GGUF at `path` is whole (its SHA-256 is the one written when it was
     made), else what is wrong: missing, not a GGUF, no checksum, or changed bytes. A flipped weight
     byte leaves the header intact and llama.cpp loads the file, so only the checksum sees it."""
+    damage, expected = _cheap_damage(path)
+    return damage if damage is not None else _checksum_damage(path, expected)
+
+
+def _cheap_damage(path: Path) -> tuple[str | None, str]:
+    """What is wrong with the file without reading all of it, and the checksum it should have."""
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
-                return "not a GGUF file"
+                return "not a GGUF file", ""
     except FileNotFoundError:
-        return "missing"
+        return "missing", ""
     except OSError as e:
-        return f"unreadable ({e.strerror})"
+        return f"unreadable ({e.strerror})", ""
     try:
-        expected = checksum_path(path).read_text(encoding="utf-8").split()[0]
+        return None, checksum_path(path).read_text(encoding="utf-8").split()[0]
     except (OSError, UnicodeDecodeError, IndexError):
-        return "no checksum"
+        return "no checksum", ""
+
+
+def _checksum_damage(path: Path, expected: str) -> str | None:
     try:
         actual = file_sha256(path)
     except OSError as e:
         return f"unreadable ({e.strerror})"
     return None if actual == expected else "its bytes changed since it was made (checksum)"
+
+
+class _Checksum(threading.Thread):
+    """The checksum of a cached GGUF, computed while llama.cpp loads the same file: both mostly
+    wait on memory and disk and release the GIL, so the check adds little to the load's time."""
+
+    def __init__(self, path: Path, expected: str) -> None:
+        super().__init__(name="gguf-checksum", daemon=True)
+        self.path, self.expected = path, expected
+        self.damage: str | None = "not checked"
+
+    def run(self) -> None:
+        self.damage = _checksum_damage(self.path, self.expected)
+
+    def result(self) -> str | None:
+        self.join()
+        return self.damage
 
 
 def attach_llamacpp(
@@ -132,8 +158,12 @@ def attach_llamacpp(
     path = gguf_cache_path(lm.path, gguf_type)
     clean_stale_temp(path, every_name=True)  # files of builds killed before they finished
     made = False
-    damage = cached_gguf_damage(path)
-    if damage is not None:
+    checking: _Checksum | None = None
+    damage, expected = _cheap_damage(path)
+    if damage is None:
+        checking = _Checksum(path, expected)
+        checking.start()
+    else:
         if damage == "missing":
             say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
         else:
@@ -141,16 +171,24 @@ def attach_llamacpp(
         _make(lm, path, gguf_type, say, cancel, threads)
         made = True
     if cancel is not None and cancel.is_set():
+        if checking is not None:
+            checking.join()
         raise ExportCancelled("loading stopped", None)
     n_ctx = max(16, min(int(getattr(lm, "context_length", 0) or MAX_CONTEXT), MAX_CONTEXT))
     say(f"loading {path.name} into llama.cpp ({gguf_type}, {threads or default_threads()} threads)")
+    decoder = None
     try:
         decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
     except FireflyError:
         if made:
             raise
-        # a cached file we made but llama.cpp refuses (e.g. written by an older llama.cpp): remake it once
-        say(f"remaking the llama.cpp model ({gguf_type})")
+    damage = checking.result() if checking is not None else None
+    if damage is not None or decoder is None:
+        # changed bytes, or a file we made that llama.cpp refuses (an older llama.cpp's): remake it once
+        if decoder is not None:
+            decoder.close()
+        why = f"the cached {path.name} is damaged: {damage}" if damage else "llama.cpp refused the cached file"
+        say(f"remaking the llama.cpp model ({gguf_type}): {why}")
         _make(lm, path, gguf_type, say, cancel, threads)
         decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
     old = getattr(lm, "decoder", None)
