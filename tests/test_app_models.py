@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -443,7 +444,7 @@ def test_quitting_does_not_wait_for_background_work(tmp_path):
     assert proc.returncode == 3
 
 
-async def test_run_settings_and_chat_settings_dialogs_list_the_declared_fields():
+async def test_run_settings_and_chat_settings_dialogs_list_the_declared_fields(monkeypatch):
     """Both dialogs are derived from the declarations: one row per declared engine setting (a
     choice list for choices, on/off for true/false, a text field for numbers), and the chat
     settings' number fields are GenerationConfig's declared settings."""
@@ -479,3 +480,12 @@ async def test_run_settings_and_chat_settings_dialogs_list_the_declared_fields()
         await pilot.click("#save")
         await wait_until(pilot, lambda: "threads = 100000 is above" in str(dialog.query_one("#error").render()))
         assert isinstance(pilot.app.screen, ModelSettingsDialog), "refused, not saved"
+        # llama.cpp without its extra: refused with the install command, "[llamacpp]" shown as text
+        monkeypatch.setitem(sys.modules, "llama_cpp", None)
+        dialog.query_one("#m-threads", Input).value = "1"
+        dialog.query_one("#m-engine", Select).value = "llamacpp"
+        save = dialog.query_one("#save")
+        await wait_until(pilot, lambda: not save.has_class("-active"))
+        await pilot.click("#save")
+        await wait_until(pilot, lambda: "firefly-tui[llamacpp]" in str(dialog.query_one("#error").render()))
+        assert isinstance(pilot.app.screen, ModelSettingsDialog)

@@ -75,23 +75,10 @@ def needs_llamacpp(values: Any) -> bool:
     return values.engine == "llamacpp" or values.quantize in LLAMACPP_QUANTIZE
 
 
-def check_engine_installed(values: Any, where: str = "") -> None:
+def check_engine_installed(values: Any) -> None:
     """Refuse settings that need llama.cpp when its extra is not installed (saving them would make
-    every later chat fail); one message from `extras`, naming the extra and how to install it."""
-    if not needs_llamacpp(values):
-        return
-    try:
-        from ..extras import missing_extra
-    except ImportError:  # TODO(settings): extras.py is being written by the "green" engineer
-        import importlib.util
+    every later chat fail): `extras`' one message, naming the extra and how to install it."""
+    if needs_llamacpp(values):
+        from ..extras import require_extra
 
-        def missing_extra(name: str):  # type: ignore[misc]
-            if importlib.util.find_spec("llama_cpp") is None:
-                return ConfigError("the llama.cpp engine needs the llamacpp extra",
-                                   "pip install 'firefly-tui[llamacpp]'")
-            return None
-
-    error = missing_extra("llamacpp")
-    if error is not None:
-        prefix = f"{where}: " if where else ""
-        raise ConfigError(f"{prefix}{error.message}", error.hint) from None
+        require_extra("llamacpp")

@@ -69,7 +69,7 @@ class ModelSettings:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e.message}" if where else e.message, e.hint) from None
         if saving:
-            check_engine_installed(self, where)
+            check_engine_installed(self)
 
     def generation_overrides(self) -> dict[str, Any]:
         """The generation fields the user set, ready for GenerationConfig(**...)."""
