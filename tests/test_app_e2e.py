@@ -20,7 +20,7 @@ from firefly_tui.widgets.chat_view import MessageView
 from firefly_tui.widgets.loss_plot import LossPlot
 
 SIZE = (150, 48)
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
+SAMPLE = Path(__file__).resolve().parent.parent / "firefly_core" / "assets" / "sample_instructions.jsonl"
 
 
 async def set_max_new_tokens(pilot, n: int) -> None:

@@ -28,7 +28,7 @@ from firefly_tui.widgets.run_panel import RunLauncher
 from firefly_tui.widgets.train_form import config_of
 
 SIZE = (150, 48)
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
+SAMPLE = Path(__file__).resolve().parent.parent / "firefly_core" / "assets" / "sample_instructions.jsonl"
 
 
 @pytest.fixture

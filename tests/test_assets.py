@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from firefly_core.samples import SAMPLE_FILES, assets_dir, sample_files
+
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "assets"
+ASSETS = ROOT / "assets"  # the repository's own: logo.svg and the README describing the samples
+SAMPLES = assets_dir()  # the shipped sample data, inside the package (firefly_core/assets/)
 ROLES = {"system", "user", "assistant"}
 
 
 def read_jsonl(name: str) -> list[dict]:
-    """Every line of assets/<name> as a dict; a bad line fails with file:line."""
+    """Every line of firefly_core/assets/<name> as a dict; a bad line fails with file:line."""
     rows = []
-    text = (ASSETS / name).read_text(encoding="utf-8")
+    text = (SAMPLES / name).read_text(encoding="utf-8")
     assert text.endswith("\n"), f"{name}: last line has no newline"
     for lineno, line in enumerate(text.splitlines(), 1):
         try:
@@ -66,7 +69,7 @@ def test_instructions_mix_lengths_and_languages():
 
 def test_files_are_utf8_not_ascii_escaped():
     for name in ("sample_instructions.jsonl", "sample_conversations.jsonl", "sample_messages.jsonl"):
-        text = (ASSETS / name).read_text(encoding="utf-8")
+        text = (SAMPLES / name).read_text(encoding="utf-8")
         assert "\\u" not in text, f"{name}: written with ensure_ascii=True"
         assert re.search(r"[\u4e00-\u9fff]", text)
 
@@ -129,3 +132,11 @@ def test_svg_logo_is_xml_with_the_name():
     root = ET.parse(ASSETS / "logo.svg").getroot()
     assert root.tag.endswith("svg")
     assert "流萤" in (ASSETS / "logo.svg").read_text(encoding="utf-8")
+
+
+def test_the_samples_ship_inside_the_package():
+    """The wheel carries firefly_core/assets/ (package-data), so a pipx user has them offline."""
+    assert SAMPLES == ROOT / "firefly_core" / "assets"
+    files = sample_files()
+    assert set(files) == set(SAMPLE_FILES) and all(p.is_file() and p.parent == SAMPLES for p in files.values())
+    assert not list(ASSETS.glob("sample_*"))  # one copy: the package's

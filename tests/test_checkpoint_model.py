@@ -13,7 +13,7 @@ from firefly_core.training.checkpoint_model import checkpoint_model
 from firefly_core.training.config import TrainConfig
 from firefly_core.training.launch import launch
 
-INSTRUCTIONS = str(Path(__file__).resolve().parents[1] / "assets" / "sample_instructions.jsonl")
+INSTRUCTIONS = str(Path(__file__).resolve().parents[1] / "firefly_core" / "assets" / "sample_instructions.jsonl")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

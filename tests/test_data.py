@@ -21,7 +21,7 @@ from firefly_core.data import (
 from firefly_core.errors import DataError
 from firefly_core.formats import Message, get_format
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "firefly_core" / "assets"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from firefly_core.training.events import read_events
 from firefly_core.training.launch import launch
 
 PREFERENCES = str(Path(__file__).resolve().parents[1] / "firefly_core" / "assets" / "sample_preferences.jsonl")
-INSTRUCTIONS = str(Path(__file__).resolve().parents[1] / "assets" / "sample_instructions.jsonl")
+INSTRUCTIONS = str(Path(__file__).resolve().parents[1] / "firefly_core" / "assets" / "sample_instructions.jsonl")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

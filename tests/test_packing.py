@@ -11,7 +11,7 @@ from firefly_core.data import IGNORE_INDEX, TokenizedSample, collate, load_sampl
 from firefly_core.training import packing
 from firefly_core.training.methods import token_loss_sum
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "firefly_core" / "assets"
 INSTRUCTIONS = str(ASSETS / "sample_instructions.jsonl")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

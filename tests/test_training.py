@@ -17,7 +17,7 @@ from firefly_core.training.events import EVENT_TYPES, EventTail, read_events
 from firefly_core.training.run import list_runs
 from firefly_core.training.launch import launch
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "firefly_core" / "assets"
 INSTRUCTIONS = str(ASSETS / "sample_instructions.jsonl")
 CONVERSATIONS = str(ASSETS / "sample_conversations.jsonl")
 

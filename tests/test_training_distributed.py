@@ -16,7 +16,7 @@ from firefly_core.training.config import TrainConfig
 from firefly_core.training.events import EventTail, read_events
 from firefly_core.training.launch import launch
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "firefly_core" / "assets"
 DATA = str(ASSETS / "sample_instructions.jsonl")
 
 

@@ -25,7 +25,7 @@ from firefly_core.training.events import (
 from firefly_core.training.launch import launch
 from firefly_core.training.run_dir import RunLock, resolve_resume
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "firefly_core" / "assets"
 INSTRUCTIONS = str(ASSETS / "sample_instructions.jsonl")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,5 @@
-"""`firefly data check FILE...`: validate training data and show what would be trained."""
+"""`firefly data check FILE...`: validate training data and show what would be trained;
+`firefly data sample [--copy DIR]`: the sample data shipped inside the package."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ def register(subparsers) -> None:
     c.add_argument("--show", type=_not_negative, default=20, help="bad lines to list (default 20)")
     c.add_argument("--strict", action="store_true", help="exit with status 1 when any line is bad")
     c.set_defaults(handler=run_check)
+    s = sub.add_parser(
+        "sample",
+        help="print the paths of the sample data shipped with firefly (or copy it with --copy DIR)",
+        description="Print the paths of the sample training files shipped inside firefly (instructions, "
+        "conversations, OpenAI messages, preference pairs): an offline demo for `firefly data check` and "
+        "`firefly train`. --copy DIR copies them into DIR (existing files are left alone).",
+    )
+    s.add_argument("--copy", metavar="DIR", help="copy the files into DIR (made if missing)")
+    s.set_defaults(handler=run_sample)
 
 
 def _whole_number(minimum: int):
@@ -173,4 +183,36 @@ def run_check(args: argparse.Namespace) -> int:
     if args.strict and report.bad:
         print(f"error: {len(report.bad)} bad line(s) (--strict)", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from firefly_core.samples import sample_files
+
+    files = sample_files()
+    if not args.copy:
+        width = max(len(kind) for kind in files)
+        for kind, path in files.items():
+            print(f"{kind:<{width}}  {path}")
+        return 0
+    from firefly_core import atomic
+    from firefly_core.errors import StorageError
+
+    target = Path(args.copy).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError.from_os_error(e, target, "create") from None
+    for kind, path in files.items():
+        dest = target / path.name
+        if dest.exists():
+            print(f"kept     {dest} (already there)")
+            continue
+        try:
+            atomic.write_bytes(dest, path.read_bytes())
+        except OSError as e:
+            raise StorageError.from_os_error(e, dest) from None
+        print(f"copied   {dest}")
     return 0
