@@ -198,6 +198,15 @@ def test_the_character_bound_never_refuses_a_prompt_that_fits(server):
 # -- (3) slowloris: head deadline, body deadline, idle keep-alive, connection cap -------------------
 
 
+def test_headers_over_the_limit_are_refused(server):
+    s = _connect(server)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (2 * LIMITS.max_header_bytes) + b"\r\n\r\n")
+    status, _, _ = _read_response(s)
+    s.close()
+    assert status == 400
+    _still_answers(server)
+
+
 def test_a_connection_that_never_finishes_its_headers_is_closed(server):
     s = _connect(server)
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
