@@ -150,8 +150,6 @@ def test_bad_inputs_are_clear_errors(lms):
 # ------------------------------------------------------------------------------------- llama.cpp
 @pytest.fixture(scope="module")
 def ggufs(lms, tmp_path_factory, llamacpp_module):
-    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'firefly-tui[llamacpp]')")
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'firefly-tui[llamacpp]')")
     from firefly_core.export.gguf import export_gguf
 
     out = tmp_path_factory.mktemp("gguf")
@@ -159,8 +157,7 @@ def ggufs(lms, tmp_path_factory, llamacpp_module):
 
 
 @pytest.mark.parametrize("family", ["bloom", "qwen2"])
-def test_llamacpp_scores_equal_its_own_full_sequence_scoring(lms, ggufs, family, monkeypatch):
-    monkeypatch.delenv("FIREFLY_LLAMACPP", raising=False)
+def test_llamacpp_scores_equal_its_own_full_sequence_scoring(lms, ggufs, family, llamacpp):
     from firefly_core.generation.llamacpp import LlamaCppDecoder
 
     lm = lms[family]
