@@ -297,10 +297,12 @@ def refuse_wrong_kind(bad: Sequence[BadLine]) -> None:
     """Lines of another method's data are an error naming them (file:line), never skipped."""
     wrong = [b for b in bad if b.wrong_kind]
     if wrong:
-        shown = "\n".join(str(b) for b in wrong[:5])
-        more = f"\n... and {len(wrong) - 5} more" if len(wrong) > 5 else ""
-        raise DataError(f"{len(wrong)} line(s) hold data for another training method:\n{shown}{more}",
-                        "give each method its own files (see: firefly data check FILE)")
+        lines: dict[tuple[str, str], list[int]] = {}  # a whole file given to the wrong method: one line
+        for b in wrong:
+            lines.setdefault((b.path, b.reason), []).append(b.line)
+        shown = [f"{path}:{nums[0]}" + (f" (and {len(nums) - 1} more lines)" if len(nums) > 1 else "") + f": {reason}"
+                 for (path, reason), nums in list(lines.items())[:5]]
+        raise DataError("\n".join(shown), "give each method its own files (see: firefly data check FILE)")
 
 
 # ---------------------------------------------------------------- tokenization
