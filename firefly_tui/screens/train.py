@@ -165,7 +165,8 @@ class TrainScreen(Screen):
             if item.run_dir == message.run.path:
                 item.update(message.run)
                 return
-        self._refresh_runs()  # a run the list does not show yet (just started)
+        if message.status_changed:
+            self._refresh_runs()  # a run the list does not show yet (just started)
 
     def show_panel(self) -> None:
         """Bring the run's panel into view: below the form at narrow widths (a no-op when wide)."""

@@ -85,9 +85,9 @@ class RunPanel(Vertical):
     class Changed(Message):
         """The run's status or step changed (the runs list follows)."""
 
-        def __init__(self, run: Run) -> None:
+        def __init__(self, run: Run, status_changed: bool) -> None:
             super().__init__()
-            self.run = run
+            self.run, self.status_changed = run, status_changed
 
     class CloneRequested(Message):
         def __init__(self, run: Run, request: TrainRequest) -> None:
@@ -158,7 +158,8 @@ class RunPanel(Vertical):
         seen = (state.status, state.step, len(state.train), len(state.eval), state.last_event_time, state.message)
         if seen == self._seen:
             return
-        status_changed = not self._seen or self._seen[0] != state.status or self._seen[1] != state.step
+        status_changed = not self._seen or self._seen[0] != state.status
+        step_changed = status_changed or self._seen[1] != state.step
         self._seen = seen
         self._set_buttons(run)
         self.query_one("#loss-plot", LossPlot).set_data(state.train, state.eval)
@@ -172,8 +173,8 @@ class RunPanel(Vertical):
         label = self.query_one("#run-title", Label)
         label.update(title)
         label.set_class(state.status == "error", "failed")
-        if status_changed:
-            self.post_message(self.Changed(run))
+        if step_changed:
+            self.post_message(self.Changed(run, status_changed))
 
     def _set_buttons(self, run: Run | None) -> None:
         """Which of Stop / Resume / Chat / Clone apply to the run on show."""
