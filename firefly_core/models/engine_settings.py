@@ -27,9 +27,9 @@ def max_threads() -> int:
     """The most decode threads a setting may ask for: 4x this machine's CPUs, at most 256.
 
     More than the CPUs only slows decoding down (OpenMP workers wait for cores), and far more
-    crashes natively: 2,000 ends in a bare libgomp error, 100,000 segfaults and 10^9 aborts with
-    std::bad_alloc, in every later run that reads the saved value. 4x leaves room for a settings
-    file shared with a bigger machine."""
+    crashes natively (issue 23: 2,000 ended in a bare libgomp error, 100,000 segfaulted and 10^9
+    aborted with std::bad_alloc, in every later run that read the saved value). 4x leaves room
+    for a settings file shared with a bigger machine."""
     return max(1, min(MAX_THREADS, 4 * (os.cpu_count() or 1)))
 
 
