@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from app_helpers import write_events
 
+from firefly_core.samples import sample_path
 from firefly_core.training.config import TrainConfig
 from firefly_core.training.run import (
     ENDED_WITHOUT_EVENT,
@@ -28,7 +29,7 @@ from firefly_core.training.run import (
 )
 from firefly_core.training.run_dir import LAUNCH_FILE
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
+SAMPLE = sample_path("instructions")
 
 
 def steps(first: int, last: int, loss=lambda s: 3.0 / s, total: int = 10, **extra) -> list[dict]:
