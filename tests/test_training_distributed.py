@@ -131,3 +131,21 @@ def test_ctrl_c_on_a_two_process_run_stops_every_worker_cleanly(bloom_dir, tmp_p
     done = read_events(run)[-1]
     assert done.type == "done" and done.data["status"] == "stopped"
     assert (run / "checkpoints" / f"step-{done.data['step']:08d}" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    {"method": "dpo", "data": [str(ASSETS / "sample_preferences.jsonl")], "max_length": 256, "warmup_steps": 0},
+    {"packing": True, "batch_size": 2, "max_length": 128},
+], ids=["dpo", "packed"])
+def test_two_gloo_processes_dpo_and_packing_match_accumulation(extra, bloom_dir, tmp_path):
+    """DPO (loss per pair, reward sums reduced across processes) and packed rows normalise over the
+    whole optimizer step too: 2 processes equal 1 process accumulating 2 micro-batches."""
+    assert launch(_config(bloom_dir, tmp_path / "ddp", num_processes=2, **extra)) == "completed"
+    assert launch(_config(bloom_dir, tmp_path / "one", grad_accum=2, **extra)).status == "completed"
+    assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    if "method" in extra:
+        ddp = [e for e in read_events(tmp_path / "ddp") if e.type == "step"]
+        one = [e for e in read_events(tmp_path / "one") if e.type == "step"]
+        assert [e.reward_margin for e in ddp] == pytest.approx([e.reward_margin for e in one], rel=1e-4, abs=1e-6)
+        assert [e.reward_accuracy for e in ddp] == [e.reward_accuracy for e in one]
