@@ -464,3 +464,29 @@ async def test_past_runs_and_every_run_button_are_on_screen(store, fresh_home, s
             label = str(button.label)
             assert button.region.width >= len(label), (label, button.region)
             assert screen.query_one("#train-panel").region.contains_region(button.region), label
+
+
+async def test_the_data_check_reads_the_data_as_the_method_will(store, fresh_home, bloom_dir, tmp_path):
+    """DPO checks preference pairs, pretraining checks documents, and SFT given pairs says which
+    method they are for (each through core's own reader)."""
+    from firefly_core.samples import sample_path
+
+    text = tmp_path / "book.txt"
+    text.write_text("第一段，很长的文字。\n还是第一段。\n\n第二段。\n", encoding="utf-8")
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot, RecordingLauncher())
+        screen.query_one("#f-model").value = str(bloom_dir)
+        screen.query_one("#f-out").value = str(tmp_path / "run")
+        for method, data, expected in (
+            ("dpo", sample_path("preferences"), "12 lines, 12 pairs, 0 bad"),
+            ("pretrain", text, "2 documents, 0 bad"),
+            ("sft", sample_path("preferences"), "train it with --method dpo"),
+        ):
+            screen.query_one("#f-method").value = method
+            screen.query_one("#f-data").value = str(data)
+            await pilot.press("ctrl+k")
+            dialog = await wait_screen(pilot, DataCheckDialog, timeout=30)
+            assert expected in dialog.text, (method, dialog.text)
+            await pilot.press("escape")
+            await wait_screen(pilot, TrainScreen)

@@ -501,10 +501,10 @@ class TrainRequest:
         return request
 
     def check_data(self) -> Any:
-        """The data check report as this run would read its data: the model's tokenizer and
-        prompt format (as chat resolves it), this max length. Loads only the tokenizer."""
-        from ..data import check_files
-
+        """The data check report as this run would read its data, by its method: SFT rows
+        (`data.DataReport`), preference pairs for DPO (`preferences.PairReport`), documents for
+        pretraining (`DocumentCheck`); tokenized with the model's tokenizer and prompt format (as
+        chat resolves it) at this max length. Loads only the tokenizer."""
         tokenizer = fmt = None
         if self.model:
             from ..formats import resolve_format
@@ -514,8 +514,35 @@ class TrainRequest:
 
             tokenizer = load_tokenizer(resolve_model_path(self.model))
             fmt = resolve_format(tokenizer, catalog_format=prompt_format_for(self.model))
-        return check_files([Path(p) for p in self.data], tokenizer=tokenizer, prompt_format=fmt,
-                           max_length=self.max_length)
+        paths = [Path(p) for p in self.data]
+        if self.method == "dpo":
+            from ..preferences import check_pairs
+
+            return check_pairs(paths, tokenizer=tokenizer, prompt_format=fmt, max_length=self.max_length)
+        if self.method == "pretrain":
+            from ..documents import read_documents, tokenize_documents
+
+            docs, bad = read_documents(paths)
+            stats = tokenize_documents(docs, tokenizer, self.max_length)[1] if tokenizer is not None else None
+            return DocumentCheck([str(p) for p in paths], len(docs), bad, stats, self.max_length)
+        from ..data import check_files
+
+        return check_files(paths, tokenizer=tokenizer, prompt_format=fmt, max_length=self.max_length)
+
+
+@dataclass
+class DocumentCheck:
+    """What a pretraining run would read: documents, bad lines, tokens (`documents.DocumentStats`)."""
+
+    files: list[str]
+    documents: int
+    bad: list[Any]
+    tokens: Any | None
+    max_length: int
+
+    @property
+    def valid(self) -> int:
+        return self.documents
 
 
 def _num(v: Any) -> str:

@@ -326,20 +326,30 @@ def _pick(value: str | None, allowed: tuple[str, ...]) -> str:
 
 
 def data_summary(report) -> str:
-    """The data check as a few lines for the form (counts, problems, token lengths)."""
-    lines = [
-        f"{', '.join(report.files)}: {report.lines} lines, {report.valid} samples, {len(report.bad)} bad",
-    ]
-    if report.by_format:
+    """The data check as a few lines for the form (counts, problems, token lengths), for SFT rows,
+    DPO preference pairs or pretraining documents (`TrainRequest.check_data`)."""
+    files = ", ".join(report.files)
+    if hasattr(report, "prompts_differ"):  # preference pairs
+        lines = [f"{files}: {report.lines} lines, {report.valid} pairs, {len(report.bad)} bad; "
+                 f"prompts differ in {report.prompts_differ}"]
+    elif hasattr(report, "documents"):  # raw text
+        lines = [f"{files}: {report.documents} documents, {len(report.bad)} bad"]
+    else:
+        lines = [f"{files}: {report.lines} lines, {report.valid} samples, {len(report.bad)} bad"]
+    if getattr(report, "by_format", None):
         lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in report.by_format.items()))
     for bad in report.bad[:3]:
         lines.append(f"  ✗ {bad}")
     tok = report.tokens
     if tok is not None and tok.lengths:
         lengths = sorted(tok.lengths)
-        lines.append(
-            f"tokens: median {lengths[len(lengths) // 2]}, max {lengths[-1]} "
-            f"(max_length {report.max_length}); truncated {tok.truncated}, dropped {tok.cut_away}; "
-            f"supervised {tok.supervised_tokens}"
-        )
+        if hasattr(tok, "pieces"):  # documents: every token is trained
+            lines.append(f"tokens: {tok.tokens} in {tok.pieces} pieces of at most {report.max_length}; "
+                         f"median document {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+        else:
+            lines.append(
+                f"tokens: median {lengths[len(lengths) // 2]}, max {lengths[-1]} "
+                f"(max_length {report.max_length}); truncated {tok.truncated}, dropped {tok.cut_away}; "
+                f"supervised {tok.supervised_tokens}"
+            )
     return "\n".join(lines)
