@@ -219,3 +219,34 @@ def test_warm_prefills_a_loaded_conversation(loaded):
     assert done.stats.reused_tokens == len(warm_ids)
     fresh = _run(ChatSession(lm, system="sys", config=session.config).reply(history + [Message("user", TURNS[2])]))
     assert done.text == fresh.text
+
+
+def test_open_session_resolves_format_system_prompt_and_settings_in_one_place(bloom_dir, fresh_home, tmp_path):
+    """The one opener every front end uses: the model from the service, the system prompt saved for
+    the model (`firefly use M --system`) unless the chat has its own ("" = none), the chat's prompt
+    format on the same weights, and the generation layers with explicit overrides on top."""
+    from firefly_core.models.user_settings import update_model_settings
+    from firefly_core.session import open_session, system_prompt_for
+
+    model = str(bloom_dir)
+    load = {"engine": "torch", "device": "cpu", "dtype": "fp32"}
+    update_model_settings(model, system="你是一个诗人", temperature=0.9)
+    saved = open_session(model, {}, load=load)
+    assert saved.system == "你是一个诗人" == system_prompt_for(model)
+    assert saved.config.temperature == 0.9 and saved.config.do_sample
+    assert saved.settings_used()["system"] == "你是一个诗人" and saved.settings_used()["model"] == model
+    own = open_session(model, {"system": "", "prompt_format": "firefly-v2", "temperature": 0}, load=load)
+    assert own.system is None and own.config.do_sample is False  # the chat's settings win
+    assert own.lm.prompt_format.name == "firefly-v2" and own.lm.model is saved.lm.model  # no reload
+    assert own.lm.generation_lock is saved.lm.generation_lock  # still one generation at a time
+    flagged = open_session(model, {"max_new_tokens": 5}, overrides={"max_new_tokens": 7}, load=load)
+    assert flagged.config.max_new_tokens == 7
+    # the system prompt reaches the prompt: the same reply as a session given it by hand
+    question = [Message("user", "你好")]
+    greedy = open_session(model, {"temperature": 0, "max_new_tokens": 6}, load=load)
+    by_hand = ChatSession(greedy.lm, system="你是一个诗人", config=greedy.config)
+    assert greedy.prompt_ids(question)[1] == by_hand.prompt_ids(question)[1]
+    assert _run(greedy.reply(question)).text == _run(by_hand.reply(question)).text
+    # a bad value is refused before any load (the folder does not even exist)
+    with pytest.raises(ConfigError, match="top_p"):
+        open_session(str(tmp_path / "not-loaded"), {"top_p": 1.5})

@@ -143,3 +143,29 @@ def test_chat_output_is_quiet(bloom_dir, tmp_path):
     stderr = proc.stderr.decode("utf-8")
     assert proc.returncode == 0, stderr
     assert stderr == "", stderr
+
+
+def test_the_system_prompt_saved_with_use_is_applied_and_system_flag_wins(bloom_dir, tmp_path):
+    """`firefly use M --system …` then `firefly chat`: the reply is the one a session with that
+    system prompt gives (open_session resolves it, as in the app and `firefly serve`); an empty
+    `--system ""` means none."""
+    env = dict(os.environ, FIREFLY_HOME=str(tmp_path), PYTHONIOENCODING="utf-8")
+    use = subprocess.run([sys.executable, "-m", "firefly_tui.cli", "use", str(bloom_dir), "--system", "你是一个诗人"],
+                         capture_output=True, text=True, encoding="utf-8", env=env, timeout=120)
+    assert use.returncode == 0, use.stderr
+    lm = load_model(bloom_dir, dtype="fp32", device="cpu")
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=6)
+    question = [Message("user", "你好")]
+
+    def reply(system):
+        return [e for e in ChatSession(lm, system=system, config=cfg).reply(question) if isinstance(e, ReplyDone)][0].text
+
+    flags = ["--model", str(bloom_dir), "--dtype", "fp32", "--device", "cpu", "--engine", "torch", "--greedy",
+             "--max-new-tokens", "6"]
+    assert reply("你是一个诗人") != reply(None)  # the system prompt changes this reply: the check can fail
+    saved = _chat(flags, "你好\n", tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout == reply("你是一个诗人") + "\n"
+    none = _chat([*flags, "--system", ""], "你好\n", tmp_path)
+    assert none.returncode == 0, none.stderr
+    assert none.stdout == reply(None) + "\n"
