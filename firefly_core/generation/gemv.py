@@ -9,10 +9,11 @@ serves four rows, and splits rows over OpenMP threads; it reads ~25 GB/s on the 
 the same for int8 weight-only layers (generation/quantize.py), where PyTorch's
 `_weight_int8pack_mm` reads only ~14.5 GB/s here.
 
-It is compiled on first use with torch's cpp_extension, once per install: the build folder
+It is compiled with torch's cpp_extension, once per install: the build folder
 (`build_directory()`, under TORCH_EXTENSIONS_DIR) is keyed by this package's version, torch's
-version and the Python prefix. The model service calls `prepare_kernels()` while loading, so the
-compile (~20-40 s, said as a status line) never lands inside a reply. A build cannot hang: our own
+version and the Python prefix. Only the model service builds it (`prepare_kernels()` while it
+prepares a model, then `cpu_route.py` writes which layers use it), so the compile (~20-40 s, said
+as a status line) never lands inside a reply: `gemv_linear` never builds, it needs the kernels built. A build cannot hang: our own
 lock file records the builder's pid, a lock left by a dead process (or torch's own `lock` file
 left by a killed compile) is broken, and a live builder is awaited at most FIREFLY_KERNEL_WAIT
 seconds before falling back. Small models (`kernels_pay`) and fp32 never build it. Where it is
