@@ -302,6 +302,15 @@ STRINGS: dict[str, tuple[str, str]] = {
     "models.exporting": ("正在导出 {name}：{step}", "Exporting {name}: {step}"),
     "models.exported": ("已导出 {path}（{size}），可用于 llama.cpp 和 ollama", "Exported {path} ({size}) for llama.cpp and ollama"),
     "models.export_failed": ("导出失败：{error}", "Export failed: {error}"),
+    "train.evaluate": ("评估", "Evaluate"),
+    "train.eval_title": ("评估：基础模型 vs 训练结果", "Evaluation: base vs what the run made"),
+    "train.eval_how": ("评估这个训练的结果", "Evaluate what this run made"),
+    "train.eval_compare_only": ("对比回复（基础模型和 final/，30 秒左右）", "Compare replies (base and final/, about half a minute)"),
+    "train.eval_with_exam": ("对比回复并考试（C-Eval 格式的文件夹）…", "Compare and score an exam (a C-Eval-layout folder)…"),
+    "train.eval_exam_path": ("考试文件夹（含 dev/ 和 val/，C-Eval 格式）", "Exam folder (with dev/ and val/, C-Eval layout)"),
+    "train.eval_busy": ("已经有一个评估在运行", "An evaluation is already running"),
+    "train.eval_failed": ("评估失败：{error}", "Evaluation failed: {error}"),
+    "train.eval_done": ("{path} 的评估已完成并保存在训练文件夹中", "Evaluation of {path} done, saved in the run folder"),
     "train.select_run": ("先在“历史训练”中选择一个训练", "Select a run under Past runs first"),
 }
 

@@ -161,3 +161,47 @@ def test_evaluate_run_saves_base_vs_final_in_the_run_folder(qwen_dir, other_qwen
     assert any(line.startswith("ceval: base") for line in lines) and "next-token agreement" in "\n".join(lines)
     (run / EVAL_FILE).write_text("not json", encoding="utf-8")
     assert load_evaluation(run) is None
+
+
+async def test_app_evaluate_compares_base_and_final_and_shows_it_again(fresh_home, qwen_dir, other_qwen, tmp_path):
+    """Train screen: Evaluate on a finished run runs the comparison in a worker with a progress bar,
+    saves it in the run folder, and the panel shows it when the run is opened again."""
+    import shutil
+
+    from app_helpers import wait_screen, wait_until
+    from test_app_train import make_app, open_train, shown, write_run
+
+    from firefly_core.paths import runs_dir
+    from firefly_core.store import ChatStore
+    from firefly_core.training.config import CONFIG_FILE
+    from firefly_core.training.run_dir import EVAL_FILE
+    from firefly_tui.screens.dialogs import ChoiceDialog
+
+    run = runs_dir() / "run-eval"
+    write_run(run, 3, total=3, done=True).close()
+    (run / CONFIG_FILE).write_text(json.dumps({"model": str(qwen_dir)}), encoding="utf-8")
+    shutil.copytree(other_qwen, run / "final")
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    try:
+        app = make_app(store)
+        async with app.run_test(size=(150, 48)) as pilot:
+            screen = await open_train(pilot)
+            await wait_until(pilot, lambda: shown(screen, run) and screen.run.status == "done")
+            assert not screen.query_one("#evaluate").disabled
+            await pilot.click("#evaluate")
+            await wait_screen(pilot, ChoiceDialog)
+            await pilot.press("enter")  # the first choice: compare base and final/
+            await wait_until(pilot, lambda: screen.query_one("#eval-progress").display, what="the progress bar")
+            await wait_until(pilot, lambda: (run / EVAL_FILE).is_file(), timeout=120, what="evaluation.json")
+            await wait_until(pilot, lambda: "next-token agreement" in str(screen.query_one("#eval-summary").render()))
+            assert not screen.query_one("#eval-progress").display
+        doc = json.loads((run / EVAL_FILE).read_text())
+        assert doc["base"] == str(qwen_dir) and doc["eval"] is None and doc["checks"]["made"]["replies"] == 8
+        app = make_app(store)
+        async with app.run_test(size=(80, 24)) as pilot:  # reopened, narrow
+            screen = await open_train(pilot)
+            await wait_until(pilot, lambda: shown(screen, run))
+            await wait_until(pilot, lambda: "replies stop" in str(screen.query_one("#eval-summary").render()))
+            assert screen.query_one("#run-evaluation").display
+    finally:
+        store.close()

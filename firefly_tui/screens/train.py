@@ -28,7 +28,7 @@ from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
 from ..widgets.run_panel import RunLauncher, RunPanel
 from ..widgets.train_form import TrainForm, config_of, values_from_request
-from .dialogs import TextDialog
+from .dialogs import ChoiceDialog, PromptDialog, TextDialog
 
 
 def run_row(run: Run) -> str:
@@ -212,6 +212,32 @@ class TrainScreen(Screen):
 
     def action_clone(self) -> None:
         self.panel.clone()
+
+    @on(RunPanel.EvaluateRequested)
+    def _evaluate(self, message: RunPanel.EvaluateRequested) -> None:
+        """Evaluate: compare base and final/, and with an exam folder score both (issue 26)."""
+        from ..widgets.run_evaluation import RunEvaluation
+
+        box = self.panel.query_one(RunEvaluation)
+        run = message.run
+        if box.running is not None:
+            self.notify(t("train.eval_busy"), severity="warning")
+            return
+
+        def with_exam(path: str | None) -> None:
+            if path:
+                box.start(run.path, path)
+
+        def picked(choice: str | None) -> None:
+            if choice == "compare":
+                box.start(run.path, None)
+            elif choice == "exam":
+                self.app.push_screen(PromptDialog(t("train.eval_exam_path"), placeholder="~/ceval"), with_exam)
+
+        self.app.push_screen(
+            ChoiceDialog(t("train.eval_how"), [("compare", t("train.eval_compare_only")), ("exam", t("train.eval_with_exam"))]),
+            picked,
+        )
 
     @on(RunPanel.CloneRequested)
     def _clone(self, message: RunPanel.CloneRequested) -> None:

@@ -29,6 +29,7 @@ from ..i18n import t
 from ..screens.dialogs import ButtonRow, ChoiceDialog, ConfirmDialog
 from ..screens.models import human_seconds
 from .loss_plot import LossPlot
+from .run_evaluation import RunEvaluation
 
 POLL_S = 0.5
 
@@ -119,7 +120,8 @@ class RunPanel(Vertical):
             yield Button(t("train.resume"), id="resume", compact=True)
             yield Button(t("train.chat"), id="chat-final", variant="success", compact=True)
             yield Button(t("train.clone"), id="clone", compact=True)
-            # Evaluate (issue 26) goes here: Button(t("train.evaluate"), id="evaluate", compact=True)
+            yield Button(t("train.evaluate"), id="evaluate", compact=True)
+        yield RunEvaluation()
         yield Label(t("train.log"), classes="section")
         # Static in a scroll view (not Log): long lines wrap, and re-wrap on resize.
         with VerticalScroll(id="run-log"):
@@ -139,6 +141,7 @@ class RunPanel(Vertical):
         self.run = Run(Path(run_dir))
         self._log_size, self._seen = -1, ()
         self.query_one("#run-log-text", Static).update("")
+        self.query_one(RunEvaluation).show(self.run.path)
         self.poll()
 
     def poll(self) -> None:
@@ -183,6 +186,7 @@ class RunPanel(Vertical):
         self.query_one("#resume", Button).disabled = not (run is not None and run.resumable)
         self.query_one("#chat-final", Button).disabled = run is None or live or not run.models()
         self.query_one("#clone", Button).disabled = run is None
+        self.query_one("#evaluate", Button).disabled = run is None or live or not run.models()
 
     def _tail_log(self, run: Run) -> None:
         try:
