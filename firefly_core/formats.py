@@ -10,7 +10,8 @@ Three formats:
 `render` returns token ids plus a per-token "trainable" mask that is True exactly on assistant
 tokens including the token that ends them (``</s>`` / ``<|im_end|>``), which is what Firefly
 computes the loss on. Chat uses the same ids with `add_generation_prompt=True`, so a model is
-trained and served with one format. Firefly's formats have no system slot: a system prompt is put
+trained and served with one format (a prompt to reply to trains nothing: its mask is all False,
+and a chat template renders it in one pass). Firefly's formats have no system slot: a system prompt is put
 before the first user message, separated by a blank line.
 
 Ids are built segment by segment (special ids inserted directly, text encoded without special
@@ -203,6 +204,13 @@ class ChatTemplate(PromptFormat):
         _split_system(messages)  # validates roles
         dicts = [m.to_dict() for m in messages]
         full = self._text(tokenizer, dicts, add_generation_prompt)
+        if add_generation_prompt:
+            # A prompt to reply to: nothing in it is trained, so the assistant spans (one render of
+            # the template per assistant message: quadratic in the conversation) are not needed,
+            # nor must the template render earlier turns as growing prefixes.
+            out = Rendered()
+            out.add(tokenizer(full, add_special_tokens=False)["input_ids"], False)
+            return out
         spans: list[tuple[int, int]] = []
         for i, m in enumerate(messages):
             if m.role != "assistant":

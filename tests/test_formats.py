@@ -153,3 +153,19 @@ def test_ollama_templates_come_from_the_format(bloom_tok, qwen_tok):
     template, _system = ollama_template(ChatTemplate(), qwen_tok)
     assert template is not None and "<|im_start|>" in template  # ChatML family
     assert ollama_template(ChatTemplate(), bloom_tok) == (None, None)
+
+
+def test_a_generation_prompt_renders_the_template_once(qwen_tok, monkeypatch):
+    """A prompt to reply to trains nothing: one template render, not one per assistant message
+    (which made a long conversation quadratic), and the same ids as rendering the whole text."""
+    msgs = [Message(U if i % 2 == 0 else A, f"第{i}句") for i in range(201)]
+    calls = []
+    original = qwen_tok.apply_chat_template
+    monkeypatch.setattr(qwen_tok, "apply_chat_template", lambda *a, **k: calls.append(1) or original(*a, **k))
+    r = ChatTemplate().render(qwen_tok, msgs, add_generation_prompt=True)
+    assert len(calls) == 1 and not any(r.trainable)
+    text = original([m.to_dict() for m in msgs], tokenize=False, add_generation_prompt=True)
+    assert r.ids == qwen_tok.encode(text, add_special_tokens=False)
+    calls.clear()
+    ChatTemplate().render(qwen_tok, msgs[:5], add_generation_prompt=False)  # training still finds the spans
+    assert len(calls) > 1

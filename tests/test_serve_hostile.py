@@ -183,6 +183,13 @@ def test_a_prompt_longer_than_the_window_could_hold_is_refused_before_tokenizing
     assert f"the prompt is {len(text)} characters" in reply["error"]["message"]
 
 
+def test_more_messages_than_the_window_has_tokens_are_refused_before_rendering(server):
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": ""} for i in range(4001)]
+    status, _, reply = _request(server, "POST", "/v1/chat/completions", json.dumps({"messages": messages}).encode())
+    _assert_openai_error(reply, 400, status, "messages")
+    assert reply["error"]["code"] == "context_length_exceeded" and "4001 messages" in reply["error"]["message"]
+
+
 def test_the_character_bound_never_refuses_a_prompt_that_fits(server):
     from firefly_tui.server.limits import prompt_char_limit
 

@@ -236,9 +236,9 @@ class ServedModel:
     def _prompt_ids(self, session: Any, request: ChatRequest | CompletionRequest) -> list[int]:
         from firefly_core.errors import FireflyError
 
-        from .limits import check_prompt_chars, prompt_chars
+        from .limits import check_prompt_size
 
-        check_prompt_chars(session.lm, prompt_chars(request), "prompt" if isinstance(request, CompletionRequest) else "messages")
+        check_prompt_size(session.lm, request)
         try:
             if isinstance(request, CompletionRequest):
                 return list(session.lm.tokenizer.encode(request.prompt))

@@ -11,8 +11,9 @@ script to find it, so every resource a client controls has a bound here, in one 
 - open connections: at most `max_connections` (beyond that a new one is closed at once, so file
   descriptors never run out), and at most that many requests in flight (uvicorn's
   `limit_concurrency` answers 503 beyond it);
-- the prompt: refused before tokenizing when its text is longer than the context window could
-  hold at the tokenizer's longest token (`prompt_char_limit`), so tokenizing is bounded work.
+- the prompt: refused before rendering and tokenizing when its text is longer than the context
+  window could hold at the tokenizer's longest token (`prompt_char_limit`), or it has more messages
+  than the window has tokens (`check_prompt_size`), so rendering and tokenizing are bounded work.
 """
 
 from __future__ import annotations
@@ -75,17 +76,31 @@ def prompt_chars(request: Any) -> int:
     return sum(len(m.content) for m in getattr(request, "messages", ()))
 
 
-def check_prompt_chars(lm: Any, chars: int, param: str) -> None:
-    """Refuse (400 context_length_exceeded) a prompt of `chars` characters that cannot fit, before
-    any tokenizing: a 15 MB prompt used to cost tens of seconds of CPU and gigabytes first."""
+def check_prompt_size(lm: Any, request: Any) -> None:
+    """Refuse (400 context_length_exceeded) a prompt that cannot fit `lm`'s context window, before
+    any rendering or tokenizing: a 15 MB prompt used to cost tens of seconds of CPU and gigabytes
+    first. Two cheap bounds: its text is longer than `prompt_char_limit`, or it has more messages
+    than the window has tokens (each message renders to at least one token: its role marker)."""
     from .protocol import ApiError
 
+    context = int(getattr(lm, "context_length", 0) or 0)
     limit = prompt_char_limit(lm)
+    chars = prompt_chars(request)
+    messages = len(getattr(request, "messages", ()))
+    param = "messages" if messages else "prompt"
     if limit is not None and chars > limit:
         raise ApiError(
             400,
-            f"the prompt is {chars} characters; this model's context window is {lm.context_length} "
+            f"the prompt is {chars} characters; this model's context window is {context} "
             f"tokens, which hold at most {limit} characters of text",
+            param=param,
+            code="context_length_exceeded",
+        )
+    if context and messages > context:
+        raise ApiError(
+            400,
+            f"the conversation has {messages} messages; this model's context window is {context} tokens, "
+            "and each message takes at least one",
             param=param,
             code="context_length_exceeded",
         )
