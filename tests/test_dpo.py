@@ -199,3 +199,28 @@ def test_resume_keeps_the_starting_model_as_reference(reference, bloom_dir, tmp_
     for step in range(1, 5):
         assert losses["b"][step] == pytest.approx(losses["a"][step], rel=1e-5, abs=1e-6), step
     assert losses["a"][4] < losses["a"][1] - 1e-3
+
+
+def test_chunked_answer_logps_equal_the_plain_ones(qwen_dir, monkeypatch):
+    """Big vocabularies: DPO's scores a few positions at a time give the same values and gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from firefly_core.training import losses
+
+    _, batch = _batch(qwen_dir)
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+
+    def run(single_process):
+        model.zero_grad()
+        values = losses.answer_logps(model, batch, single_process)
+        values.sum().backward()
+        return values.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    plain, plain_grads = run(False)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 9 * vocab * 4)  # 9 positions per chunk
+    assert losses.chunk_for(model, batch, True) == 9
+    chunked, chunked_grads = run(True)
+    torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(chunked_grads, plain_grads, rtol=1e-4, atol=1e-6)

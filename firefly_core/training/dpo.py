@@ -18,19 +18,9 @@ from __future__ import annotations
 import copy
 import math
 
+from .losses import answer_logps
+
 METRICS = 4  # chosen reward sum, rejected reward sum, correct pairs, margin sum
-
-
-def answer_logps(model, batch):
-    """(rows,) sum over answer tokens of log p(token | prefix), in float32."""
-    import torch
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    return picked.sum(-1)
 
 
 def answer_tokens(batch):
@@ -57,8 +47,9 @@ def dpo_losses(policy, reference, beta: float, loss_type: str = "sigmoid", token
 class Reference:
     """Reference log-probs for a batch, from whichever reference this run uses."""
 
-    def __init__(self, model, config, accelerator) -> None:
+    def __init__(self, model, config, accelerator, single_process: bool = False) -> None:
         self.accelerator = accelerator
+        self.single_process = single_process
         self.mode = "adapter-off" if config.lora else ("precomputed" if config.precompute_ref else "copy")
         self.copy = None
         if self.mode == "copy":
@@ -76,10 +67,10 @@ class Reference:
             return batch["ref_logps"]
         with torch.no_grad(), self.accelerator.autocast():
             if self.mode == "copy":
-                return answer_logps(self.copy, batch)
+                return answer_logps(self.copy, batch, self.single_process)
             unwrapped = self.accelerator.unwrap_model(model)
             with unwrapped.disable_adapter():
-                return answer_logps(unwrapped, batch)
+                return answer_logps(unwrapped, batch, self.single_process)
 
     def precompute(self, model, items, batch_size: int, collate) -> None:
         """Fill `item.ref` for every pair with the (still untrained) model's log-probs."""
@@ -95,7 +86,7 @@ class Reference:
                 for t in chunk:
                     t.ref = None
                 batch = {key: v.to(self.accelerator.device) for key, v in collate(chunk).items()}
-                values = answer_logps(model, batch).double().cpu().tolist()
+                values = answer_logps(model, batch, self.single_process).double().cpu().tolist()
                 n = len(chunk)
                 for i, t in enumerate(chunk):
                     t.ref = (values[i], values[n + i])
@@ -106,7 +97,7 @@ def pair_loss_sum(model, batch, reference: Reference, beta: float, loss_type: st
     """Summed DPO loss of a batch's pairs, and its metric sums (METRICS values)."""
     import torch
 
-    policy = answer_logps(model, batch)
+    policy = answer_logps(model, batch, reference.single_process)
     ref = reference.logps(model, batch)
     losses, chosen, rejected = dpo_losses(policy, ref, beta, loss_type, answer_tokens(batch))
     metrics = torch.stack([chosen.sum(), rejected.sum(), (chosen > rejected).float().sum(),

@@ -78,3 +78,37 @@ def chunked_token_loss_sum(model, batch, chunk: int):
         part = slice(start, start + chunk)
         total = total + checkpoint(_chunk_loss, hidden[part], head.weight, head.bias, labels[part], use_reentrant=False)
     return total
+
+
+def _chunk_logps(hidden, weight, bias, labels):
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden, weight, bias).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def answer_logps(model, batch, single_process: bool = False):
+    """(rows,) sum over trained tokens of log p(token | prefix), in float32 (DPO's scores);
+    chunked like the loss when the batch's float32 logits would pass CHUNK_BYTES."""
+    import torch
+
+    chunk = chunk_for(model, batch, single_process)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    if not chunk:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return (logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+    from torch.utils.checkpoint import checkpoint
+
+    body, head = body_and_head(model)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+    rows = torch.arange(labels.size(0), device=labels.device)[:, None].expand_as(labels)[mask]
+    hidden, picked = hidden[mask], labels[mask]
+    total = torch.zeros(labels.size(0), device=hidden.device, dtype=torch.float32)
+    for start in range(0, picked.numel(), chunk):
+        part = slice(start, start + chunk)
+        logps = checkpoint(_chunk_logps, hidden[part], head.weight, head.bias, picked[part], use_reentrant=False)
+        total = total.index_add(0, rows[part], logps)
+    return total

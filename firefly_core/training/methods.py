@@ -153,14 +153,15 @@ class Method:
         if self.dpo:
             from .dpo import Reference
 
-            self.reference = Reference(model, self.config, accelerator)
+            self.reference = Reference(model, self.config, accelerator, self.single_process)
 
     def loss_sum(self, model, batch):
         """(summed loss, metric sums or None) of one batch."""
         if self.dpo:
             from .dpo import pair_loss_sum
 
-            return pair_loss_sum(model, batch, self.reference, self.config.beta, self.config.loss)
+            with self.accelerator.autocast():  # a chunked path calls the body outside accelerate's wrapper
+                return pair_loss_sum(model, batch, self.reference, self.config.beta, self.config.loss)
         chunk = chunk_for(model, batch, self.single_process)
         if chunk:
             # The body is called directly, outside the autocast accelerate wraps the forward in.
