@@ -1,6 +1,7 @@
 """Errors a user can cause, each with a message that says what happened and how to fix it.
 
-The CLI and the app show `FireflyError`s as plain messages (no traceback); anything else is a bug.
+The CLI, the app and the server show `FireflyError`s as plain messages (no traceback), all in the
+words of `format_error` (the one rendering); anything else is a bug.
 """
 
 from __future__ import annotations
@@ -16,6 +17,23 @@ class FireflyError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+def format_error(e: BaseException, *, lines: bool = False) -> str:
+    """The one rendering of an error for people: our errors' message and hint, on one line
+    ("message — hint": the app's status lines and notifications, the API's error message) or, with
+    `lines`, as a terminal shows it ("error: message" and "hint: hint" lines: the CLI). Anything else
+    is a bug: its type and text, so a report names it.
+
+    Plain text: a front end that reads markup (Textual) must show it as text ("[llamacpp]" is no
+    markup)."""
+    if isinstance(e, FireflyError):
+        message, hint = e.message, e.hint
+    else:
+        message, hint = f"{type(e).__name__}: {e}", None
+    if lines:
+        return f"error: {message}" + (f"\nhint: {hint}" if hint else "")
+    return message + (f" — {hint}" if hint else "")
 
 
 class ModelNotFoundError(FireflyError):

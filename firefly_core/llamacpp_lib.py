@@ -10,7 +10,6 @@ import ctypes
 import os
 from typing import Any
 
-INSTALL_HINT = "install it with: pip install 'firefly-tui[llamacpp]' (builds llama.cpp once, a few minutes)"
 
 
 def llama_cpp_module():
@@ -25,14 +24,17 @@ def available() -> str | None:
     """None when the llama.cpp engine can be used here, else the reason it cannot."""
     if os.environ.get("FIREFLY_LLAMACPP", "").strip() == "0":
         return "FIREFLY_LLAMACPP=0 is set"
+    from .errors import format_error
+    from .extras import missing_extra
+
+    missing = missing_extra("llamacpp")
+    if missing is not None:  # the extra's one message, with the install commands
+        return format_error(missing)
     try:
         import gguf  # noqa: F401
-    except ImportError:
-        return f"the gguf package is not installed; {INSTALL_HINT}"
-    try:
         llama_cpp_module()
-    except ImportError:
-        return f"llama-cpp-python is not installed; {INSTALL_HINT}"
+    except ImportError as e:
+        return f"the llamacpp extra is installed but does not import ({e})"
     except (OSError, RuntimeError) as e:  # the shared library failed to load
         return f"llama-cpp-python cannot load llama.cpp ({e})"
     return None

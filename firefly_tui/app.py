@@ -176,6 +176,11 @@ class FireflyApp(App):
 
         self.call_after_refresh(ask)
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup: bool = True) -> None:
+        """Every notification is plain text (whatever a widget passes as `markup`): errors and paths
+        carry brackets ("firefly-tui[llamacpp]", "run[1]") that markup would swallow."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     def track_screen(self, screen: Screen) -> None:
         """Called by each mode screen when it mounts: gives it the navigation line."""
         self._screens.add(screen)

@@ -31,14 +31,9 @@ def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], N
     from firefly_core.errors import FireflyError, OutputExistsError
     from firefly_core.export.gguf import export_gguf as _export
     from firefly_core.export.gguf import model_info
+    from firefly_core.extras import require_extra
 
-    try:
-        import gguf  # noqa: F401 - the writer; an optional extra
-    except ImportError:
-        raise FireflyError(
-            "GGUF export needs the gguf package, which is not installed",
-            "install the llama.cpp extra: pip install 'firefly-tui[llamacpp]'",
-        ) from None
+    require_extra("llamacpp")
     out = Path(out).expanduser()
     if out.suffix.lower() != ".gguf":
         raise FireflyError(f"{out} does not end in .gguf", "name the output like model.gguf")
@@ -60,11 +55,10 @@ def chat_for_model(store, model_path: str):
 
 
 def format_error(e: BaseException) -> str:
-    """A user-facing one-liner: our errors' message and hint; otherwise the type and text."""
-    from firefly_core.errors import FireflyError
+    """A user-facing one-liner: `firefly_core.errors.format_error`, the one rendering (plain text:
+    the app's notifications and status lines show it without markup)."""
+    from firefly_core.errors import format_error as render
 
-    if isinstance(e, FireflyError):
-        return e.message + (f" — {e.hint}" if e.hint else "")
-    return f"{type(e).__name__}: {e}"
+    return render(e)
 
 

@@ -47,14 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         from firefly_tui.app import run_app
 
         return run_app() or 0
-    from firefly_core.errors import FireflyError
+    from firefly_core.errors import FireflyError, format_error
 
     try:
         return args.handler(args) or 0
     except FireflyError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        print(format_error(e, lines=True), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

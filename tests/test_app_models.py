@@ -377,7 +377,9 @@ async def test_model_settings_expose_engine_int8_cuda_graphs_threads(store, bloo
     assert (ms.engine, ms.quantize, ms.cuda_graph, ms.threads) == ("torch", "int8", False, 2)
 
 
-async def test_export_gguf_from_the_models_screen(store, bloom_dir, fresh_home, tmp_path):
+async def test_export_gguf_from_the_models_screen(store, bloom_dir, fresh_home, tmp_path, llamacpp):
+    import gguf
+
     from firefly_core.models.inventory import register_local
     from firefly_tui.screens.dialogs import ChoiceDialog
 
@@ -397,18 +399,36 @@ async def test_export_gguf_from_the_models_screen(store, bloom_dir, fresh_home, 
         dialog.query_one("#value").value = str(out)
         await pilot.press("enter")
         await wait_until(pilot, lambda: "Exported" in screen.status_text or "failed" in screen.status_text, timeout=120)
-        try:
-            import gguf
-        except ImportError:  # without the llama.cpp extra: a clear message, and no file
-            assert "needs the gguf package" in screen.status_text and "firefly-tui[llamacpp]" in screen.status_text
-            assert not out.exists()
-            return
         assert "Exported" in screen.status_text, screen.status_text
     assert out.read_bytes()[:4] == b"GGUF"
 
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.architecture"].contents() == "bloom"
 
+
+
+async def test_export_without_the_extra_says_so_before_asking(store, bloom_dir, fresh_home, monkeypatch):
+    """Without the llamacpp extra, `e` answers with the extra's one message (its "[llamacpp]" shown
+    as text, not eaten as markup) and asks nothing: no type, no path."""
+    from firefly_core.extras import missing_extra
+    from firefly_core.models.inventory import register_local
+    from firefly_tui.screens.dialogs import ChoiceDialog
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if the extra were not installed
+    expected = missing_extra("llamacpp")
+    register_local(bloom_dir)
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        table = screen.query_one("#installed")
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("e")
+        await wait_until(pilot, lambda: "Export failed" in screen.status_text, what="the message")
+        assert not isinstance(app.screen, ChoiceDialog) and app.screen is screen
+        assert expected.message in screen.status_text and expected.hint in screen.status_text
+        shown = str(screen.query_one("#model-status").render())
+        assert "pip install 'firefly-tui[llamacpp]'" in shown  # the brackets survive rendering
 
 def test_quitting_does_not_wait_for_background_work(tmp_path):
     """A model load or an export still running in a worker thread must not hold "quit" (Python

@@ -87,7 +87,11 @@ def export_gguf(
     threads: int | None = None,
 ) -> Path:
     """Write `info`'s model (a LoadedModel; its weights are read from `info.path`, not from memory)
-    as a GGUF of `gguf_type` to `out`. Returns `out`."""
+    as a GGUF of `gguf_type` to `out`. Returns `out`. Without the `llamacpp` extra (the gguf writer,
+    llama.cpp's quantizer): `extras`' one message, before anything is read or written."""
+    from ..extras import require_extra
+
+    require_extra("llamacpp")
     gguf_type = check_type(gguf_type)
     out = check_gguf_output(out)
     say = status or (lambda _msg: None)

@@ -147,6 +147,9 @@ def attach_llamacpp(
     load starts at once. `lm.context_length` is lowered to the context llama.cpp allocates
     (at most MAX_CONTEXT), so chat truncates history where llama.cpp would run out.
     """
+    from ..extras import require_extra
+
+    require_extra("llamacpp")  # not installed: the extra's one message, with the install commands
     reason = available()
     if reason is not None:
         raise FireflyError(f"the llama.cpp engine is not available: {reason}", "use --engine torch")

@@ -283,6 +283,9 @@ def resolve_engine(request: ModelRequest, device_type: str) -> tuple[str, str | 
     if reason is None:
         return "llamacpp", None
     if request.engine == "llamacpp":
+        from ..extras import require_extra
+
+        require_extra("llamacpp")  # not installed: the extra's one message, with the install commands
         raise FireflyError(f"the llama.cpp engine is not usable here: {reason}", "use --engine torch")
     return "torch", reason
 

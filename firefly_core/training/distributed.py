@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..extras import install_hint, require_extra
 from .config import TrainConfig
 
-DEEPSPEED_HINT = "pip install 'firefly-tui[deepspeed]'"
+DEEPSPEED_HINT = install_hint("deepspeed")
 DS_CONFIG_FILE = "deepspeed_config.json"
 ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"
 
 
 def require_deepspeed() -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ConfigError("DeepSpeed is not installed (asked for by --deepspeed)", DEEPSPEED_HINT) from None
+    """--deepspeed without the extra: `extras`' one message, before anything is made."""
+    require_extra("deepspeed")
 
 
 def resolve_precision(precision: str, cuda: bool) -> str:

@@ -168,9 +168,9 @@ def _note(message: str) -> None:
 
 
 def _print_error(e: Any) -> None:
-    print(f"error: {e.message}", file=sys.stderr, flush=True)
-    if e.hint:
-        print(f"hint: {e.hint}", file=sys.stderr, flush=True)
+    from firefly_core.errors import format_error
+
+    print(format_error(e, lines=True), file=sys.stderr, flush=True)
 
 
 def decode_input(raw: bytes, line_no: int) -> str:

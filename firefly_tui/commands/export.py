@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from firefly_core.errors import FireflyError, OutputExistsError
+    from firefly_core.extras import require_extra
+
+    require_extra("llamacpp")  # before loading anything: one message naming the extra and the install
     from firefly_core.export.gguf import export_gguf, model_info
     from firefly_core.export.ollama import write_modelfile
 

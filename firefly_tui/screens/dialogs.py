@@ -300,7 +300,7 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
         if event.button.id != "save":
             self.dismiss(None)
             return
-        from firefly_core.errors import FireflyError
+        from firefly_core.errors import FireflyError, format_error
         from firefly_core.models.user_settings import ModelSettings
 
         error = self.query_one("#error", Label)
@@ -315,7 +315,7 @@ class ModelSettingsDialog(ModalScreen[dict[str, Any] | None]):
         try:
             ModelSettings(**merged).validate("", saving=True)  # the dialog's title names the model
         except FireflyError as e:
-            error.update(escape(e.message + (f" — {e.hint}" if e.hint else "")))  # "[llamacpp]" is no markup
+            error.update(escape(format_error(e)))  # "[llamacpp]" is no markup
             return
         self.dismiss(values)
 

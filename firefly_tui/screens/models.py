@@ -101,7 +101,7 @@ class ModelsScreen(Screen):
                 yield Button(t("models.export"), id="export", compact=True)
                 yield Button(t("models.cancel"), id="cancel-download", compact=True)
                 yield Button(t("models.delete"), id="delete", variant="error", compact=True)
-            yield Static(self.status_text, id="model-status")
+            yield Static(self.status_text, id="model-status", markup=False)  # errors: "[llamacpp]" is text
         yield Footer()
 
     def on_mount(self) -> None:
@@ -432,6 +432,13 @@ class ModelsScreen(Screen):
     def action_export(self) -> None:
         model = self._selected_model()
         if model is None:
+            return
+        from firefly_core.extras import missing_extra
+
+        missing = missing_extra("llamacpp")
+        if missing is not None:  # say so before asking for a type and a file
+            self.query_one("#model-status").set_class(True, "failed")
+            self.set_status(t("models.export_failed", error=backend.format_error(missing)))
             return
 
         def typed(gguf_type: str | None) -> None:

@@ -292,7 +292,9 @@ def render_chat(session: Any, messages: list[ChatMessage]) -> list[int]:
 
 
 def _say(e: Any) -> str:
-    return f"{e.message} ({e.hint})" if getattr(e, "hint", None) else e.message
+    from firefly_core.errors import format_error
+
+    return format_error(e)
 
 
 def _api_error_for(e: BaseException) -> ApiError:

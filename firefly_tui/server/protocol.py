@@ -129,7 +129,7 @@ def _number(body: Mapping, name: str, lo: float, hi: float, *, lo_open: bool = F
 def _generation_rule(name: str, value: Any) -> None:
     """The range every layer checks a generation setting with (its declaration in
     `GenerationConfig`, e.g. temperature 0 or at least 0.01: 1e-300 would overflow the logits)."""
-    from firefly_core.errors import ConfigError
+    from firefly_core.errors import ConfigError, format_error
     from firefly_core.generation.config import GenerationConfig
     from firefly_core.setting_spec import check_setting, setting_fields
 
@@ -141,7 +141,7 @@ def _generation_rule(name: str, value: Any) -> None:
         check_setting(name, spec, kind, value)
     except ConfigError as e:
         message = f"'{name}' {str(e.message).removeprefix(f'{name} = {value!r} ')} (got {value!r})"
-        raise bad_request(f"{message}; {e.hint}" if e.hint else message, name) from None
+        raise bad_request(format_error(ConfigError(message, e.hint)), name) from None
 
 
 def text_field(value: str, where: str, param: str) -> str:
