@@ -40,7 +40,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from ..errors import PromptTooLongError
 from .cache import TokenCache, cache_argument
-from .loop import Decoder, ids_tensor
+from .loop import Decoder, ids_tensor, output_rows
 from .sampling import apply_repetition_penalty, top_p_remove_sorted
 
 Status = Callable[[str], None]
@@ -221,10 +221,7 @@ class CudaGraphDecoder(Decoder):
         self.status = status or (lambda _msg: None)
         self.num_layers = _num_layers(model.config)
         self._cache_arg = cache_argument(model)
-        out = model.get_output_embeddings()
-        self.vocab_size = int(out.weight.shape[0]) if getattr(out, "weight", None) is not None else int(
-            getattr(out, "out_features", model.config.vocab_size)
-        )
+        self.vocab_size = output_rows(model)
         self.sampling = DeviceSampling(self.vocab_size, self.device)
         self._sampler: Any = None  # the reply whose settings `sampling` holds
         # the graph's fixed input and output: the token fed, the token drawn
