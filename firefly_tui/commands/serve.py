@@ -73,15 +73,14 @@ def run(args: argparse.Namespace) -> int:
     models = served_models(names, overrides=request_overrides(args), cache_slots=slots, log=warn)
     if args.api_key is not None and not args.api_key.strip():
         args.api_key = None
-        warn("warning: the API key is empty, so the key check is OFF: every client is let in "
-             "(give --api-key a value, or leave it out)")
+        warn("warning: the API key is empty: key check OFF, every client is let in")
     server = ApiServer(models, host=args.host, port=args.port, api_key=args.api_key,
                        allow_origins=args.allow_origin)
     if args.host not in LOOPBACK and not args.api_key:
         warn(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine "
              "can use the model")
     if "*" in args.allow_origin and not args.api_key:
-        warn("warning: --allow-origin '*' without --api-key: any web page you open can use the model")
+        warn("warning: --allow-origin '*' without --api-key: any web page can use the model")
     first = models[0]
     try:
         first.load(status=warn)
