@@ -72,3 +72,18 @@ def ensure(path: Path) -> Path:
     except OSError as e:
         raise StorageError.from_os_error(e, path, "create the folder") from None
     return path
+
+
+def file_slug(name: str | os.PathLike, *, lower: bool = False, default: str = "model", limit: int = 60) -> str:
+    """The one model-name -> file-name rule: the last part of a hub id or folder ("Qwen/Qwen2.5-1.5B"
+    -> "Qwen2.5-1.5B"), runs of anything but letters, digits, ".", "_" and "-" as one "-", at most
+    `limit` characters, `default` when nothing is left. `lower` for names that must be lower case
+    (ollama model names)."""
+    import re
+    from pathlib import PurePath
+
+    text = PurePath(str(name)).name
+    if lower:
+        text = text.lower()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit].strip("-")
+    return slug or default

@@ -224,13 +224,14 @@ class FireflyApp(App):
     @work(thread=True, exclusive=True, group="app-load", exit_on_error=False)
     def _model_loader(self, name: str, persist: bool, register: bool) -> tuple[str, Any, bool]:
         """Blocking load; posts messages only, its end is handled in `on_worker_state_changed`."""
-        from firefly_core.models.service import model_service, quiet_loading
+        from firefly_core.models.service import model_service
+        from firefly_core.quiet import quiet_libraries
 
         if register:
             from firefly_core.models.inventory import register_local
 
             register_local(name)
-        quiet_loading()  # no progress bars drawn over the app
+        quiet_libraries(ui=True)  # no progress bars drawn over the app
         service = model_service()
         say = lambda status: self._tell(lambda: ModelStatus(name, status.message))  # noqa: E731
         return name, service.get(service.request_for(name), status=say), persist

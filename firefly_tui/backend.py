@@ -17,12 +17,9 @@ from typing import Any, Callable
 # -- models -----------------------------------------------------------------------------------
 def default_gguf_path(model: str, gguf_type: str) -> Path:
     """Where an export goes unless the user says otherwise: FIREFLY data folder/exports/NAME-TYPE.gguf."""
-    import re
+    from firefly_core.paths import data_dir, file_slug
 
-    from firefly_core.paths import data_dir
-
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model)).name).strip("-") or "model"
-    return data_dir() / "exports" / f"{name}-{gguf_type}.gguf"
+    return data_dir() / "exports" / f"{file_slug(model)}-{gguf_type}.gguf"
 
 
 def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], None] | None = None, cancel=None) -> Path:

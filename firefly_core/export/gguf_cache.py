@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -63,7 +62,7 @@ def gguf_cache_path(model_path: str | os.PathLike, gguf_type: str) -> Path:
     from .. import paths
 
     folder = Path(model_path)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name)[:60] or "model"
+    slug = paths.file_slug(folder.resolve().name)
     if folder.resolve().parent.name == "snapshots":  # a hub cache snapshot: name it after the repo
         slug = folder.resolve().parent.parent.name.removeprefix("models--")
     return paths.cache_dir() / "gguf" / f"{slug}-{_fingerprint(folder)}.{gguf_type}.gguf"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from ..errors import ConfigError, FireflyError
+from ..quiet import quiet_libraries
 from ..setting_spec import include_settings
 from .engine_settings import (  # noqa: F401 (the engine choices, re-exported)
     ENGINES,
@@ -238,7 +239,7 @@ class ModelService:
 
         from .loading import pick_device
 
-        quiet_loading()
+        quiet_libraries(ui=True)
         # llama.cpp reads the model folder itself: its engine needs no PyTorch copy of the weights
         # (that would double the memory and the wait), only the model's description.
         engine, _why_not = resolve_engine(request, pick_device(request.device).type)
@@ -257,16 +258,6 @@ class ModelService:
         check_cancel()
         say("ready", describe(lm))
         return lm
-
-
-def quiet_loading() -> None:
-    """No tqdm bars or info lines from transformers while loading: they would draw over the REPL
-    and the app (our status lines say what happens)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def resolve_engine(request: ModelRequest, device_type: str) -> tuple[str, str | None]:

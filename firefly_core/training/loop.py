@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .distributed import build_accelerator, resolve_precision  # noqa: F401  (resolve_precision: re-export)
 from .dpo import reward_fields
 from .events import CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, EventWriter, StartEvent, StepEvent, TrainEvent
-from .quiet import quiet_libraries
+from ..quiet import quiet_libraries
 
 OOM_SUGGESTIONS = (
     "lower --batch-size and raise --grad-accum to keep the same effective batch; "

@@ -92,7 +92,7 @@ def merge_adapter(
 
     from ..models.loading import load_tokenizer
     from .final import save_final_model
-    from .quiet import quiet_libraries
+    from ..quiet import quiet_libraries
 
     quiet_libraries()
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)

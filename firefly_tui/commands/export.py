@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ollama_name(model: str) -> str:
-    import re
-    from pathlib import PurePath
+    from firefly_core.paths import file_slug
 
-    return re.sub(r"[^a-z0-9._-]+", "-", PurePath(str(model)).name.lower()).strip("-") or "firefly"
+    return file_slug(model, lower=True, default="firefly")  # ollama model names are lower case

@@ -302,11 +302,11 @@ class ModelsScreen(Screen):
                 self.post_message(self.Progress(p))
 
         from firefly_core.models.hub import pull
-        from firefly_core.models.service import quiet_loading
+        from firefly_core.quiet import quiet_libraries
         from firefly_core.models.user_settings import load_settings
 
         try:
-            quiet_loading()  # no progress bars drawn over the app
+            quiet_libraries(ui=True)  # no progress bars drawn over the app
             # the user's remote-code opt-in for this model (`firefly use M --trust-remote-code`)
             trusted = bool(load_settings().for_model(repo_id).trust_remote_code)
             pull(repo_id, progress=progress, cancel=cancel, allow_remote_code=trusted)

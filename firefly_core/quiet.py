@@ -1,5 +1,7 @@
-"""Library noise a training run must not print: `firefly train`'s console and the app's training
-log show our progress, not other packages' deprecation warnings, progress bars or log lines.
+"""Library noise firefly must not print (the one owner): `firefly train`'s console, the chat REPL
+and the app show our progress and status lines, not other packages' deprecation warnings,
+progress bars or log lines. `quiet_libraries()` for a training run, `quiet_libraries(ui=True)`
+where a REPL or the app is drawn (also transformers' info/warning lines while loading).
 
 Silenced, each on purpose: transformers/peft/accelerate FutureWarnings (deprecations inside those
 libraries, nothing a user can act on), transformers' "Loading weights" / "Writing model shards"
@@ -12,6 +14,7 @@ Real warnings and errors of those libraries still show.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # Exact messages dropped from these loggers; anything else they log still shows.
@@ -38,10 +41,17 @@ class _DropMessages(logging.Filter):
 _installed = False
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(*, ui: bool = False) -> None:
     """Install the filters (warning filters each call, since a caller may reset them; log
-    filters once per process)."""
+    filters once per process). `ui`: also no hub progress bars and only transformers' errors,
+    which would draw over the app or the REPL (our status lines say what happens)."""
     global _installed
+    if ui:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     for module in ("transformers", "peft", "accelerate", "deepspeed", "torch.utils.checkpoint"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module.replace(".", r"\.") + r"(\.|$)")
     if _installed:
