@@ -110,3 +110,35 @@ def tokenize_documents(docs: Sequence[Document], tokenizer, max_length: int) -> 
             stats.tokens += len(piece) - 1
     stats.pieces = len(out)
     return out, stats
+
+
+@dataclass
+class DocumentReport:
+    """What `firefly data check` shows for raw text: documents, bad lines, tokens and packing."""
+
+    files: list[str]
+    documents: list[Document]
+    bad: list[BadLine]
+    tokens: DocumentStats | None = None
+    max_length: int = 512
+
+
+def looks_like_text(paths: Iterable[str | Path]) -> bool:
+    """Whether files are raw text for pretraining: .txt-like files, or JSON whose first record has `text`."""
+    paths = [Path(p) for p in paths]
+    if paths and all(p.is_file() and not is_json_file(p) for p in paths):
+        return True
+    for path in paths:
+        if path.is_file() and is_json_file(path):
+            for rec in read_records(path):
+                if not isinstance(rec, BadRecord):
+                    return record_method(rec.value) == "pretrain"
+    return False
+
+
+def check_documents(paths, tokenizer=None, max_length: int = 512) -> DocumentReport:
+    docs, bad = read_documents(paths)
+    report = DocumentReport([str(p) for p in paths], docs, bad, max_length=max_length)
+    if tokenizer is not None and docs:
+        _, report.tokens = tokenize_documents(docs, tokenizer, max_length)
+    return report

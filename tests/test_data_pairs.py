@@ -63,3 +63,19 @@ def test_pair_rows_in_instruction_data_are_named(tmp_path, capsys):
     assert main(["data", "check", str(f)]) == 0
     out = capsys.readouterr().out
     assert f"{f}:2: this line is a preference pair" in out and "--method dpo" in out
+
+
+def test_raw_text_report(bloom_dir, tmp_path, capsys):
+    """Raw text for --method pretrain: documents (blank-line blocks), tokens, pieces; instruction
+    rows in a text JSONL are named by file:line."""
+    f = tmp_path / "corpus.txt"
+    f.write_text("第一篇。\n还是第一篇。\n\n第二篇。\n", "utf-8")
+    assert main(["data", "check", str(f), "--model", str(bloom_dir), "--max-length", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "raw text (--method pretrain): documents 2   bad lines: 0" in out
+    assert "2 document(s) longer than 8 cut into pieces" in out
+    j = tmp_path / "t.jsonl"
+    j.write_text('{"text": "abc"}\n{"input": "a", "target": "b"}\n', "utf-8")
+    assert main(["data", "check", str(j), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "documents 1   bad lines: 1" in out and f"{j}:2: this line is an instruction example" in out

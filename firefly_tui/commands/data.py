@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         help="validate JSONL files (instructions or preference pairs): formats, bad lines, token lengths, a rendered sample",
         description="Validate JSONL training files (Firefly {kind,input,target}, multi-turn "
         "{conversation:[{human,assistant}]}, or OpenAI {messages:[{role,content}]}) or preference pairs for "
-        "--method dpo ({prompt,chosen,rejected}). With --model, "
+        "--method dpo ({prompt,chosen,rejected}), or raw text for --method pretrain (.txt, JSONL {text}). "
+        "With --model, "
         "also token lengths and one sample rendered with the model's prompt format, trained "
         f"tokens shown between {OPEN} and {CLOSE}.",
     )
@@ -162,6 +163,23 @@ def format_pair_report(report, show: int = 20) -> str:
     return "\n".join(lines)
 
 
+def format_document_report(report, show: int = 20) -> str:
+    """The plain-text report of `firefly data check` on raw text for --method pretrain."""
+    lines = [f"files: {', '.join(report.files)}",
+             f"raw text (--method pretrain): documents {len(report.documents)}   bad lines: {len(report.bad)}"]
+    if report.bad:
+        lines.append("bad lines:")
+        lines.extend(f"  {b}" for b in report.bad[:show])
+        if len(report.bad) > show:
+            lines.append(f"  ... and {len(report.bad) - show} more")
+    t = report.tokens
+    if t is not None:
+        longer = sum(1 for n in t.lengths if n > report.max_length)
+        lines.append(f"tokens (max length {report.max_length}): {t.tokens} trained, {longer} document(s) longer "
+                     f"than {report.max_length} cut into pieces ({t.pieces} pieces in all)")
+    return "\n".join(lines)
+
+
 def run_check(args: argparse.Namespace) -> int:
     from firefly_core.data import check_files
     from firefly_core.preferences import check_pairs, looks_like_pairs
@@ -174,7 +192,12 @@ def run_check(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(resolve_model_path(args.model))
         fmt = resolve_format(tokenizer, args.prompt_format)
-    if looks_like_pairs(args.files):
+    from firefly_core.documents import check_documents, looks_like_text
+
+    if looks_like_text(args.files):
+        report = check_documents(args.files, tokenizer=tokenizer, max_length=args.max_length)
+        print(format_document_report(report, args.show))
+    elif looks_like_pairs(args.files):
         report = check_pairs(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
         print(format_pair_report(report, args.show))
     else:
