@@ -130,16 +130,19 @@ class TokenSampler:
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Penalty (on the seen ids only), then temperature when sampling."""
         cfg = self.config
+        scale = cfg.do_sample and cfg.temperature != 1.0
+        if not scale and not self._seen:
+            return logits
+        # one pass over the vocabulary: the temperature's division makes the new tensor (else a copy)
+        scores = apply_temperature(logits, cfg.temperature) if scale else logits.clone()
         if self._seen:
             if self._seen_ids is None:
                 self._seen_ids = torch.tensor(sorted(self._seen), dtype=torch.long, device=logits.device)
             ids = self._seen_ids[self._seen_ids < logits.size(-1)]
             seen = logits[:, ids]
-            logits = logits.clone()
-            logits[:, ids] = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
-        if cfg.do_sample and cfg.temperature != 1.0:
-            logits = apply_temperature(logits, cfg.temperature)
-        return logits
+            penalized = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+            scores[:, ids] = apply_temperature(penalized, cfg.temperature) if scale else penalized
+        return scores
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """The filtered logits the next token is drawn from (float32 [1, vocab])."""
