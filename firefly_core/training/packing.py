@@ -6,7 +6,9 @@ ones before it (TRL #1230), so here each row carries
 
 - position ids that restart at 0 for every sample (RoPE models see the positions they see alone),
 - a block-diagonal causal 4-D mask, which transformers passes to the attention as it is
-  (boolean for SDPA-style attention, additive for eager attention, as transformers makes them),
+  (boolean for SDPA-style attention, additive for eager attention, as transformers makes them);
+  with FlashAttention no mask at all: transformers finds the samples from the restarting
+  position ids and runs its variable-length kernel (not measured here: no GPU was lent),
 - labels whose first token of each sample is ignored (nothing before it in its own sample).
 
 BLOOM builds its ALiBi bias from a 2-D mask (cumsum of ones), which a 4-D mask cannot give, so
@@ -116,18 +118,29 @@ def block_causal_mask(segment_ids, dtype=None):
     return out.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+VARLEN = "varlen"  # FlashAttention: no mask at all, samples found from the restarting position ids
+
+
 def mask_dtype(model):
-    """None (boolean mask) for SDPA/flash/flex attention, else the additive mask's dtype."""
+    """How a packed batch tells the attention where samples end: VARLEN for FlashAttention
+    (transformers runs its variable-length kernel from position ids), None (a boolean 4-D mask)
+    for SDPA/flex attention, else the additive 4-D mask's dtype (eager attention, BLOOM)."""
     config = next((m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")),
                   None)
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl != "eager" and getattr(config, "model_type", "") != "bloom":  # BLOOM adds the mask itself
+    if getattr(config, "model_type", "") == "bloom":  # BLOOM adds the mask to its scores itself
+        return dtype_of(model)
+    if "flash" in impl:
+        return VARLEN
+    if impl != "eager":
         return None
     return dtype_of(model)
 
 
 def model_inputs(batch, dtype) -> dict:
     """The keyword arguments of a packed forward (`dtype`: from `mask_dtype`)."""
+    if dtype == VARLEN:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
             "attention_mask": block_causal_mask(batch["segment_ids"], dtype)}
 
