@@ -191,10 +191,11 @@ async def test_app_evaluate_compares_base_and_final_and_shows_it_again(fresh_hom
             await pilot.click("#evaluate")
             await wait_screen(pilot, ChoiceDialog)
             await pilot.press("enter")  # the first choice: compare base and final/
-            await wait_until(pilot, lambda: screen.query_one("#eval-progress").display, what="the progress bar")
             await wait_until(pilot, lambda: (run / EVAL_FILE).is_file(), timeout=120, what="evaluation.json")
             await wait_until(pilot, lambda: "next-token agreement" in str(screen.query_one("#eval-summary").render()))
-            assert not screen.query_one("#eval-progress").display
+            bar = screen.query_one("#eval-progress")
+            assert bar.total == 16 and bar.progress == 16  # 8 prompts x 2 models, reported as they went
+            assert not bar.display  # hidden once done
         doc = json.loads((run / EVAL_FILE).read_text())
         assert doc["base"] == str(qwen_dir) and doc["eval"] is None and doc["checks"]["made"]["replies"] == 8
         app = make_app(store)

@@ -366,3 +366,26 @@ def test_hub_parquet_layout_reads_as_the_csv_folder(ceval_dir, tmp_path):
             (tmp_path / subject).mkdir(exist_ok=True)
             pq.write_table(table, tmp_path / subject / f"{split}-00000-of-00001.parquet")
     assert load_exam("ceval", tmp_path) == load_exam("ceval", ceval_dir)
+
+
+def test_chat_template_run_is_labelled_and_zero_shot(qwen_dir, ceval_dir):
+    """--chat-template: 0-shot, the description as the system turn and the question as the user
+    turn in the model's format, each letter (no delimiter) as the start of the reply; labelled."""
+    from firefly_core.formats import Message
+
+    exams = load_exam("ceval", ceval_dir, subjects=["law"], limit=1)
+    result = evaluate_model(str(qwen_dir), exams, shots=5, split="val", engine="torch", dtype="fp32", device="cpu",
+                            chat_template=True)
+    assert result.protocol.prompt_template == "chat_template" and result.protocol.shots == 0
+    assert result.protocol.harness_task is None
+    lm = _torch_lm(qwen_dir)
+    exam, item = exams[0], exams[0].items[0]
+    from firefly_core.evaluation.benchmarks import doc_to_text
+
+    ids = lm.prompt_format.render(lm.tokenizer, [Message("system", exam.description), Message("user", doc_to_text(item))],
+                                  add_generation_prompt=True).ids
+    with __import__("torch").no_grad():
+        logp = lm.model(__import__("torch").tensor([ids])).logits[0, -1].float().log_softmax(-1)
+    letters = [lm.tokenizer.encode(x, add_special_tokens=False) for x in "ABCD"]
+    assert all(len(x) == 1 for x in letters)  # the kit tokenizer has a token per letter
+    assert list(result.questions[0].loglikelihoods) == pytest.approx([float(logp[x[0]]) for x in letters], abs=1e-4)
