@@ -389,3 +389,16 @@ def test_chat_template_run_is_labelled_and_zero_shot(qwen_dir, ceval_dir):
     letters = [lm.tokenizer.encode(x, add_special_tokens=False) for x in "ABCD"]
     assert all(len(x) == 1 for x in letters)  # the kit tokenizer has a token per letter
     assert list(result.questions[0].loglikelihoods) == pytest.approx([float(logp[x[0]]) for x in letters], abs=1e-4)
+
+
+@pytest.mark.parametrize("subject", ["../../etc/passwd", "law/../law", ".hidden", "*", ""])
+def test_subject_keys_cannot_reach_outside_the_exam(ceval_dir, subject):
+    with pytest.raises(DataError):
+        load_exam("ceval", ceval_dir, subjects=[subject])
+
+
+def test_an_exam_without_questions_is_an_error(tmp_path):
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "law_val.csv").write_text("id,question,A,B,C,D,answer,explanation\n", encoding="utf-8")
+    with pytest.raises(DataError, match="hold no questions"):
+        load_exam("ceval", tmp_path)

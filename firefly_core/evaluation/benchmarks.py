@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,6 +42,7 @@ FEWSHOT_DELIMITER = "\n\n"
 LETTERS = "ABCDEFGHIJ"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the biggest real subject file is well under 1 MB
 MAX_CHOICES = len(LETTERS)
+SUBJECT_RE = re.compile(r"[^\W][\w-]{0,99}")  # a file-name word: no path separators, no leading dot
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,8 @@ def load_csv_exam(
         raise DataError(f"{layout.root} has no {benchmark} subject files for {split}", _layout_hint(benchmark))
     exams = []
     for subject in wanted:
+        if not SUBJECT_RE.fullmatch(subject):
+            raise DataError(f"{subject!r} is not a subject key", "subject keys are file-name words, e.g. high_school_physics")
         path = layout.file(split, subject)
         if path is None:
             near = ", ".join(available[:8]) or "none"
@@ -263,6 +267,8 @@ def load_csv_exam(
         if limit is not None:
             items = items[:limit]
         exams.append(SubjectExam(benchmark, subject, description_for(benchmark, subject), dev, items))
+    if not any(e.items for e in exams):
+        raise DataError(f"the {split} files of {', '.join(wanted[:5])} hold no questions", "check the files, or the --split")
     return exams
 
 
