@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from firefly_core.errors import FireflyError
     from firefly_core.evaluation.benchmarks import DEFAULT_SPLIT, load_exam
     from firefly_core.evaluation.report import table, write_json
-    from firefly_core.evaluation.runner import evaluate_model
+    from firefly_core.evaluation.runner import check_shots, evaluate_model
 
     engines = _engines(args.engine)
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if json_path is not None and json_path.is_dir():
         raise FireflyError(f"{json_path} is a folder", "give a file name for --json, e.g. results.json")
     exams = load_exam(args.benchmark, args.data, split=split, subjects=subjects, limit=args.limit)
+    check_shots(exams, args.shots)
     n = sum(len(e.items) for e in exams)
     print(f"{args.benchmark} {split}: {n} questions in {len(exams)} subject{'s' if len(exams) != 1 else ''}, "
           f"{args.shots}-shot", file=sys.stderr)
