@@ -92,7 +92,7 @@ def prepared_copy(model, quantize: str | None):
     shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     clone = copy.deepcopy(model, memo=dict(shared))
     if quantize == "int8":
-        print(f"int8: {quantize_int8(clone).summary()}", flush=True)
+        print(quantize_int8(clone).summary(), flush=True)  # "int8: N linear layers, ..."
     reason = prepare_cpu_route(clone, status=lambda m: print(m, flush=True))
     route = clone.firefly_cpu_route.describe() or "PyTorch's routines"
     print(f"our CPU route: {route}" + (f" (kernels: {reason})" if reason else ""), flush=True)
