@@ -388,6 +388,8 @@ async def test_method_and_packing_reach_the_command_line_and_come_back_with_a_cl
         for sel, value in {"#f-model": "org/model", "#f-data": "raw.jsonl", "#f-out": str(tmp_path / "new")}.items():
             screen.query_one(sel).value = value
         screen.query_one("#f-method").value = "pretrain"
+        await pilot.pause()
+        assert not screen.query_one("#f-packing").disabled
         screen.query_one("#f-packing").value = "on"
         await pilot.press("ctrl+g")
         dialog = await wait_screen(pilot, TextDialog)
@@ -404,6 +406,7 @@ async def test_method_and_packing_reach_the_command_line_and_come_back_with_a_cl
         await wait_until(pilot, lambda: shown(screen, run) and screen.run.status == "done")
         await pilot.click("#clone")
         await wait_until(pilot, lambda: screen.query_one("#f-method").value == "dpo")
+        await wait_until(pilot, lambda: screen.query_one("#f-packing").disabled)  # DPO is never packed
         form = screen.form.values()
         assert form["packing"] == "off" and form["mode"] == "lora" and shlex.split(form["extra"]) == ["--beta", "0.2"]
         assert config_of(screen.form.request()).method == "dpo"

@@ -185,7 +185,7 @@ class TrainForm(VerticalScroll):
                                             id="f-mode", compact=True))
             yield from field("packing", Select([(t("train.packing_off"), "off"), (t("train.packing_on"), "on")],
                                                value=_pick(v.get("packing"), ("off", "on")), allow_blank=False,
-                                               id="f-packing", compact=True))
+                                               id="f-packing", compact=True, disabled=v.get("method") == "dpo"))
             yield from field("epochs", Input(v.get("epochs", "1"), id="f-epochs", compact=True))
             yield from field("max_steps", Input(v.get("max_steps", "0"), id="f-max_steps", compact=True))
             yield from field("lr", Input(v.get("lr", "2e-4"), id="f-lr", compact=True))
@@ -252,6 +252,14 @@ class TrainForm(VerticalScroll):
         if timer is not None:
             timer.stop()
         self._remember_timer = self.set_timer(0.5, self.remember)
+
+    @on(Select.Changed, "#f-method")
+    def _method_changed(self, event: Select.Changed) -> None:
+        """A DPO pair is two rows (chosen, rejected) and is never packed: Packing is off there."""
+        packing = self.query_one("#f-packing", Select)
+        if event.value == "dpo":
+            packing.value = "off"
+        packing.disabled = event.value == "dpo"
 
     # -- actions ----------------------------------------------------------------------------------
     @staticmethod
