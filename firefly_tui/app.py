@@ -267,7 +267,7 @@ class FireflyApp(App):
             chat = self._chat_screen()
             if chat is None:
                 return
-            conv = backend.chat_for_model(self.store, path)
+            conv = _chat_for_model(self.store, path)
             if conv is None:
                 conv = self.store.create_conversation(title or Path(path).parent.name, {"model": path})
             await chat.open_conversation(conv.id)
@@ -365,6 +365,15 @@ class FireflyApp(App):
                 yield cmd(key, self.action_quit)
             else:
                 yield SystemCommand(t(key), t(key + ".help"), command.callback, command.discover)
+
+
+def _chat_for_model(store, model_path: str):
+    """The chat made earlier for this model folder (newest), so "chat with this run" reuses it."""
+    wanted = str(model_path)
+    for conv in store.list_conversations():
+        if str((conv.settings or {}).get("model") or "") == wanted:
+            return conv
+    return None
 
 
 def run_app() -> int:

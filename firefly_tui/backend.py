@@ -1,6 +1,6 @@
-"""The app's helpers over firefly_core that no core owner holds yet: engine settings, export, settings
+"""The app's helpers over firefly_core that no core owner holds yet: GGUF export and the error line
 (a training run is core's `training.run.Run`; chats and models are `firefly_core.session`,
-`conversation` and `models.*`, used directly).
+`conversation` and `models.*`; settings `models.user_settings`: all used directly).
 
 Every import of a heavy module (torch, transformers, huggingface_hub, and the firefly_core
 modules that pull them in) happens inside a function, and these functions are called from thread
@@ -39,16 +39,6 @@ def export_gguf(model: str, out: Path, gguf_type: str, status: Callable[[str], N
     out.parent.mkdir(parents=True, exist_ok=True)
     info = model_info(model)
     return _export(info, out, gguf_type=gguf_type, status=status, cancel=cancel)
-
-
-# -- chat -------------------------------------------------------------------------------------
-def chat_for_model(store, model_path: str):
-    """The chat made earlier for this model folder (newest), so "chat with this run" reuses it."""
-    wanted = str(model_path)
-    for conv in store.list_conversations():
-        if str((conv.settings or {}).get("model") or "") == wanted:
-            return conv
-    return None
 
 
 def format_error(e: BaseException) -> str:
