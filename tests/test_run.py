@@ -170,6 +170,7 @@ def test_clone_gives_the_request_that_trains_like_the_run(tmp_path):
         Run(run_dir).clone()
 
 
+@pytest.mark.slow
 def test_stop_resume_clone_and_checkpoints_on_a_real_run(bloom_dir, tmp_path, monkeypatch):
     """A real `firefly train` process started as the app starts it: stopped with SIGINT (it saves a
     checkpoint), resumed from it, stopped again. The run is long on purpose: it is stopped, never
