@@ -212,19 +212,14 @@ def test_config_toml_and_overrides(tmp_path):
 
 
 def test_deepspeed_missing_is_a_clear_error(tmp_path, monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
+    from firefly_core.extras import MissingExtraError
 
-    def no_deepspeed(name, *a, **kw):
-        if name == "deepspeed" or name.startswith("deepspeed."):
-            raise ImportError("No module named 'deepspeed'")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_deepspeed)
-    with pytest.raises(ConfigError) as e:
-        launch(TrainConfig(model="m", data=["d"], out=str(tmp_path / "r"), gpu="cpu", deepspeed=2))
-    assert e.value.hint == "pip install 'firefly-tui[deepspeed]'"
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # an import of it now fails, as when not installed
+    with pytest.raises(MissingExtraError) as e:
+        launch(TrainConfig(model="m", data=[INSTRUCTIONS], out=str(tmp_path / "r"), gpu="cpu", deepspeed=2))
+    assert "firefly-tui[deepspeed]" in e.value.hint and "deepspeed" in e.value.message
 
 
 def test_refuses_to_overwrite_a_run_and_resume_checks_options(bloom_dir, tmp_path):
@@ -269,7 +264,9 @@ def test_final_folder_prompts_like_training(bloom_dir, tmp_path, fmt):
         gen = messages[-1].role == "user"
         want = get_format(fmt).render(tok, messages, add_generation_prompt=gen)
         got = ChatTemplate().render(tok, messages, add_generation_prompt=gen)
-        assert got.ids == want.ids and got.trainable == want.trainable
+        assert got.ids == want.ids
+        if not gen:  # a prompt to reply to is rendered in one pass: its mask is never used (formats.py)
+            assert got.trainable == want.trainable
     assert ChatTemplate().stop_token_ids(tok) == get_format(fmt).stop_token_ids(tok)
 
 
