@@ -145,7 +145,7 @@ def main() -> int:
     from firefly_core.evaluation.benchmarks import load_exam
     from firefly_core.evaluation.subjects import CEVAL_SUBJECTS
     from firefly_core.models.service import model_service
-    from train import cpu_label
+    from machine import cpu_label
 
     with tempfile.TemporaryDirectory(prefix="firefly-bench-eval-") as tmp:
         tmp = Path(tmp)

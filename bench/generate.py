@@ -587,4 +587,8 @@ def main():
 
 
 if __name__ == "__main__":
+    from machine import print_machine
+
+    if "--variant" not in sys.argv:  # a child run's stdout is read by its parent
+        print_machine()  # every figure names its CPU
     main()

@@ -338,4 +338,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from machine import print_machine
+
+    print_machine()  # every figure names its CPU
     main()

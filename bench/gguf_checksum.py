@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,20 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def cpu_label() -> str:
-    name, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    simd = next((s for s in ("avx512_bf16", "avx512f", "avx2") if f" {s}" in flags), "baseline")
-    return f"{name} ({os.cpu_count()} CPUs, {simd}, sha_ni={'yes' if ' sha_ni' in flags else 'no'})"
+from machine import cpu_label  # noqa: E402 - the one CPU line of bench/ (machine.py)
 
 
 def main() -> None:

@@ -324,4 +324,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from machine import print_machine
+
+    if "--child" not in sys.argv:  # a child run's stdout is read by its parent
+        print_machine()  # every figure names its CPU
     main()

@@ -18,7 +18,6 @@ Qwen2.5-1.5B shape on q8_0 (issue 24), so the ratio that matters is (step + pick
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -28,15 +27,7 @@ from firefly_core.generation import GenerationConfig, TokenSampler
 from firefly_core.generation.sampling import top_k_filter, top_p_filter
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_label  # noqa: E402 - the one CPU line of bench/ (machine.py)
 
 
 def lm_like_logits(vocab: int, seed: int) -> torch.Tensor:
@@ -71,7 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU: {cpu_name()} · PyTorch {torch.__version__} SIMD {torch.backends.cpu.get_cpu_capability()} · "
+    print(f"CPU: {cpu_label()} · PyTorch {torch.__version__} · "
           f"{args.threads} thread(s) · vocab {args.vocab}")
     logits = [lm_like_logits(args.vocab, s) for s in range(args.tokens)]
     prompt = list(range(0, args.vocab, max(1, args.vocab // 300)))[:300]

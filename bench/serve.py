@@ -227,4 +227,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from machine import print_machine
+
+    print_machine()  # every figure names its CPU
     main()

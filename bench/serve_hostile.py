@@ -29,21 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MB = 1024 * 1024
 
 
-def cpu_label() -> str:
-    name = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    simd = next((s for s in ("avx512_bf16", "avx512f", "avx2") if f" {s}" in flags), "baseline")
-    return f"{name} ({os.cpu_count()} CPUs, {simd})"
+from machine import cpu_label  # noqa: E402 - the one CPU line of bench/ (machine.py)
 
 
 def rss_mb(pid: int) -> float:

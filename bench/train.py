@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import resource
 import subprocess
@@ -76,17 +75,7 @@ def synthetic_data(path: Path, n: int, tokenizer, seed: int) -> list[int]:
     return lengths
 
 
-def cpu_label() -> str:
-    """The CPU model and the SIMD level PyTorch's kernels use on it."""
-    import torch
-
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, SIMD {torch.backends.cpu.get_cpu_capability()}"
+from machine import cpu_label  # noqa: E402,F401 - the one CPU line of bench/ (machine.py)
 
 
 def peak_memory_mb() -> float:
