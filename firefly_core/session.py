@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .errors import ConfigError
 from .formats import Message, fit_history
@@ -131,7 +131,14 @@ class ChatSession:
 
 
 # -- opening a session ----------------------------------------------------------------------------
-SessionProvider = Callable[..., ChatSession]  # open_session's signature: what the app is given
+class SessionProvider(Protocol):
+    """What a front end is given to open chats with: `open_session`, or a test's scripted one.
+    The session it returns needs `reply(history, cancel)`, `settings_used()`, `system`, `config`."""
+
+    def __call__(
+        self, model: str, chat: Mapping[str, Any] | None = None, *, lm: Any = None,
+        status: Callable[[Any], None] | None = None, cancel: threading.Event | None = None,
+    ) -> ChatSession: ...
 
 
 def system_prompt_for(model: str | None, chat: Mapping[str, Any] | None = None) -> str | None:

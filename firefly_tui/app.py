@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -38,6 +38,9 @@ from .screens.dialogs import ErrorDialog
 from .screens.welcome import WelcomeScreen
 from .widgets.localized import localize_bindings
 from .widgets.nav import MODES, NavBar
+
+if TYPE_CHECKING:
+    from firefly_core.session import SessionProvider
 
 # Textual's own command-palette entries (matched by their English title) -> our i18n keys.
 _SYSTEM_COMMANDS = {
@@ -91,7 +94,7 @@ class FireflyApp(App):
         welcome: bool | None = None,
         language: str | None = None,
         settings: Any = "load",
-        sessions=None,
+        sessions: SessionProvider | None = None,
     ) -> None:
         """`welcome`: None = show it on first start (no active model); `settings`: "load" reads
         the user's settings, None runs without them; `sessions`: what chats open their session

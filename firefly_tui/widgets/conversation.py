@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -35,6 +35,9 @@ from .. import backend
 from ..i18n import STRINGS, t
 from .chat_view import ChatLog, MessageView, SystemPromptView
 from .composer import Composer
+
+if TYPE_CHECKING:
+    from firefly_core.session import SessionProvider
 
 UI_HZ = 15  # reply redraws per second while streaming
 
@@ -86,7 +89,7 @@ class ChatConversation(Vertical):
             super().__init__()
             self.text = text
 
-    def __init__(self, store, sessions, *, id: str | None = None) -> None:
+    def __init__(self, store, sessions: SessionProvider, *, id: str | None = None) -> None:
         """`sessions`: the session provider, called as `open_session(model, chat_settings, lm=…,
         status=…, cancel=…)` in the reply worker (`firefly_core.session.open_session` in the app)."""
         super().__init__(id=id)
