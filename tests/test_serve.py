@@ -433,3 +433,29 @@ def test_serve_command_errors_are_clear(bloom_dir, tmp_path):
         taken.listen()
         busy = serve("--model", str(bloom_dir), "--port", str(taken.getsockname()[1]))
     assert busy.returncode == 1 and "already in use" in busy.stderr and "Traceback" not in busy.stderr
+
+
+def test_the_system_prompt_saved_for_the_model_is_used_when_a_request_brings_none(bloom_dir, fresh_home, torch_one_thread):
+    """`firefly use M --system …`: served requests without a system message get it (open_session
+    resolves it, as for `firefly chat` and the app); a request's own system message wins.
+    Oracle: prompt length and reply of an in-process ChatSession given the same system prompt."""
+    from firefly_core.formats import Message
+    from firefly_core.generation import ReplyDone
+    from firefly_core.models.user_settings import update_model_settings
+    from firefly_core.session import ChatSession, generation_config
+
+    update_model_settings(str(bloom_dir), system="你是一个诗人")
+    models = served_models([str(bloom_dir)], overrides={"device": "cpu", "dtype": "fp32", "engine": "torch"})
+    with ApiServer(models, port=0) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=120)
+        saved = client.chat.completions.create(model=_model(server), messages=USER, max_tokens=6, **GREEDY)
+        own = client.chat.completions.create(
+            model=_model(server), messages=[{"role": "system", "content": "Answer briefly, in one short line, please."}, *USER], max_tokens=6, **GREEDY
+        )
+        lm = server.models[0].load()
+    config = generation_config(str(bloom_dir), {"temperature": 0, "max_new_tokens": 6}, lm=lm)
+    question = [Message("user", "你好")]
+    poet, brief = ChatSession(lm, system="你是一个诗人", config=config), ChatSession(lm, system="Answer briefly, in one short line, please.", config=config)
+    assert saved.usage.prompt_tokens == len(poet.prompt_ids(question)[1])
+    assert saved.choices[0].message.content == [e for e in poet.reply(question) if isinstance(e, ReplyDone)][0].text
+    assert own.usage.prompt_tokens == len(brief.prompt_ids(question)[1]) != saved.usage.prompt_tokens
