@@ -120,3 +120,23 @@ def test_method_options_are_checked():
         TrainConfig(model="m", data=["d"], out="o", lora=True, train_embeddings_only=True).validate()
     with pytest.raises(ConfigError, match="--beta"):
         TrainConfig(model="m", data=["d"], out="o", method="dpo", beta=0).validate()
+
+
+def test_resumed_pretraining_keeps_the_perplexity_before(bloom_dir, tmp_path):
+    import os
+    import signal
+
+    train_txt, jsonl, held = _files(tmp_path)
+    run = tmp_path / "run"
+    cfg = dict(eval_file=held, eval_every=6, max_steps=6)
+
+    def stop_at_3(event):
+        if event.type == "step" and event.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert launch(_config(bloom_dir, run, [train_txt], **cfg), callbacks=[stop_at_3]).status == "stopped"
+    assert launch(_config(bloom_dir, run, [train_txt], **cfg), resume=True).status == "completed"
+    events = read_events(run)
+    before = next(e for e in events if e.type == "eval" and e.step == 0)
+    assert sum(1 for e in events if e.type == "eval" and e.step == 0) == 1  # measured once, at the start
+    assert f"{before.perplexity:.2f} before" in events[-1].message

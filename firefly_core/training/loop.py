@@ -27,7 +27,8 @@ from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import build_accelerator, resolve_precision  # noqa: F401  (resolve_precision: re-export)
 from .dpo import reward_fields
-from .events import CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, EventWriter, StartEvent, StepEvent, TrainEvent
+from .events import (CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, EventWriter, StartEvent, StepEvent, TrainEvent,
+                     read_events)
 from ..quiet import quiet_libraries
 
 OOM_SUGGESTIONS = (
@@ -284,6 +285,8 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         ev = evaluate(model, accelerator, eval_set, config.batch_size, method)
         before = _eval_event(0, ev, eval_set, config)
         emit(before)
+    elif config.method == "pretrain" and eval_set:  # resumed: the run measured it when it started
+        before = next((e for e in read_events(run_dir) if isinstance(e, EvalEvent) and e.step == 0), None)
     model.train()
     while step < total_steps:
         progress["step"] = step
