@@ -17,6 +17,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -41,8 +42,20 @@ def torch_one_thread():
 
 
 class _Log(list):
+    """The server's log lines; `wait_for` blocks until a predicate on them holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = threading.Condition()
+
     def __call__(self, line: str) -> None:
-        self.append(line)
+        with self.changed:
+            self.append(line)
+            self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float = WAIT_S) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +355,10 @@ def test_a_lone_surrogate_in_a_completion_prompt_is_400(server):
     _assert_openai_error(reply, 400, status, "prompt")
 
 
+def _aborted(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if "closed the connection before" in ln]
+
+
 def test_an_aborted_upload_is_one_log_line_not_a_traceback(server):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -355,11 +372,11 @@ def test_an_aborted_upload_is_one_log_line_not_a_traceback(server):
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 900000\r\n\r\n" + b"{" + b" " * 100_000)
             s.close()  # mid-body
-        server.models[0].wait_until(lambda _m: len(server.log_lines) >= before + 3, timeout=WAIT_S)
+        assert server.log_lines.wait_for(lambda lines: len(_aborted(lines[before:])) >= 3)
         _still_answers(server)
     finally:
         uvicorn_log.removeHandler(handler)
-    aborted = [ln for ln in server.log_lines[before:] if "closed the connection before" in ln]
+    aborted = _aborted(server.log_lines[before:])
     assert len(aborted) == 3 and all("\n" not in ln for ln in aborted)
     assert not [r for r in records if r.exc_info], [r.getMessage() for r in records]
 
