@@ -258,7 +258,6 @@ async def test_invalid_config_is_shown_and_the_app_goes_on_without_saving(store,
 async def test_quit_while_a_run_trains_says_it_keeps_going(store, fresh_home, capfd):
     import subprocess
     import sys
-    import time as _time
 
     from app_helpers import write_events
 
@@ -270,10 +269,8 @@ async def test_quit_while_a_run_trains_says_it_keeps_going(store, fresh_home, ca
         app = FireflyApp(store=store, welcome=False, language="en", settings=None)
         async with app.run_test(size=NARROW) as pilot:
             await wait_screen(pilot, ChatScreen)
-            started = _time.monotonic()
             await pilot.press("ctrl+q")
-            await wait_until(pilot, lambda: app._exit, timeout=5, what="the exit")
-            assert _time.monotonic() - started < 2
+            await wait_until(pilot, lambda: app._exit, timeout=30, what="the exit")  # not the trainer's 60 s
         assert "run-busy keeps going" in capfd.readouterr().err  # printed once the app has closed
         assert trainer.poll() is None  # the run itself is untouched
     finally:
@@ -436,7 +433,6 @@ def test_quitting_does_not_wait_for_background_work(tmp_path):
     import subprocess
     import sys
     import textwrap
-    import time as _time
 
     script = textwrap.dedent(
         """
@@ -456,10 +452,9 @@ def test_quitting_does_not_wait_for_background_work(tmp_path):
         print("not reached")
         """
     )
-    started = _time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+    # timeout: a hang guard (the worker sleeps 120 s); the exit code proves quit did not join it
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100,
                           env={**__import__("os").environ, "FIREFLY_HOME": str(tmp_path)})
-    assert _time.monotonic() - started < 30
     assert proc.stdout.split() == ["returned"], proc.stderr[-2000:]
     assert proc.returncode == 3
 

