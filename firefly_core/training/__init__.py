@@ -1,5 +1,6 @@
-"""Fine-tuning: config, the training loop, launching (one device or several), distributed set-up,
-run folders, typed events, checkpoints, LoRA, and the `Run` handle every front end uses."""
+"""Fine-tuning: config, the training loop and the methods it runs (SFT, DPO, continued pretraining),
+packing, losses, launching (one device or several), distributed set-up, run folders, typed events,
+checkpoints, LoRA, and the `Run` handle every front end uses."""
 
 from .config import TrainConfig, load_config
 from .events import (
