@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from .errors import ConfigError, FireflyError
@@ -36,7 +36,7 @@ from .formats import Message
 from .store import ChatStore, StoredMessage, StoreError
 
 if TYPE_CHECKING:
-    from .session import ChatSession
+    from .session import ChatSession, PromptMeasure
 
 SessionSource = Union["ChatSession", Callable[[], "ChatSession"]]
 
@@ -59,10 +59,29 @@ def answered_history(messages: list[StoredMessage]) -> list[Message]:
     deleted are left out, so the history always alternates and ends with a reply.
     """
     out: list[Message] = []
-    for prev, msg in zip([None, *messages[:-1]], messages):
-        if msg.role == "assistant" and prev is not None and prev.role == "user":
-            out += [Message("user", prev.content), Message("assistant", msg.content)]
+    for question, reply in answered_pairs(messages):
+        out += [Message("user", question.content), Message("assistant", reply.content)]
     return out
+
+
+def answered_pairs(messages: list[StoredMessage]) -> list[tuple[StoredMessage, StoredMessage]]:
+    """The stored (question, reply) pairs `answered_history` is made of, with their ids (so a
+    front end can show where the model's view begins)."""
+    return [
+        (prev, msg)
+        for prev, msg in zip([None, *messages[:-1]], messages)
+        if msg.role == "assistant" and prev is not None and prev.role == "user"
+    ]
+
+
+@dataclass(frozen=True)
+class ContextView:
+    """What the model will see of a chat with the next message: the token meter and, when older
+    turns are dropped, the stored message where the model's view begins (None: the whole chat is
+    sent, or nothing of it is)."""
+
+    measure: PromptMeasure
+    first_sent_id: int | None
 
 
 class Reply:
@@ -147,6 +166,36 @@ class Conversation:
         """The turns the model sees (see `answered_history`)."""
         return answered_history(self.messages())
 
+    def context_view(self, draft: str = "", *, make_session: bool = True) -> ContextView | None:
+        """The token meter for sending `draft` next (see `ChatSession.measure`), and where the model's
+        view of the stored chat begins. None when there is no session to count with (not made yet
+        and `make_session` is False: making one may load a model), or it cannot measure."""
+        session = self._session
+        if session is None and make_session and self._make_session is not None:
+            session = self._ready_session()
+        measure = getattr(session, "measure", None)
+        if not callable(measure):
+            return None
+        msgs = self.messages()
+        pairs = answered_pairs(msgs)
+        result = measure(answered_history(msgs), draft)
+        dropped = result.dropped_turns
+        first = pairs[dropped][0].id if 0 < dropped < len(pairs) else None
+        return ContextView(result, first)
+
+    def fork(self, message_id: int, title: str | None = None) -> Conversation:
+        """A new chat holding this one's messages up to and including `message_id` (with their
+        meta) and its settings, named after that message; made in one transaction, so a crash
+        leaves either no new chat or the whole one. The original is untouched. The new chat
+        answers with this one's session (the same model and settings)."""
+        msgs = self.messages()
+        target = msgs[self._index(msgs, message_id)]
+        if title is None:
+            words = " ".join(target.content.split())
+            title = words[:40] + ("…" if len(words) > 40 else "")
+        new_id = self.store.fork_conversation(self.id, message_id, title or "fork")
+        return Conversation(self.store, new_id, self._session or self._make_session)
+
     def set_session(self, session: SessionSource | None) -> None:
         """Answer with another session (a new model or settings); the history stays the store's."""
         if session is None or hasattr(session, "reply"):
@@ -162,12 +211,13 @@ class Conversation:
         return self._session
 
     # -- the operations -----------------------------------------------------------------------
-    def send(self, text: str, cancel: threading.Event | None = None) -> Reply:
-        """Save the user's message now and answer it (iterate the result)."""
+    def send(self, text: str, cancel: threading.Event | None = None, *, meta: dict[str, Any] | None = None) -> Reply:
+        """Save the user's message now and answer it (iterate the result). `meta` is stored with
+        the message (e.g. the names of the files attached to it)."""
         if not isinstance(text, str) or not text.strip():
             raise ConfigError("the message is empty", "type something to send")
         self._not_answering()
-        question = self.store.add_message(self.id, "user", text)
+        question = self.store.add_message(self.id, "user", text, meta=meta)
         return Reply(self, "send", question, None, cancel)
 
     def regenerate(self, cancel: threading.Event | None = None) -> Reply:

@@ -468,6 +468,27 @@ class ChatStore:
             db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conversation_id))
         return out
 
+    def fork_conversation(self, conversation_id: int, message_id: int, title: str) -> int:
+        """In one transaction, a new chat with `conversation_id`'s settings and its messages up to
+        and including `message_id` (content, partial mark, meta, times kept). Returns its id."""
+        now = time.time()
+        with self._tx("forking the chat") as db:
+            row = db.execute("SELECT settings FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"there is no chat {conversation_id}", "it may have been deleted")
+            cur = db.execute(
+                "INSERT INTO conversations(title, created, updated, settings) VALUES (?,?,?,?)",
+                (title, now, now, row["settings"]),
+            )
+            new_id = cur.lastrowid
+            db.execute(
+                "INSERT INTO messages(conversation_id, role, content, created, partial, meta) "
+                "SELECT ?, role, content, created, partial, meta FROM messages "
+                "WHERE conversation_id=? AND id<=? ORDER BY id",
+                (new_id, conversation_id, message_id),
+            )
+        return new_id
+
     def messages(self, conversation_id: int) -> list[StoredMessage]:
         with self._read():
             rows = self._db.execute(

@@ -1,0 +1,194 @@
+"""Chat that never hides what the model sees: the token meter, the dropped-turns count, forks, and
+attached files (core and `firefly chat`).
+
+Oracles: the meter's count equals the prompt the reply really used (`ReplyStats.prompt_tokens`,
+torch engine) and the kept turns' rendering; a fork equals the original's rows up to the message; a
+fork killed with SIGKILL mid-transaction leaves no trace; attached text round-trips through the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from firefly_core.attachment import AttachmentError, attachments_meta, message_with_attachments, read_attachment
+from firefly_core.conversation import Conversation
+from firefly_core.formats import Message
+from firefly_core.generation import GenerationConfig, ReplyDone
+from firefly_core.models.loading import load_model
+from firefly_core.session import ChatSession
+from firefly_core.store import ChatStore
+
+GREEDY = GenerationConfig(do_sample=False, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def base_lm(bloom_dir):
+    return load_model(bloom_dir, dtype="fp32", device="cpu")  # the torch engine (ModelDecoder)
+
+
+@pytest.fixture
+def lm(base_lm, one_torch_thread):
+    fresh = dataclasses.replace(base_lm)
+    fresh.__dict__.pop("decoder", None)
+    return fresh
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ChatStore(tmp_path / "chats.sqlite3")
+    yield s
+    s.close()
+
+
+def done_of(reply) -> ReplyDone:
+    return [e for e in reply if isinstance(e, ReplyDone)][-1]
+
+
+# -- the token meter ------------------------------------------------------------------------------
+def test_meter_counts_the_prompt_the_reply_then_uses(store, lm):
+    conv = Conversation.create(store, "t", session=ChatSession(lm, system="你是助手", config=GREEDY))
+    done_of(conv.send("你好"))
+    view = conv.context_view("再说一遍，好吗？")
+    stats = done_of(conv.send("再说一遍，好吗？")).stats
+    assert view.measure.tokens == stats.prompt_tokens
+    assert view.measure.context_length == lm.context_length == stats.context_length
+    assert view.measure.dropped_turns == 0 and view.first_sent_id is None and view.measure.fits
+
+
+def test_meter_says_how_many_turns_are_dropped_and_where_the_view_begins(store, lm):
+    small = dataclasses.replace(lm, context_length=64)
+    session = ChatSession(small, config=GREEDY)
+    conv = Conversation.create(store, "t", session=session)
+    for i in range(6):
+        done_of(conv.send(f"第{i}个问题：今天天气怎么样"))
+    view = conv.context_view("还有吗")
+    history = conv.history()
+    kept, ids = session.prompt_ids([*history, Message("user", "还有吗")])
+    dropped = (len(history) + 1 - len(kept)) // 2
+    assert dropped > 0 and view.measure.dropped_turns == dropped
+    assert view.measure.tokens == len(ids) <= 64 - GREEDY.max_new_tokens
+    first_kept_question = kept[0].content
+    msgs = store.messages(conv.id)
+    assert next(m for m in msgs if m.id == view.first_sent_id).content == first_kept_question
+
+
+def test_meter_reports_a_draft_that_cannot_fit_without_raising(store, lm):
+    small = dataclasses.replace(lm, context_length=32)
+    conv = Conversation.create(store, "t", session=ChatSession(small, config=GREEDY))
+    view = conv.context_view("很长的消息" * 40)
+    assert not view.measure.fits and view.measure.tokens > 32
+
+
+def test_meter_needs_a_session_and_does_not_make_one_when_told_not_to(store):
+    made = []
+    conv = Conversation.create(store, "t", session=lambda: made.append(1))
+    assert conv.context_view("hi", make_session=False) is None and made == []
+
+
+# -- fork -----------------------------------------------------------------------------------------
+def test_fork_copies_the_history_up_to_the_message_and_leaves_the_original(store, lm):
+    conv = Conversation.create(store, "orig", {"temperature": 0.3}, session=ChatSession(lm, config=GREEDY))
+    for q in ("一", "二", "三"):
+        done_of(conv.send(q))
+    before = [(m.id, m.role, m.content, m.meta) for m in store.messages(conv.id)]
+    at = store.messages(conv.id)[2]  # the second question
+    fork = conv.fork(at.id)
+    assert [(m.role, m.content, m.meta) for m in store.messages(fork.id)] == [b[1:] for b in before[:3]]
+    assert [(m.id, m.role, m.content, m.meta) for m in store.messages(conv.id)] == before
+    assert store.get_conversation(fork.id).title == "二"
+    assert store.get_conversation(fork.id).settings == {"temperature": 0.3}
+    # the fork answers on its own: its reply follows its own history
+    done_of(fork.regenerate())
+    assert [m.content for m in store.messages(fork.id)][:3] == ["一", before[1][2], "二"]
+    assert [(m.id, m.content) for m in store.messages(conv.id)] == [(b[0], b[2]) for b in before]
+
+
+def test_fork_of_a_message_of_another_chat_is_refused(store):
+    a = Conversation.create(store, "a")
+    b = Conversation.create(store, "b")
+    m = store.add_message(b.id, "user", "x")
+    with pytest.raises(Exception, match="not in this chat"):
+        a.fork(m.id)
+
+
+def test_fork_killed_mid_transaction_leaves_no_half_chat(tmp_path):
+    db = tmp_path / "chats.sqlite3"
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from firefly_core.conversation import Conversation
+        from firefly_core.store import ChatStore
+        store = ChatStore({str(db)!r})
+        conv = Conversation.create(store, "orig")
+        for i in range(20):
+            store.add_message(conv.id, "user" if i % 2 == 0 else "assistant", f"m{{i}}")
+        last = store.messages(conv.id)[-1].id
+        def kill_on_copy(sql):
+            if sql.startswith("INSERT INTO messages") and "SELECT" in sql:
+                os.kill(os.getpid(), signal.SIGKILL)
+        store._db.set_trace_callback(kill_on_copy)
+        conv.fork(last)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    store = ChatStore(db)
+    [only] = store.list_conversations()
+    assert only.title == "orig" and [m.content for m in store.messages(only.id)] == [f"m{i}" for i in range(20)]
+    fork = Conversation(store, only.id).fork(store.messages(only.id)[5].id)  # and forking works afterwards
+    assert [m.content for m in store.messages(fork.id)] == [f"m{i}" for i in range(6)]
+    store.close()
+
+
+# -- attached files -------------------------------------------------------------------------------
+def test_attached_text_is_sent_and_stored_with_its_name(store, lm, tmp_path):
+    f = tmp_path / "notes.md"
+    f.write_text("流萤是一个模型。\n", encoding="utf-8")
+    att = read_attachment(f)
+    session = ChatSession(lm, config=GREEDY)
+    text = message_with_attachments("总结一下", [att])
+    conv = Conversation.create(store, "t", session=session)
+    view = conv.context_view(text)
+    stats = done_of(conv.send(text, meta=attachments_meta([att], [session.count_tokens(att.text)]))).stats
+    assert stats.prompt_tokens == view.measure.tokens
+    question = store.messages(conv.id)[0]
+    assert "流萤是一个模型。" in question.content and question.content.endswith("总结一下")
+    assert question.meta["attachments"][0]["name"] == "notes.md"
+    assert question.meta["attachments"][0]["tokens"] == len(lm.tokenizer.encode(att.text, add_special_tokens=False))
+    exported = store.export_json(conv.id)
+    assert exported["messages"][0]["meta"]["attachments"][0]["name"] == "notes.md"
+
+
+def test_gbk_file_is_read_with_the_gb18030_fallback(tmp_path):
+    f = tmp_path / "gbk.txt"
+    f.write_bytes("你好，世界".encode("gbk"))
+    att = read_attachment(f)
+    assert att.text == "你好，世界" and att.encoding == "gb18030"
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        (b"\xff\xfe\xfd\xfc" * 10, "neither UTF-8 nor GBK"),
+        (b"x" * 2048, "limit"),
+        (b"  \n", "empty"),
+    ],
+)
+def test_files_that_are_not_attachable_text_are_refused_with_the_reason(tmp_path, content, reason):
+    f = tmp_path / "f.bin"
+    f.write_bytes(content)
+    with pytest.raises(AttachmentError, match=reason):
+        read_attachment(f, max_bytes=1024)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(AttachmentError, match="is not a file"):
+        read_attachment(tmp_path / "nope.txt")
