@@ -1,20 +1,25 @@
-"""Decode threads: tokens/s with 1 vs N torch threads, on a tiny model and on the firefly-1b4 shape.
+"""Decode threads: tokens/s with 1 vs N torch threads on a quiet and on a loaded machine, and the
+thread count the model service chooses in each (`models.service.default_threads`).
 
-    python bench/threads.py                  # tiny BLOOM + firefly-1b4 shape, 1 vs all CPUs
+    python bench/threads.py                  # tiny BLOOM + firefly-1b4 shape, quiet and loaded
     python bench/threads.py --only tiny      # just the tiny model (seconds)
-    python bench/threads.py --tokens 48 --rounds 3
+    python bench/threads.py --tokens 48 --rounds 3 --load quiet
 
-Each shape is built once (random weights, bf16), then the thread counts alternate for `--rounds`
-rounds, each decoding `--tokens` greedy tokens in a worker thread (as the app and the API server
-decode) with the decoder the model service would build (our CPU kernel where it pays). Printed:
-median decode tok/s per thread count and the ratio. The model service's default
-(`models.service.default_threads`) is what this chooses between.
+Each shape is built once (random weights, bf16). For each machine state -- "quiet" (whatever else
+runs here) and "loaded" (this script starts burner processes that spin on all CPUs but one, and
+stops them after) -- the service's choice is taken first (its 0.1 s CPU sample sees the burners),
+then the thread counts alternate for `--rounds` rounds, each decoding `--tokens` greedy tokens in a
+worker thread (as the app and the API server decode) with the decoder the model service would
+build (our CPU kernel where it pays). Printed: median tok/s per thread count, the ratio, the
+service's choice and what its choice decoded at against the best count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import statistics
 import sys
 import threading
@@ -50,12 +55,31 @@ def decode_tps(lm, decoder, tokens: int) -> float:
     return out["tps"]
 
 
+@contextlib.contextmanager
+def machine_state(state: str, cpus: int):
+    """Nothing for "quiet"; for "loaded", burner processes on all CPUs but one, running until the end."""
+    burners = []
+    if state == "loaded":
+        for _ in range(max(1, cpus - 1)):
+            burners.append(subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                                            stdout=subprocess.PIPE))
+        for b in burners:
+            b.stdout.readline()  # spinning
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(SHAPES))
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and all CPUs)")
+    p.add_argument("--load", choices=["quiet", "loaded", "both"], default="both", help="machine states to measure")
     args = p.parse_args()
 
     from generate import build_model
@@ -75,18 +99,24 @@ def main() -> None:
         lm = SimpleNamespace(model=model, tokenizer=tok, stop_token_ids=[], context_length=2048)
         prepare_cpu_route(model)  # as the model service prepares a model: our kernels where they pay
         fast = model.firefly_cpu_route.gemv
-        results: dict[int, list[float]] = {n: [] for n in counts}
         decode_tps(lm, ModelDecoder(model, threads=1), 4)  # warm-up
-        for _ in range(args.rounds):
-            for n in counts:
-                results[n].append(decode_tps(lm, ModelDecoder(model, threads=n), args.tokens))
-                print(f"  {name}, {n} thread(s): {results[n][-1]:.2f} tok/s", flush=True)
-        med = {n: statistics.median(v) for n, v in results.items()}
-        line = " · ".join(f"{n} thread{'s' if n > 1 else ''}: {med[n]:.1f} tok/s" for n in counts)
-        base = med[counts[0]]
-        ratios = " · ".join(f"{n}/{counts[0]} = {med[n] / base:.2f}x" for n in counts[1:])
-        print(f"{name} (firefly CPU kernel: {'yes' if fast else 'no'}): {line}  ({ratios}); "
-              f"service default: {default_threads(lm)}", flush=True)
+        states = ["quiet", "loaded"] if args.load == "both" else [args.load]
+        for state in states:
+            with machine_state(state, cpus):
+                chosen = default_threads(lm)
+                results: dict[int, list[float]] = {n: [] for n in counts}
+                for _ in range(args.rounds):
+                    for n in counts:
+                        results[n].append(decode_tps(lm, ModelDecoder(model, threads=n), args.tokens))
+                        print(f"  {name}, {state}, {n} thread(s): {results[n][-1]:.2f} tok/s", flush=True)
+            med = {n: statistics.median(v) for n, v in results.items()}
+            line = " · ".join(f"{n} thread{'s' if n > 1 else ''}: {med[n]:.1f} tok/s" for n in counts)
+            base = med[counts[0]]
+            ratios = " · ".join(f"{n}/{counts[0]} = {med[n] / base:.2f}x" for n in counts[1:])
+            best = max(med.values())
+            verdict = f"{med[chosen] / best:.2f}x the best count" if chosen in med else "not measured"
+            print(f"{name} {state} (firefly CPU kernel: {'yes' if fast else 'no'}): {line}  ({ratios}); "
+                  f"service chose {chosen} -> {verdict}", flush=True)
         del model, lm
         time.sleep(0)
 

@@ -214,23 +214,6 @@ def test_vocabulary_larger_than_the_embedding_is_refused_at_load(tmp_path):
         ModelService().get(_request(small))
 
 
-def test_default_threads_one_for_small_models_and_idle_cpus_for_big_ones(monkeypatch):
-    from types import SimpleNamespace
-
-    from firefly_core.models import service
-
-    monkeypatch.setattr(service, "_usable_cpus", lambda: 4)
-    small = SimpleNamespace(model=torch.nn.Linear(64, 64))
-    big = SimpleNamespace(model=torch.nn.Linear(4096, 8192, bias=False, dtype=torch.bfloat16))  # 64 MiB
-    monkeypatch.setattr(service.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # just our own load
-    assert service.default_threads(small) == 1
-    assert service.default_threads(big) == 4
-    monkeypatch.setattr(service.os, "getloadavg", lambda: (3.2, 1.0, 1.0))  # two other CPUs busy
-    assert service.default_threads(big) == 2
-    monkeypatch.setattr(service.os, "getloadavg", lambda: (12.0, 1.0, 1.0))  # overloaded
-    assert service.default_threads(big) == 1
-
-
 def test_engine_resolution(monkeypatch):
     from firefly_core.models import service
 

@@ -84,30 +84,36 @@ class LoadStatus:
 StatusCallback = Callable[[LoadStatus], None]
 
 
-def default_threads(lm: Any) -> int:
+def default_threads(lm: Any, sample: Callable[[], Any] | None = None) -> int:
     """Decode threads when nobody chose (`--threads` and the per-model setting win).
 
     Measured (`python bench/threads.py`, 2-core machine shared with other work): a tiny model
-    decodes ~20x slower with 2 threads than with 1, and even the firefly-1b4 shape ~4x slower
-    when the other core is busy: OpenMP workers spin waiting for a core that is not free. So:
-    1 thread for small models (SMALL_MODEL_BYTES); otherwise the CPUs this process may use that
-    are not already busy (1-minute load average, our own loading not counted), at least 1.
+    decodes ~20x slower with 2 threads than with 1, and even the firefly-1b4 shape several times
+    slower when the other core is busy: OpenMP workers spin waiting for a core that is not free.
+    So: 1 thread for small models (SMALL_MODEL_BYTES); otherwise one per physical core this
+    process may use, less the CPUs other processes hold *now* (`cpu_use.sample_cpu_use`, a 0.1 s
+    sample, our own process left out), at least 1. The 1-minute load average this replaced was
+    history: a machine busy a minute ago decoded on 1 thread at 0.65x (issue 24).
+    `sample` (tests): returns a `cpu_use.CpuSample` instead of sampling the machine.
     """
-    cpus = _usable_cpus()
+    from ..cpu_use import free_cpus, sample_cpu_use
+
     if _weight_bytes(lm) < SMALL_MODEL_BYTES:
         return 1
-    try:
-        busy = max(0.0, os.getloadavg()[0] - 1.0)  # the load we are doing right now counts ~1
-    except (AttributeError, OSError):  # Windows: no load average
-        busy = 0.0
-    return max(1, min(cpus, int(cpus - busy + 0.5)))
+    return free_cpus((sample or sample_cpu_use)(), _usable_cpus())
 
 
 def _usable_cpus() -> int:
+    """CPUs this process may run on, one per physical core (a second hyper-thread adds nothing to
+    a memory-bound decode step; llama.cpp's own default is the physical cores)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    import psutil
+
+    logical, physical = psutil.cpu_count() or n, psutil.cpu_count(logical=False) or n
+    return max(1, n * physical // max(logical, 1))
 
 
 def _weight_bytes(lm: Any) -> int:
