@@ -114,6 +114,49 @@ def _checksum_damage(path: Path, expected: str) -> str | None:
     return None if actual == expected else "its bytes changed since it was made (checksum)"
 
 
+def ensure_gguf(
+    lm: Any,
+    *,
+    quantize: str | None,
+    threads: int | None = None,
+    status: Status | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[Path, bool]:
+    """Make `lm`'s cached GGUF of the `quantize` type unless a whole one is there: (its path, whether
+    it was made now). Called when a model is chosen (`firefly use`, `pull`, the app's Models screen:
+    `models.service.prepare_model_files`) so the first chat only loads it; `attach_llamacpp` calls
+    it too for a model nobody prepared. A file that looks whole here is checked in full (SHA-256)
+    by every load, so this only reads its header."""
+    from .gguf import ExportCancelled
+
+    require_llamacpp()
+    say = status or (lambda _msg: None)
+    gguf_type = gguf_type_for(quantize)
+    path = gguf_cache_path(lm.path, gguf_type)
+    clean_stale_temp(path, every_name=True)  # files of builds killed before they finished
+    damage, _expected = _cheap_damage(path)
+    if damage is None:
+        return path, False
+    if cancel is not None and cancel.is_set():
+        raise ExportCancelled("stopped before making the llama.cpp model", None)
+    if damage == "missing":
+        say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
+    else:
+        say(f"remaking the llama.cpp model ({gguf_type}): the cached {path.name} is damaged: {damage}")
+    _make(lm, path, gguf_type, say, cancel, threads)
+    return path, True
+
+
+def require_llamacpp() -> None:
+    """The llamacpp extra installed and llama.cpp usable here, else the one clear error."""
+    from ..extras import require_extra
+
+    require_extra("llamacpp")  # not installed: the extra's one message, with the install commands
+    reason = available()
+    if reason is not None:
+        raise FireflyError(f"the llama.cpp engine is not available: {reason}", "use --engine torch")
+
+
 class _Checksum(threading.Thread):
     """The checksum of a cached GGUF, computed while llama.cpp loads the same file: both mostly
     wait on memory and disk and release the GIL, so the check adds little to the load's time."""
@@ -146,32 +189,17 @@ def attach_llamacpp(
     load starts at once. `lm.context_length` is lowered to the context llama.cpp allocates
     (at most MAX_CONTEXT), so chat truncates history where llama.cpp would run out.
     """
-    from ..extras import require_extra
-
-    require_extra("llamacpp")  # not installed: the extra's one message, with the install commands
-    reason = available()
-    if reason is not None:
-        raise FireflyError(f"the llama.cpp engine is not available: {reason}", "use --engine torch")
     from ..generation.llamacpp import LlamaCppDecoder, default_threads
     from .gguf import ExportCancelled
 
     say = status or (lambda _msg: None)
     gguf_type = gguf_type_for(quantize)
-    path = gguf_cache_path(lm.path, gguf_type)
-    clean_stale_temp(path, every_name=True)  # files of builds killed before they finished
-    made = False
+    path, made = ensure_gguf(lm, quantize=quantize, threads=threads, status=say, cancel=cancel)
     checking: _Checksum | None = None
-    damage, expected = _cheap_damage(path)
-    if damage is None:
+    if not made:  # a file made earlier: checked in full while llama.cpp loads it
+        damage, expected = _cheap_damage(path)
         checking = _Checksum(path, expected)
         checking.start()
-    else:
-        if damage == "missing":
-            say(f"making the llama.cpp model ({gguf_type}, once for this model): {path.name}")
-        else:
-            say(f"remaking the llama.cpp model ({gguf_type}): the cached {path.name} is damaged: {damage}")
-        _make(lm, path, gguf_type, say, cancel, threads)
-        made = True
     if cancel is not None and cancel.is_set():
         if checking is not None:
             checking.join()

@@ -287,6 +287,30 @@ def resolve_engine(request: ModelRequest, device_type: str) -> tuple[str, str | 
     return "torch", reason
 
 
+def prepare_model_files(model: str, *, status: Callable[[str], None] | None = None, cancel=None) -> str | None:
+    """Make what the first chat with `model` would otherwise make in the foreground, when the
+    model is chosen (`firefly use`, `firefly pull --use`, the app's Models screen): the llama.cpp
+    engine's GGUF, when the saved settings' engine is llama.cpp or the automatic choice picks it
+    here. Returns the GGUF's path (made now or already there), or None when the model runs on
+    PyTorch (nothing to make). Reads only the model's description, never its weights into memory;
+    cancellable between tensors (`cancel`), the partial file removed."""
+    from .catalog import prompt_format_for
+    from .loading import load_model, pick_device
+
+    request = model_service().request_for(model)
+    engine, _why_not = resolve_engine(request, pick_device(request.device).type)
+    if engine != "llamacpp":
+        return None
+    from ..export.gguf_cache import ensure_gguf
+
+    quiet_libraries(ui=True)
+    lm = load_model(request.model, device=request.device, dtype=request.dtype, prompt_format=request.prompt_format,
+                    catalog_format=prompt_format_for(request.model), trust_remote_code=request.trust_remote_code,
+                    weights=False)
+    path, _made = ensure_gguf(lm, quantize=request.quantize, threads=request.threads, status=status, cancel=cancel)
+    return str(path)
+
+
 def llamacpp_unavailable() -> str | None:
     """None when firefly's llama.cpp engine can run here, else why not."""
     import importlib.util

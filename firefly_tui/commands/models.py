@@ -140,6 +140,63 @@ def _remote_code_allowed(model: str) -> bool:
     return load_settings().for_model(model).trust_remote_code
 
 
+def _prepare_files(model: str) -> None:
+    """Make the files the first chat with `model` needs (the llama.cpp engine's GGUF, when that is
+    the engine it will run on) now, with a progress line, so that chat starts at load speed.
+    Ctrl-C stops it (the first chat makes it then); a failure is a note, the choice stays saved."""
+    from firefly_core.errors import FireflyError
+    from firefly_core.models.service import prepare_model_files
+
+    tty = sys.stderr.isatty()
+    cancel = threading.Event()
+    result: dict[str, Any] = {}
+    shown = {"width": 0}
+
+    def say(message: str) -> None:
+        if tty:  # one line, rewritten in place
+            line = message[: max(20, _columns() - 1)]
+            print("\r" + line.ljust(shown["width"]), end="", file=sys.stderr, flush=True)
+            shown["width"] = len(line)
+        else:
+            print(f"  {message}", file=sys.stderr, flush=True)
+
+    def work() -> None:
+        try:
+            result["path"] = prepare_model_files(model, status=say, cancel=cancel)
+        except BaseException as e:  # handed to the main thread
+            result["error"] = e
+
+    worker = threading.Thread(target=work, name="firefly-prepare", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.set()
+        worker.join()
+    if tty and shown["width"]:
+        print(file=sys.stderr)
+    err = result.get("error")
+    if isinstance(err, FireflyError):
+        from firefly_core.export.gguf import ExportCancelled
+
+        if isinstance(err, ExportCancelled):
+            print("stopped: the llama.cpp model will be made when you first chat", file=sys.stderr)
+        else:
+            print(f"note: the llama.cpp model was not made now: {err.message}; the first chat tries again",
+                  file=sys.stderr)
+    elif err is not None:
+        raise err
+    elif result.get("path"):
+        print(f"llama.cpp model ready: {result['path']}")
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -199,6 +256,8 @@ def run_pull(args: argparse.Namespace) -> int:
     if args.use:
         set_active_model(model)
     print(f"ready: {model} at {path}")
+    if not getattr(args, "dataset", False):
+        _prepare_files(model)
     return 0
 
 
@@ -332,4 +391,6 @@ def run_use(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     update_model_settings(model, reset=args.reset, activate=True, **setting_values(args, ModelSettings))
     print(f"active model: {model}")
+    if Path(model).is_dir() or found.complete:
+        _prepare_files(model)
     return 0
