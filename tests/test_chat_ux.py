@@ -192,3 +192,42 @@ def test_files_that_are_not_attachable_text_are_refused_with_the_reason(tmp_path
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(AttachmentError, match="is not a file"):
         read_attachment(tmp_path / "nope.txt")
+
+
+# -- firefly chat ---------------------------------------------------------------------------------
+def _chat(args, stdin: str, home):
+    env = dict(os.environ, FIREFLY_HOME=str(home), PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "firefly_tui.cli", "chat", *args], input=stdin, capture_output=True,
+        text=True, encoding="utf-8", env=env, timeout=180,
+    )
+
+
+TORCH = ["--dtype", "fp32", "--device", "cpu", "--engine", "torch", "--greedy", "--max-new-tokens", "6"]
+
+
+def test_repl_attach_sends_the_file_with_the_next_message_and_unknown_commands_are_refused(bloom_dir, base_lm, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("流萤，一个中文对话模型。", encoding="utf-8")
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"\x00\x01\x02")
+    proc = _chat(["--model", str(bloom_dir), *TORCH],
+                 f"/foo\n/attach {binary}\n/attach {f}\n总结\n", tmp_path)
+    att = read_attachment(f)
+    expected = done_of(ChatSession(base_lm, config=GREEDY).reply([Message("user", message_with_attachments("总结", [att]))])).text
+    assert proc.stdout == expected + "\n"  # only the message with the file was sent
+    assert "unknown command /foo" in proc.stderr and "/attach PATH" in proc.stderr
+    assert "x.bin is a binary file" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1  # the refused lines are failures a script can see
+
+
+def test_stats_line_has_the_meter_and_the_dropped_turns():
+    from firefly_core.conversation import ContextView
+    from firefly_core.generation import ReplyStats
+    from firefly_core.session import PromptMeasure
+    from firefly_tui.commands.chat import format_stats, meter_text
+
+    stats = ReplyStats(10, 6, 20, 0.25, 4.5, 4.7, "stop_token", 30, 2048)
+    line = format_stats(stats, meter=meter_text(ContextView(PromptMeasure(1900, 2048, 512, 3, True), 7)))
+    assert "tokens 1900/2048" in line and "3 earlier turns not sent" in line and "20 tokens" in line
+    assert "not sent" not in meter_text(ContextView(PromptMeasure(30, 2048, 512, 0, True), None))

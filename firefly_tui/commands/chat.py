@@ -24,7 +24,13 @@ from firefly_core.models.user_settings import ModelSettings
 from .setting_flags import add_setting_flags, setting_values
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-HELP = "commands: /reset (forget the conversation), /exit (quit), /help; Ctrl-C stops a reply"
+COMMANDS = {
+    "/attach": "/attach PATH (add a text file to your next message)",
+    "/reset": "/reset (forget the conversation)",
+    "/exit": "/exit (quit)",
+    "/help": "/help",
+}
+HELP = "commands: " + ", ".join(COMMANDS.values()) + "; Ctrl-C stops a reply"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         if talk and status.step != "ready":
             _note(status.message)
 
+    if talk:
+        _note(f"loading {model} …")  # the first load takes seconds: say what is happening
     session = open_session(
         model, chat_options(args), overrides=generation_flags(args), load=load_options(args), status=show
     )
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{DIM}{describe(lm)} · {HELP}{RESET}", file=sys.stderr, flush=True)
     show_stats = tty_out and not args.no_stats
     failed = False
+    attached: list = []  # files for the next message (firefly_core.attachment.Attachment)
     while True:
         try:
             line = _read_line(interactive)
@@ -151,14 +160,70 @@ def run(args: argparse.Namespace) -> int:
         if text == "/help":
             print(HELP, file=sys.stderr, flush=True)
             continue
+        command = text.split(maxsplit=1)[0]
+        if command == "/attach":
+            try:
+                attached.append(_attach(conversation, attached, text[len(command):].strip()))
+            except FireflyError as e:
+                _print_error(e)
+                failed = True
+            continue
+        if _looks_like_command(command) and command not in COMMANDS and command != "/quit":
+            print(f"unknown command {command}; {HELP}", file=sys.stderr, flush=True)
+            failed = True
+            continue
         try:
-            _stream_reply(conversation, text, show_stats)
+            _stream_reply(conversation, text, show_stats, attached)
+            attached = []
         except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         except FireflyError as e:  # e.g. a message longer than the context: this turn ends, not the chat
             _print_error(e)
             failed = True
+
+
+def _looks_like_command(word: str) -> bool:
+    """`/foo` is a command (known or not); `/usr/bin …` or `/` alone is a message."""
+    return len(word) > 1 and word[0] == "/" and word[1:].isascii() and word[1:].isalpha()
+
+
+def _attach(conversation: Any, attached: list, path: str) -> Any:
+    """Read a text file for the next message, refused (AttachmentError) when it is not attachable
+    text or the next message would not fit the model's context window; shows its chip."""
+    from firefly_core.attachment import AttachmentError, message_with_attachments, read_attachment
+
+    if not path:
+        raise AttachmentError("/attach needs a file", "e.g. /attach notes.md")
+    att = read_attachment(path)
+    view = conversation.context_view(message_with_attachments("", [*attached, att]))
+    if view is not None and not view.measure.fits:
+        m = view.measure
+        raise AttachmentError(
+            f"{att.name} would not fit: the message would be {m.tokens} tokens, and the model's window is "
+            f"{m.context_length} tokens with {m.max_new_tokens} kept for the reply",
+            "attach a shorter file, or lower --max-new-tokens",
+        )
+    tokens = conversation.session.count_tokens(att.text)
+    note = f"[{att.name} · {tokens} tokens] attached to your next message"
+    if view is not None and view.measure.dropped_turns:
+        note += f" · {_dropped_text(view.measure.dropped_turns)}"
+    _note(note)
+    return att
+
+
+def _dropped_text(turns: int) -> str:
+    return f"{turns} earlier turn{'s' if turns != 1 else ''} not sent"
+
+
+def meter_text(view: Any) -> str:
+    """The token meter in the stats line: what the next prompt uses of the window, and what of the
+    conversation the model no longer sees."""
+    if view is None:
+        return ""
+    m = view.measure
+    text = f"tokens {m.tokens}/{m.context_length}"
+    return text + (f" · {_dropped_text(m.dropped_turns)}" if m.dropped_turns else "")
 
 
 def _note(message: str) -> None:
@@ -219,10 +284,18 @@ def _read_line(interactive: bool) -> str | None:
         return line
 
 
-def _stream_reply(conversation: Any, text: str, show_stats: bool) -> None:
-    """Answer `text` in `conversation`, printing the reply as it streams (the session holds the
-    model's generation lock while it does)."""
+def _stream_reply(conversation: Any, text: str, show_stats: bool, attached: list | None = None) -> None:
+    """Answer `text` (with the `attached` files' text) in `conversation`, printing the reply as it
+    streams (the session holds the model's generation lock while it does). A reply stopped with
+    Ctrl-C stays in the history with its partial text, as in the app."""
+    from firefly_core.attachment import attachments_meta, message_with_attachments
     from firefly_core.generation import ReplyDone, TextDelta
+
+    meta = None
+    if attached:
+        session = conversation.session
+        meta = attachments_meta(attached, [session.count_tokens(a.text) for a in attached])
+        text = message_with_attachments(text, attached)
 
     cancel = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
@@ -232,7 +305,7 @@ def _stream_reply(conversation: Any, text: str, show_stats: bool) -> None:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
     done = None
     try:
-        for event in conversation.send(text, cancel):
+        for event in conversation.send(text, cancel, meta=meta):
             if isinstance(event, TextDelta):
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
@@ -244,17 +317,20 @@ def _stream_reply(conversation: Any, text: str, show_stats: bool) -> None:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if done is not None and show_stats:
-        print(f"{DIM}{format_stats(done.stats, done.cancelled)}{RESET}", flush=True)
+        line = format_stats(done.stats, done.cancelled, meter_text(conversation.context_view("")))
+        print(f"{DIM}{line}{RESET}", flush=True)
 
 
-def format_stats(stats: Any, cancelled: bool = False) -> str:
+def format_stats(stats: Any, cancelled: bool = False, meter: str = "") -> str:
     parts = [
         f"{stats.new_tokens} tokens",
         f"{stats.tokens_per_s:.1f} tok/s",
         f"first token {stats.ttft_s * 1000:.0f} ms",
         f"prompt {stats.prompt_tokens} ({stats.reused_tokens} reused)",
     ]
-    if stats.context_length:
+    if meter:
+        parts.append(meter)  # the next prompt, against the window (replaces "context used")
+    elif stats.context_length:
         parts.append(f"context {stats.context_used}/{stats.context_length}")
     if cancelled:
         parts.append("stopped")
