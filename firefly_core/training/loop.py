@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -124,15 +123,6 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
     )
-
-
-def split_eval(n: int, config: TrainConfig) -> tuple[list[int], list[int]]:
-    """Indices of training and evaluation samples when the eval set is a fraction of the data."""
-    if config.eval_file or config.eval_fraction <= 0 or n < 2:
-        return list(range(n)), []
-    k = min(n - 1, max(1, round(n * config.eval_fraction)))
-    held = set(random.Random(config.seed).sample(range(n), k))
-    return [i for i in range(n) if i not in held], sorted(held)
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = ()) -> RunResult:

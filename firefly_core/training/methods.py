@@ -10,12 +10,22 @@ over, its batches and its summed loss. The loop (loop.py) is the same for every 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DataError
 from .losses import chunk_for, chunked_token_loss_sum, token_loss_sum
 from .packing import PackedRow, check_packing, collate_packed, pack, prepare_model
+
+
+def split_eval(n: int, config: Any) -> tuple[list[int], list[int]]:
+    """Indices of training and evaluation samples when the eval set is a fraction of the data."""
+    if config.eval_file or config.eval_fraction <= 0 or n < 2:
+        return list(range(n)), []
+    k = min(n - 1, max(1, round(n * config.eval_fraction)))
+    held = set(random.Random(config.seed).sample(range(n), k))
+    return [i for i in range(n) if i not in held], sorted(held)
 
 
 @dataclass
@@ -27,8 +37,6 @@ class MethodData:
 
 
 def _split(items: list, config) -> tuple[list, list]:
-    from .loop import split_eval
-
     train_idx, eval_idx = split_eval(len(items), config)
     return [items[i] for i in train_idx], [items[i] for i in eval_idx]
 
