@@ -3,6 +3,7 @@ thread count the model service chooses in each (`models.service.default_threads`
 
     python bench/threads.py                  # tiny BLOOM + firefly-1b4 shape, quiet and loaded
     python bench/threads.py --only tiny      # just the tiny model (seconds)
+    python bench/threads.py --only mid       # ~0.2 GB: the service's CPU sample decides (a minute)
     python bench/threads.py --tokens 48 --rounds 3 --load quiet
 
 Each shape is built once (random weights, bf16). For each machine state -- "quiet" (whatever else
@@ -34,6 +35,8 @@ import torch  # noqa: E402
 
 SHAPES = {
     "tiny": dict(vocab=400, hidden=64, layers=2, heads=4),
+    # ~0.2 GB of bf16 weights: above SMALL_MODEL_BYTES, so the service samples the CPUs for it
+    "mid": dict(vocab=46145, hidden=1024, layers=4, heads=16),
     "firefly-1b4": dict(vocab=46145, hidden=2048, layers=24, heads=16),
 }
 
@@ -73,6 +76,43 @@ def machine_state(state: str, cpus: int):
             b.wait()
 
 
+def measure_shape(name: str, shape: dict, counts: list[int], *, rounds: int, tokens: int,
+                  states: list[str], cpus: int | None = None) -> list[str]:
+    """One summary line per machine state for a random bf16 model of `shape` (see the docstring)."""
+    from generate import build_model
+
+    from firefly_core.generation import ModelDecoder
+    from firefly_core.models.service import default_threads, prepare_cpu_route
+    from firefly_core.testkit import build_tokenizer
+
+    cpus = cpus or max(counts)
+    tok = build_tokenizer("bloom", 400)
+    model = build_model(SimpleNamespace(dtype="bf16", **shape))
+    model.generation_config.eos_token_id = None
+    lm = SimpleNamespace(model=model, tokenizer=tok, stop_token_ids=[], context_length=2048)
+    prepare_cpu_route(model)  # as the model service prepares a model: our kernels where they pay
+    fast = model.firefly_cpu_route.gemv
+    decode_tps(lm, ModelDecoder(model, threads=1), 4)  # warm-up
+    lines = []
+    for state in states:
+        with machine_state(state, cpus):
+            chosen = default_threads(lm)
+            results: dict[int, list[float]] = {n: [] for n in counts}
+            for _ in range(rounds):
+                for n in counts:
+                    results[n].append(decode_tps(lm, ModelDecoder(model, threads=n), tokens))
+                    print(f"  {name}, {state}, {n} thread(s): {results[n][-1]:.2f} tok/s", flush=True)
+        med = {n: statistics.median(v) for n, v in results.items()}
+        line = " · ".join(f"{n} thread{'s' if n > 1 else ''}: {med[n]:.1f} tok/s" for n in counts)
+        base = med[counts[0]]
+        ratios = " · ".join(f"{n}/{counts[0]} = {med[n] / base:.2f}x" for n in counts[1:])
+        best = max(med.values())
+        verdict = f"{med[chosen] / best:.2f}x the best count" if chosen in med else "not measured"
+        lines.append(f"{name} {state} (firefly CPU kernel: {'yes' if fast else 'no'}): {line}  ({ratios}); "
+                     f"service chose {chosen} -> {verdict}")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(SHAPES))
@@ -82,43 +122,14 @@ def main() -> None:
     p.add_argument("--load", choices=["quiet", "loaded", "both"], default="both", help="machine states to measure")
     args = p.parse_args()
 
-    from generate import build_model
-
-    from firefly_core.generation import ModelDecoder
-    from firefly_core.models.service import default_threads, prepare_cpu_route
-    from firefly_core.testkit import build_tokenizer
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     counts = args.threads or sorted({1, cpus})
-    tok = build_tokenizer("bloom", 400)
     for name, shape in SHAPES.items():
         if args.only and name != args.only:
             continue
-        model = build_model(SimpleNamespace(dtype="bf16", **shape))
-        model.generation_config.eos_token_id = None
-        lm = SimpleNamespace(model=model, tokenizer=tok, stop_token_ids=[], context_length=2048)
-        prepare_cpu_route(model)  # as the model service prepares a model: our kernels where they pay
-        fast = model.firefly_cpu_route.gemv
-        decode_tps(lm, ModelDecoder(model, threads=1), 4)  # warm-up
         states = ["quiet", "loaded"] if args.load == "both" else [args.load]
-        for state in states:
-            with machine_state(state, cpus):
-                chosen = default_threads(lm)
-                results: dict[int, list[float]] = {n: [] for n in counts}
-                for _ in range(args.rounds):
-                    for n in counts:
-                        results[n].append(decode_tps(lm, ModelDecoder(model, threads=n), args.tokens))
-                        print(f"  {name}, {state}, {n} thread(s): {results[n][-1]:.2f} tok/s", flush=True)
-            med = {n: statistics.median(v) for n, v in results.items()}
-            line = " · ".join(f"{n} thread{'s' if n > 1 else ''}: {med[n]:.1f} tok/s" for n in counts)
-            base = med[counts[0]]
-            ratios = " · ".join(f"{n}/{counts[0]} = {med[n] / base:.2f}x" for n in counts[1:])
-            best = max(med.values())
-            verdict = f"{med[chosen] / best:.2f}x the best count" if chosen in med else "not measured"
-            print(f"{name} {state} (firefly CPU kernel: {'yes' if fast else 'no'}): {line}  ({ratios}); "
-                  f"service chose {chosen} -> {verdict}", flush=True)
-        del model, lm
-        time.sleep(0)
+        for line in measure_shape(name, shape, counts, rounds=args.rounds, tokens=args.tokens, states=states):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
