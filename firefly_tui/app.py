@@ -360,6 +360,8 @@ class FireflyApp(App):
             yield cmd("cmd.chat_settings", screen.action_chat_settings)
             yield cmd("cmd.export_md", lambda: screen.action_export("md"))
             yield cmd("cmd.export_json", lambda: screen.action_export("json"))
+            yield cmd("cmd.fork", screen.action_fork)
+            yield cmd("cmd.attach", screen.action_attach)
         for command in super().get_system_commands(screen):
             key = _SYSTEM_COMMANDS.get(command.title)
             if key is None:

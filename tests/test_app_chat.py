@@ -231,7 +231,7 @@ async def test_message_actions_delete_retry_copy(store, bloom_lm):
         # copy from the menu
         await pilot.press("enter")
         dialog = await wait_screen(pilot, MessageActionsDialog)
-        assert [o.id for o in dialog.query_one("#actions").options] == ["copy", "retry", "edit", "delete"]
+        assert [o.id for o in dialog.query_one("#actions").options] == ["copy", "retry", "edit", "fork", "delete"]
         await pilot.press("enter")  # the first action: copy
         await wait_screen(pilot, ChatScreen)
         assert app.clipboard == "一"

@@ -231,3 +231,117 @@ def test_stats_line_has_the_meter_and_the_dropped_turns():
     line = format_stats(stats, meter=meter_text(ContextView(PromptMeasure(1900, 2048, 512, 3, True), 7)))
     assert "tokens 1900/2048" in line and "3 earlier turns not sent" in line and "20 tokens" in line
     assert "not sent" not in meter_text(ContextView(PromptMeasure(30, 2048, 512, 0, True), None))
+
+
+# -- the app --------------------------------------------------------------------------------------
+from app_helpers import wait_until  # noqa: E402
+
+from firefly_tui.app import FireflyApp  # noqa: E402
+
+APP_SIZE = (110, 36)
+
+
+@pytest.fixture(scope="module")
+def service_lm(bloom_dir):
+    from firefly_core.models.service import model_service
+
+    return model_service().get(str(bloom_dir))
+
+
+def make_app(store, lm, name):
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    app.lm, app.model_name = lm, name
+    return app
+
+
+def _chat_with_turns(store, n: int, settings: dict) -> int:
+    conv = store.create_conversation("long", settings)
+    for i in range(n):
+        store.add_message(conv.id, "user", f"第{i}个问题：今天的天气怎么样？")
+        store.add_message(conv.id, "assistant", f"第{i}个回答：晴天，适合出门散步。")
+    return conv.id
+
+
+async def test_app_meter_follows_typing_and_marks_where_the_models_view_begins(tmp_path, service_lm, bloom_dir):
+    from firefly_tui.widgets.chat_view import DropMarker, MessageView
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    budget = 80
+    cid = _chat_with_turns(store, 8, {"max_new_tokens": service_lm.context_length - budget, "temperature": 0})
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=APP_SIZE) as pilot:
+        chat = app.screen.query_one(ChatConversation)
+        await wait_until(pilot, lambda: chat.conversation_id == cid and chat.context_view is not None, what="the meter")
+        first = chat.context_view
+        session = chat.conversation.session
+        history = chat.conversation.history()
+        kept, ids = session.prompt_ids([*history, Message("user", "")])
+        assert first.measure.tokens == len(ids) and first.measure.dropped_turns == (len(history) + 1 - len(kept)) // 2 > 0
+        meter = str(chat.query_one("#meter").render())
+        assert f"tokens {len(ids)}/{service_lm.context_length}" in meter and "earlier turns not sent" in meter
+        # the marker sits right above the first message the model sees
+        children = list(chat.log_view.children)
+        [marker] = [c for c in children if isinstance(c, DropMarker)]
+        after = children[children.index(marker) + 1]
+        assert isinstance(after, MessageView) and after.message_id == first.first_sent_id
+        assert after.content == kept[0].content
+        # typing changes the count (debounced, in a worker)
+        chat.composer.focus()
+        await pilot.press(*"hello there")
+        await wait_until(pilot, lambda: chat.context_view.measure.tokens != first.measure.tokens, what="a new count")
+        _, typed_ids = session.prompt_ids([*history, Message("user", "hello there")])
+        await wait_until(pilot, lambda: chat.context_view.measure.tokens == len(typed_ids), what="the typed count")
+    store.close()
+
+
+async def test_app_fork_from_the_message_menu_and_attach_with_ctrl_a(tmp_path, service_lm, bloom_dir):
+    from firefly_tui.screens.dialogs import PromptDialog
+    from firefly_tui.screens.message_actions import MessageActionsDialog
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    cid = _chat_with_turns(store, 3, {"max_new_tokens": 4, "temperature": 0})
+    original = [(m.id, m.content) for m in store.messages(cid)]
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=APP_SIZE) as pilot:
+        chat = app.screen.query_one(ChatConversation)
+        await wait_until(pilot, lambda: chat.conversation_id == cid)
+        log = chat.log_view
+        log.focus()
+        await pilot.pause()
+        log.select(log.messages()[2])  # the second question
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MessageActionsDialog))
+        app.screen.dismiss("fork")
+        await wait_until(pilot, lambda: chat.conversation_id not in (None, cid), what="the fork opened")
+        assert [m.content for m in store.messages(chat.conversation_id)] == [c for _, c in original[:3]]
+        assert [(m.id, m.content) for m in store.messages(cid)] == original
+        assert [v.content for v in log.messages()] == [c for _, c in original[:3]]
+
+        # attach: a binary file is refused with the reason; a text file gets a chip and is sent
+        binary = tmp_path / "x.bin"
+        binary.write_bytes(b"\x00\x01")
+        notes = tmp_path / "notes.md"
+        notes.write_text("流萤是一个模型。", encoding="utf-8")
+        for path in (binary, notes):
+            chat.composer.focus()
+            await pilot.press("ctrl+a")
+            await wait_until(pilot, lambda: isinstance(app.screen, PromptDialog))
+            app.screen.dismiss(str(path))
+            await pilot.pause()
+        await wait_until(pilot, lambda: len(chat.attachments) == 1, what="the chip")
+        assert any("x.bin is a binary file" in str(n.message) for n in app._notifications)
+        chips = str(chat.query_one("#attachments").render())
+        tokens = len(service_lm.tokenizer.encode("流萤是一个模型。", add_special_tokens=False))
+        assert f"notes.md · {tokens} tokens" in chips
+        chat.composer.value = "总结"
+        chat.composer.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not chat.generating and store.messages(chat.conversation_id)[-1].role == "assistant"
+                         and len(store.messages(chat.conversation_id)) == 5, what="the reply")
+        question = store.messages(chat.conversation_id)[3]
+        assert question.content == message_with_attachments("总结", [read_attachment(notes)])
+        assert question.meta["attachments"][0] == {"name": "notes.md", "tokens": tokens, "encoding": "utf-8"}
+        assert chat.attachments == [] and chat.query_one("#attachments").has_class("-hidden")
+    store.close()

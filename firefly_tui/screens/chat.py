@@ -50,6 +50,7 @@ class ChatScreen(Screen):
         Binding("ctrl+r", "rename", "chat.rename_key", show=False),
         Binding("ctrl+d", "delete", "chat.delete_key", priority=True, show=False),
         Binding("ctrl+f", "search", "chat.search_key", show=False),
+        Binding("ctrl+a", "attach", "chat.attach_key", priority=True, show=False),  # over the composer's line start
     ]
 
     def __init__(self) -> None:
@@ -242,6 +243,24 @@ class ChatScreen(Screen):
             return
         chat.composer.focus()
 
+    async def action_fork(self) -> None:
+        """Fork from the selected message (the last one when none is selected)."""
+        log = self.chat.log_view
+        views = [v for v in log.messages() if v.message_id is not None]
+        view = log.selected if log.selected in views else (views[-1] if views else None)
+        if view is None:
+            self.notify(t("chat.fork_nothing"), severity="warning")
+            return
+        await self.run_message_action("fork", view)
+
+    def action_attach(self) -> None:
+        """Ctrl+A: a path prompt; the file's text goes with the next message."""
+
+        async def chosen(path: str | None) -> None:
+            await self.chat.attach(path)
+
+        self.app.push_screen(PromptDialog(t("chat.attach_q"), placeholder="~/notes.md"), chosen)
+
     async def action_regenerate(self) -> None:
         await self.chat.regenerate()
 
@@ -274,6 +293,11 @@ class ChatScreen(Screen):
             await chat.retry_from(view.message_id)
         elif action == "edit":
             chat.start_edit(view.message_id)
+        elif action == "fork":
+            new_id = await chat.fork(view.message_id)
+            if new_id is not None:
+                await self.open_conversation(new_id, focus=True)
+                await self.refresh_conversations()
         elif action == "delete":
             message_id = view.message_id
 

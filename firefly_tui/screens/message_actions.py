@@ -1,4 +1,5 @@
-"""The actions on one message of a chat, as a small menu: copy, retry from here, edit and resend, delete.
+"""The actions on one message of a chat, as a small menu: copy, retry from here, edit and resend,
+fork a new chat from here, delete.
 
 A menu rather than single-letter keys on the message, so typing never triggers an action by
 accident (typed characters belong to the composer). Returns the chosen action's name or None.
@@ -20,6 +21,7 @@ ACTIONS = {
     "copy": "chat.action.copy",
     "retry": "chat.action.retry",
     "edit": "chat.action.edit",
+    "fork": "chat.action.fork",
     "delete": "chat.action.delete",
 }
 

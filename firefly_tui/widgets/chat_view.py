@@ -123,6 +123,20 @@ class MessageView(Vertical):
             log.focus()
 
 
+class DropMarker(Static):
+    """Where the model's view of the chat begins: the messages above it are not sent (they no
+    longer fit the context window with the next message). Placed by the token meter."""
+
+    DEFAULT_CSS = """
+    DropMarker {
+        height: auto;
+        margin: 1 0 0 0;
+        color: $warning;
+        text-align: center;
+    }
+    """
+
+
 class SystemPromptView(Static):
     """The chat's system prompt, shown above the messages (hidden when there is none)."""
 

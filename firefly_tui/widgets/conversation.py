@@ -26,20 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from .. import backend
 from ..i18n import STRINGS, t
-from .chat_view import ChatLog, MessageView, SystemPromptView
+from .chat_view import ChatLog, DropMarker, MessageView, SystemPromptView
 from .composer import Composer
 
 if TYPE_CHECKING:
     from firefly_core.session import SessionProvider
 
 UI_HZ = 15  # reply redraws per second while streaming
+METER_DELAY_S = 0.3  # the token meter counts once typing pauses this long (debounce)
 
 
 def short_model_name(name: str) -> str:
@@ -69,7 +70,22 @@ def stats_dict(stats: Any) -> dict[str, Any]:
 
 
 class ChatConversation(Vertical):
-    """The open chat. The screen calls its `open`, `send`, `retry_from`, `edit`, … methods."""
+    """The open chat. The screen calls its `open`, `send`, `retry_from`, `edit`, … methods.
+
+    The token meter (right of the status line) says what the next prompt, with what is typed and
+    attached, uses of the model's context window; it is counted in a worker once typing pauses
+    (`firefly_core.conversation.Conversation.context_view`, the rendering replies use), and when
+    older turns no longer fit a `DropMarker` shows where the model's view begins.
+    """
+
+    DEFAULT_CSS = """
+    ChatConversation #status-row { height: 1; background: $boost; }
+    ChatConversation #status-row #status { width: 1fr; }
+    ChatConversation #meter { width: auto; color: $text-muted; background: $boost; padding: 0 1 0 0; }
+    ChatConversation #meter.-warn { color: $warning; }
+    ChatConversation #attachments { height: auto; padding: 0 1; color: $accent; }
+    ChatConversation #attachments.-hidden { display: none; }
+    """
 
     # -- messages from the reply worker (posted from its thread) ------------------------------
     class ReplyDelta(Message):
@@ -81,6 +97,23 @@ class ChatConversation(Vertical):
         def __init__(self, conversation_id: int, text: str, stats: dict, cancelled: bool) -> None:
             super().__init__()
             self.conversation_id, self.text, self.stats, self.cancelled = conversation_id, text, stats, cancelled
+
+    class Metered(Message):
+        """The token meter's count for the draft (`view`: a ContextView, or None: nothing to count with)."""
+
+        def __init__(self, conversation_id: int, view: Any) -> None:
+            super().__init__()
+            self.conversation_id, self.view = conversation_id, view
+
+    class Attached(Message):
+        def __init__(self, conversation_id: int, attachment: Any, tokens: int) -> None:
+            super().__init__()
+            self.conversation_id, self.attachment, self.tokens = conversation_id, attachment, tokens
+
+    class AttachRefused(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
 
     class Status(Message):
         """A step of getting the model ready ("loading …", "compiling CPU kernels, once, ~30 s")."""
@@ -106,11 +139,17 @@ class ChatConversation(Vertical):
         self.last_stats: dict[str, Any] = {}
         self.last_reply_empty = False
         self.model_status: str | None = None
+        self.context_view = None  # the meter's last count (firefly_core.conversation.ContextView)
+        self.attachments: list[tuple[Any, int]] = []  # (Attachment, tokens) for the next message
+        self._meter_timer = None
 
     def compose(self) -> ComposeResult:
         with ChatLog(id="log"):
             yield SystemPromptView("", id="system-prompt", classes="-hidden")
-        yield Static("", id="status")
+        with Horizontal(id="status-row"):
+            yield Static("", id="status")
+            yield Static("", id="meter")
+        yield Static("", id="attachments", classes="-hidden")
         yield Composer(id="composer")
 
     # -- parts --------------------------------------------------------------------------------
@@ -152,6 +191,9 @@ class ChatConversation(Vertical):
         self.conversation = Conversation(self.store, conversation_id) if conversation_id is not None else None
         self.session_key = None
         self.last_stats = {}
+        self.attachments = []
+        self._show_attachments()
+        self.context_view = None
         log = self.log_view
         await log.query(MessageView).remove()
         log.selected = None
@@ -299,17 +341,26 @@ class ChatConversation(Vertical):
         first = not self.store.messages(cid)
         self._prepare_session()
         cancel = threading.Event()
+        typed, meta = text, None
+        if self.attachments:
+            from firefly_core.attachment import attachments_meta
+
+            text = self._with_attachments(typed)
+            meta = attachments_meta([a for a, _ in self.attachments], [n for _, n in self.attachments])
         try:
-            reply = self.conversation.send(text, cancel)
+            reply = self.conversation.send(text, cancel, meta=meta)
         except Exception as e:  # noqa: BLE001 - a store that refuses the write: nothing is lost
             self._show_error(e)
             return
         self.composer.value = ""
+        self.attachments = []
+        self._show_attachments()
+        text = typed  # the title is made from what was typed
         if first and conv is not None and conv.title in STRINGS["chat.untitled"]:
             title = " ".join(text.split())[:24]
             self._try(self.store.rename_conversation, cid, title)
             self.post_message(self.TitleChanged(cid))
-        await self.log_view.mount(MessageView("user", text, message_id=reply.question.id))
+        await self.log_view.mount(MessageView("user", reply.question.content, message_id=reply.question.id))
         await self._start(reply, cancel)
 
     async def retry_from(self, message_id: int) -> None:
@@ -408,6 +459,147 @@ class ChatConversation(Vertical):
             return
         self.app.copy_to_clipboard(view.content)
         self.app.notify(t("chat.copied"), timeout=2)
+
+    async def fork(self, message_id: int) -> int | None:
+        """A new chat with this one's history up to `message_id` (the original untouched); its id."""
+        if self.generating:
+            self.app.notify(t("chat.busy"), severity="warning")
+            return None
+        try:
+            new = self.conversation.fork(message_id)
+        except Exception as e:  # noqa: BLE001 - a gone message, a read-only store
+            self._show_error(e)
+            return None
+        conv = self.store.get_conversation(new.id)
+        self.app.notify(t("chat.forked", title=conv.title if conv else ""), timeout=3)
+        return new.id
+
+    # -- attached files -----------------------------------------------------------------------
+    def _with_attachments(self, text: str) -> str:
+        if not self.attachments:
+            return text
+        from firefly_core.attachment import message_with_attachments
+
+        return message_with_attachments(text, [a for a, _ in self.attachments])
+
+    def _show_attachments(self) -> None:
+        try:
+            chips = self.query_one("#attachments", Static)
+        except Exception:  # noqa: BLE001 - not composed yet
+            return
+        chips.update("  ".join(t("chat.attached", name=a.name, tokens=n) for a, n in self.attachments))
+        chips.set_class(not self.attachments, "-hidden")
+
+    async def attach(self, path: str | None) -> None:
+        """Ctrl+A: read a text file for the next message (in a worker: counting needs the model's
+        tokenizer); refused with the reason (not text, too big, would not fit). An empty path
+        removes the files attached so far."""
+        if not path:
+            if self.attachments:
+                self.attachments = []
+                self._show_attachments()
+                self.app.notify(t("chat.attachments_cleared"), timeout=2)
+                self.schedule_meter()
+            return
+        if self.conversation is None:
+            await self.screen.action_new_chat()
+            if self.conversation is None:
+                return
+        make = self._can_make_session()
+        if make:
+            self._prepare_session()
+        self._attach_worker(self.conversation, path, self.composer.text, list(self.attachments), make)
+
+    @work(thread=True, exclusive=True, group="attach", exit_on_error=False)
+    def _attach_worker(self, conversation, path: str, draft: str, attached: list, make: bool) -> None:
+        from firefly_core.attachment import AttachmentError, message_with_attachments, read_attachment
+        from firefly_core.errors import FireflyError
+
+        try:
+            att = read_attachment(path)
+            files = [a for a, _ in attached] + [att]
+            view = conversation.context_view(message_with_attachments(draft, files), make_session=make)
+            if view is None or not hasattr(conversation.session, "count_tokens"):
+                raise AttachmentError(t("chat.attach_no_model"))
+            m = view.measure
+            if not m.fits:
+                raise AttachmentError(t("chat.attach_too_long", name=att.name, tokens=m.tokens,
+                                        total=m.context_length, reply=m.max_new_tokens))
+            self.post_message(self.Attached(conversation.id, att, conversation.session.count_tokens(att.text)))
+        except FireflyError as e:
+            self.post_message(self.AttachRefused(backend.format_error(e)))
+
+    def on_chat_conversation_attached(self, message: Attached) -> None:
+        if message.conversation_id != self.conversation_id:
+            return
+        self.attachments.append((message.attachment, message.tokens))
+        self._show_attachments()
+        self.schedule_meter()
+
+    def on_chat_conversation_attach_refused(self, message: AttachRefused) -> None:
+        self.app.notify(message.text, title=t("error"), severity="error", timeout=10)
+
+    # -- the token meter ----------------------------------------------------------------------
+    def _can_make_session(self) -> bool:
+        """Counting needs a session; make one only when that is cheap (the app's loaded model is
+        this chat's): the meter never loads a model."""
+        if self.conversation is not None and self.conversation.session is not None:
+            return True
+        return self.app.lm is not None and self.model_name() == self.app.model_name
+
+    def on_text_area_changed(self, event) -> None:
+        if event.text_area.id == "composer":
+            self.schedule_meter()
+
+    def schedule_meter(self) -> None:
+        """Count again once typing pauses (each keystroke restarts the wait)."""
+        if self._meter_timer is not None:
+            self._meter_timer.stop()
+        self._meter_timer = self.set_timer(METER_DELAY_S, self._measure_now)
+
+    def _measure_now(self) -> None:
+        self._meter_timer = None
+        if self.conversation is None:
+            self.call_later(self._show_meter, None)
+            return
+        if self.generating:
+            return  # counted again when the reply ends (the tokenizer is the reply's meanwhile)
+        make = self._can_make_session()
+        if make:
+            self._prepare_session()
+        self._meter_worker(self.conversation, self._with_attachments(self.composer.text), make)
+
+    @work(thread=True, exclusive=True, group="meter", exit_on_error=False)
+    def _meter_worker(self, conversation, draft: str, make: bool) -> None:
+        self.post_message(self.Metered(conversation.id, conversation.context_view(draft, make_session=make)))
+
+    async def on_chat_conversation_metered(self, message: Metered) -> None:
+        if message.conversation_id == self.conversation_id and not self.generating:
+            await self._show_meter(message.view)
+
+    async def _show_meter(self, view) -> None:
+        self.context_view = view
+        meter = self.query_one("#meter", Static)
+        log = self.log_view
+        await log.query(DropMarker).remove()
+        if view is None:
+            meter.update("")
+            return
+        m = view.measure
+        parts = [t("chat.meter", used=m.tokens, total=m.context_length)]
+        if not m.fits:
+            parts.append(t("chat.meter_over"))
+        elif m.dropped_turns:
+            parts.append(t("chat.meter_dropped", n=m.dropped_turns))
+        meter.update(" · ".join(parts))
+        meter.set_class(not m.fits or m.dropped_turns > 0, "-warn")
+        if m.dropped_turns and m.fits:
+            before = next((v for v in log.messages() if v.message_id == view.first_sent_id), None)
+            marker = DropMarker(t("chat.dropped_marker"), markup=False)
+            if before is not None:
+                await log.mount(marker, before=before)
+            else:  # every earlier turn is dropped: the view begins with the next message
+                await log.mount(marker)
 
     def stop(self) -> bool:
         """Esc: stop the reply being written. False when there was none."""
@@ -551,4 +743,6 @@ class ChatConversation(Vertical):
         try:
             self.query_one("#status", Static).update(" · ".join(parts))
         except Exception:  # noqa: BLE001 - not composed yet
-            pass
+            return
+        if extra is None and not self.generating:
+            self.schedule_meter()  # the chat, its settings or the model changed: count again
