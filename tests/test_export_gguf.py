@@ -507,7 +507,8 @@ def test_temp_files_of_a_killed_cache_build_are_removed_at_the_next_load(bloom_d
     live = path.parent / f".other.gguf.{os.getppid()}-0123456789ab.tmp"
     live.write_bytes(b"being written")
     attach_llamacpp(model_info(bloom_dir), quantize="q8_0", threads=1, status=None)
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.name + ".sha256", live.name])
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, path.name + ".sha256", path.name + ".verified", live.name])
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])

@@ -62,3 +62,37 @@ def test_prepare_reuses_a_whole_file_and_stops_cleanly(llamacpp, own_cache, bloo
     said.clear()
     assert prepare_model_files(str(bloom_dir), status=said.append) == str(path)
     assert said == [] and path.stat().st_mtime_ns == made  # nothing made again
+
+
+def test_a_later_load_hashes_the_file_only_when_it_was_written_to(llamacpp, own_cache, bloom_dir, monkeypatch):
+    """The full SHA-256 (as long as llama.cpp's whole load) runs again only when something wrote to
+    the cached file since it last matched; a write that keeps the modification time is still seen
+    (the change time moves), and the damaged file is remade."""
+    import os
+
+    from firefly_core.export import gguf_cache
+    from firefly_core.export.gguf import model_info
+    from firefly_core.export.gguf_cache import attach_llamacpp, file_sha256, verified_path
+
+    hashed: list[str] = []
+    real = gguf_cache._checksum_damage
+    monkeypatch.setattr(gguf_cache, "_checksum_damage", lambda p, e: hashed.append(p.name) or real(p, e))
+
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=None)  # made: hashed once, stamped
+    path = gguf_cache_path(bloom_dir, "f16")
+    good = file_sha256(path)
+    assert verified_path(path).is_file() and hashed == []
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=None)
+    assert hashed == []  # the same file, untouched: no second hash
+
+    st = path.stat()
+    with open(path, "r+b") as f:  # one weight byte flipped near the end, times put back
+        f.seek(st.st_size - 64)
+        b = f.read(1)
+        f.seek(st.st_size - 64)
+        f.write(bytes([b[0] ^ 0x5A]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    said: list[str] = []
+    attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=said.append)
+    assert hashed == [path.name] and any("damaged" in s for s in said)
+    assert file_sha256(path) == good

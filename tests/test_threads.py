@@ -101,3 +101,12 @@ def test_a_real_sample_counts_a_burner_process():
     finally:
         burner.kill()
         burner.wait()
+
+
+def test_a_sample_started_ahead_is_the_one_used(four_cores, monkeypatch):
+    """The service starts the CPU sample when a load begins and takes it after the model is read."""
+    taken: list[float] = []
+    monkeypatch.setattr(cpu_use, "sample_cpu_use", lambda seconds=0.1: taken.append(seconds) or _sample(2.0))
+    ahead = cpu_use.SampleAhead(0.05)
+    assert service.default_threads(BIG, sample=ahead.result) == 2
+    assert taken == [0.05]

@@ -6,9 +6,11 @@ afterwards, and sets `lm.decoder` to a `LlamaCppDecoder` over it. The model serv
 decoder itself (generation/llamacpp.py) knows nothing about where its file came from.
 
 A cached file is trusted only if whole: its SHA-256, written beside it (`NAME.gguf.sha256`) when it
-is made, is checked at every load, on a thread while llama.cpp loads the file (a flipped weight byte loads
-fine in llama.cpp and answers wrongly; see the README for the cost), and a damaged or
-unverifiable file is remade. Temporary files of builds that were killed (kill -9, SIGTERM, power loss) are removed at
+is made, is checked on a thread while llama.cpp loads the file (a flipped weight byte loads
+fine in llama.cpp and answers wrongly), and a damaged or unverifiable file is remade. The full
+hash runs again only when the file was written to since it last matched: the file's identity
+(size, modification and change times, inode) at that moment is kept in `NAME.gguf.verified`, and a
+load that finds the same identity skips the hash, which cost as much as llama.cpp's own load. Temporary files of builds that were killed (kill -9, SIGTERM, power loss) are removed at
 the next load by the owner-pid/age rule of `outputs.clean_stale_temp`.
 
 The weights are read from the model's folder, not from `lm.model`, which may be None.
@@ -79,7 +81,41 @@ def file_sha256(path: Path) -> str:
 
 
 def _write_checksum(path: Path) -> None:
-    atomic.write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+    digest = file_sha256(path)
+    atomic.write_text(checksum_path(path), f"{digest}  {path.name}\n")
+    _write_verified(path, digest)
+
+
+def verified_path(path: Path) -> Path:
+    """The file beside a cached GGUF recording the file's identity when its checksum last matched."""
+    return path.with_name(path.name + ".verified")
+
+
+def _identity(path: Path) -> dict[str, int]:
+    """What changes whenever the file is written, renamed over or replaced: a write moves the
+    change time (ctime), which no program can set back (unlike the modification time)."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _write_verified(path: Path, digest: str) -> None:
+    import json
+
+    atomic.write_text(verified_path(path), json.dumps({"sha256": digest, **_identity(path)}) + "\n")
+
+
+def _unchanged_since_verified(path: Path, expected: str) -> bool:
+    """Whether the file is the very file whose SHA-256 last matched `expected` (nothing wrote to it
+    since): then the full hash, which cost as much as llama.cpp's whole load (issue 24: 1.7-2.3 s
+    against ~1 s), is not needed again. Any write, copy over or replacement changes the identity
+    and brings the full check back."""
+    import json
+
+    try:
+        stamp = json.loads(verified_path(path).read_text(encoding="utf-8"))
+        return isinstance(stamp, dict) and stamp == {"sha256": expected, **_identity(path)}
+    except (OSError, ValueError):
+        return False
 
 
 def cached_gguf_damage(path: Path) -> str | None:
@@ -196,8 +232,9 @@ def attach_llamacpp(
     gguf_type = gguf_type_for(quantize)
     path, made = ensure_gguf(lm, quantize=quantize, threads=threads, status=say, cancel=cancel)
     checking: _Checksum | None = None
-    if not made:  # a file made earlier: checked in full while llama.cpp loads it
-        damage, expected = _cheap_damage(path)
+    damage, expected = _cheap_damage(path)
+    if not made and (damage is not None or not _unchanged_since_verified(path, expected)):
+        # a file made earlier and written to since its last check: checked in full while llama.cpp loads it
         checking = _Checksum(path, expected)
         checking.start()
     if cancel is not None and cancel.is_set():
@@ -213,6 +250,8 @@ def attach_llamacpp(
         if made:
             raise
     damage = checking.result() if checking is not None else None
+    if checking is not None and damage is None:
+        _write_verified(path, expected)  # the next load skips the hash while nothing writes to the file
     if damage is not None or decoder is None:
         # changed bytes, or a file we made that llama.cpp refuses (an older llama.cpp's): remake it once
         if decoder is not None:
@@ -234,5 +273,6 @@ def _make(lm: Any, path: Path, gguf_type: str, say: Status, cancel: threading.Ev
     from .gguf import export_gguf
 
     checksum_path(path).unlink(missing_ok=True)
+    verified_path(path).unlink(missing_ok=True)
     export_gguf(lm, path, gguf_type=gguf_type, status=say, cancel=cancel, threads=threads)
     _write_checksum(path)

@@ -249,6 +249,10 @@ class ModelService:
         # llama.cpp reads the model folder itself: its engine needs no PyTorch copy of the weights
         # (that would double the memory and the wait), only the model's description.
         engine, _why_not = resolve_engine(request, pick_device(request.device).type)
+        from ..cpu_use import SampleAhead
+
+        # the decode threads' CPU sample runs while the model is read (0.1 s off the load)
+        cpu_sample = SampleAhead().result if request.threads is None else None
         say("load", f"loading {request.model} …")
         lm = load_model(
             request.model,
@@ -260,7 +264,7 @@ class ModelService:
             weights=engine != "llamacpp",
         )
         check_cancel()
-        prepare_for_chat(lm, request, say, cancel)
+        prepare_for_chat(lm, request, say, cancel, cpu_sample=cpu_sample)
         check_cancel()
         say("ready", describe(lm))
         return lm
@@ -322,13 +326,16 @@ def llamacpp_unavailable() -> str | None:
     return llamacpp.available()
 
 
-def prepare_for_chat(lm: Any, request: ModelRequest, say: Callable[[str, str], None], cancel=None) -> None:
+def prepare_for_chat(
+    lm: Any, request: ModelRequest, say: Callable[[str, str], None], cancel=None, cpu_sample=None
+) -> None:
     """Make `lm` ready to chat, once: pick the engine and attach its decoder (`lm.decoder`), with
     int8 weights, CUDA-graph capture or the CPU kernels as the request and the machine allow.
-    Each decision that falls back says why (in `lm.notes` and as a status line)."""
+    Each decision that falls back says why (in `lm.notes` and as a status line). `cpu_sample`:
+    the CPU sample the thread choice uses (`cpu_use.SampleAhead.result`), else one taken here."""
     notes: list[str] = []
     engine, why_not = resolve_engine(request, lm.device.type)
-    threads = request.threads or default_threads(lm)
+    threads = request.threads or default_threads(lm, sample=cpu_sample)
     if engine == "llamacpp":
         from ..export.gguf_cache import attach_llamacpp
 
