@@ -345,3 +345,41 @@ async def test_app_fork_from_the_message_menu_and_attach_with_ctrl_a(tmp_path, s
         assert question.meta["attachments"][0] == {"name": "notes.md", "tokens": tokens, "encoding": "utf-8"}
         assert chat.attachments == [] and chat.query_one("#attachments").has_class("-hidden")
     store.close()
+
+
+def test_repl_ctrl_c_keeps_the_interrupted_exchange_with_its_partial_reply(store, lm, capsys):
+    """Ctrl-C (a real SIGINT, from the decoder mid-reply) stops the reply; the exchange stays in the
+    history, so the next prompt holds it (checked against the rendering of that history)."""
+    from firefly_core.generation import Decoder, ModelDecoder
+    from firefly_tui.commands.chat import _stream_reply
+
+    inner = ModelDecoder(lm.model)
+
+    class InterruptingDecoder(Decoder):
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def new_cache(self):
+            return inner.new_cache()
+
+        def forward(self, ids, cache, every_position=False):
+            InterruptingDecoder.calls += 1
+            if InterruptingDecoder.calls == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, handled by the REPL
+            return inner.forward(ids, cache, every_position)
+
+    interrupted = dataclasses.replace(lm)
+    interrupted.decoder = InterruptingDecoder()
+    session = ChatSession(interrupted, config=GenerationConfig(do_sample=False, max_new_tokens=20))
+    conv = Conversation.create(store, "t", session=session)
+    _stream_reply(conv, "你好", show_stats=False)
+    [question, partial] = store.messages(conv.id)
+    assert partial.role == "assistant" and partial.partial and partial.content
+    assert capsys.readouterr().out == partial.content + "\n"
+    view = conv.context_view("还在吗")
+    _, ids = session.prompt_ids([Message("user", "你好"), Message("assistant", partial.content), Message("user", "还在吗")])
+    assert view.measure.tokens == len(ids)
+    stats = done_of(conv.send("还在吗")).stats
+    assert stats.prompt_tokens == len(ids) and stats.reused_tokens > 0

@@ -113,13 +113,17 @@ def run(args: argparse.Namespace) -> int:
     tty_out = sys.stdout.isatty()
     talk = interactive or sys.stderr.isatty()
 
+    said: set[str] = set()
+
     def show(status: Any) -> None:
         """Each load step as it happens (a first-run kernel compile takes a while: say so)."""
-        if talk and status.step != "ready":
+        if talk and status.step != "ready" and status.message not in said:
+            said.add(status.message)
             _note(status.message)
 
     if talk:
-        _note(f"loading {model} …")  # the first load takes seconds: say what is happening
+        said.add(f"loading {model} …")  # the service's first step says the same
+        _note(f"loading {model} …")  # at once: the first load takes seconds
     session = open_session(
         model, chat_options(args), overrides=generation_flags(args), load=load_options(args), status=show
     )
