@@ -383,3 +383,17 @@ def test_repl_ctrl_c_keeps_the_interrupted_exchange_with_its_partial_reply(store
     assert view.measure.tokens == len(ids)
     stats = done_of(conv.send("还在吗")).stats
     assert stats.prompt_tokens == len(ids) and stats.reused_tokens > 0
+
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["chat", "--temprature", "0.5"], "firefly chat", "did you mean --temperature"),
+    (["data", "check", "--min-lenght", "3", "x.jsonl"], "firefly data check", None),
+])
+def test_a_flag_typo_prints_the_subcommands_usage_with_did_you_mean(capsys, argv, usage, hint):
+    from firefly_tui.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"usage: {usage}" in err and f"{usage}: error: unrecognized arguments" in err
+    assert hint is None or hint in err
