@@ -361,13 +361,13 @@ def prepare_for_chat(
         if plan.reason:
             notes.append(f"CUDA graph off: {plan.reason}")
     elif lm.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)  # before the routes are timed: the winner can depend on it
         reason = prepare_cpu_route(lm.model, status=lambda m: say("kernels", m), cancel=cancel)
         if reason is not None:
             notes.append(f"PyTorch's decode kernels: {reason}")
             say("kernels", f"using PyTorch's decode kernels: {reason}")
-        import torch
-
-        torch.set_num_threads(threads)
         lm.decoder = ModelDecoder(lm.model, threads=threads)
     if lm.decoder is None:
         lm.decoder = ModelDecoder(lm.model)
@@ -378,16 +378,40 @@ def prepare_for_chat(
 def prepare_cpu_route(model: Any, *, status: Callable[[str], None] | None = None, cancel=None) -> str | None:
     """Choose the CPU matrix route of `model` once and write it into its layers
     (`generation/cpu_route.py`): our kernels (built here, the only place they are built: a reply
-    never compiles anything) when they may pay, fp32 prompts where half GEMM is slow. Returns why
-    our kernels are not used when they would have been, else None."""
-    from ..generation.cpu_route import apply_route, choose_route
+    never compiles anything) where they may pay, then, for a model big enough to matter, the
+    candidates timed on its own weights (`generation/route_timing.py`, cached per model, CPU and
+    version) and the fastest kept; the choice is said on the status line. Returns why our kernels
+    are not used when they would have been, else None."""
+    from ..generation.cpu_route import apply_route
     from ..generation.gemv import kernels_pay, prepare_kernels
     from ..generation.quantize import quantization_of
+    from ..generation.route_timing import describe_timings, measured_route
 
-    wanted = kernels_pay(model) or quantization_of(model) is not None
+    wanted = kernels_pay(model) or quantization_of(model) is not None or _kernel_candidate(model)
     reason = prepare_kernels(status=status, cancel=cancel) if wanted else None
-    apply_route(model, choose_route(model, kernels_ready=wanted and reason is None))
+    route, timings = measured_route(model, kernels_ready=wanted and reason is None, status=status)
+    apply_route(model, route)
+    if timings and status is not None:
+        status(describe_timings(route, timings))
+    if reason is not None and not kernels_pay(model) and quantization_of(model) is None:
+        return None  # the kernel was only a candidate to time: PyTorch's routine is what flags chose anyway
     return reason
+
+
+def _kernel_candidate(model: Any) -> bool:
+    """A bf16 model on the CPU big enough for our GEMV kernel to be worth timing against PyTorch's,
+    even where the CPU's flags say PyTorch's bf16 is fast (issue 24: the kernel read weights at
+    1.27x there). FIREFLY_GEMV=0 keeps it out."""
+    import torch
+
+    from ..generation.gemv import KERNEL_MIN_BYTES
+
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu" or param.dtype != torch.bfloat16:
+        return False
+    if os.environ.get("FIREFLY_GEMV", "") == "0":
+        return False
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2) >= KERNEL_MIN_BYTES
 
 
 def weights_label(lm: Any) -> str:
