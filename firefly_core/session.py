@@ -233,7 +233,28 @@ def check_chat_settings(model: str | None, chat: Mapping[str, Any], lm: Any = No
 
     if chat.get("prompt_format"):
         get_format(chat["prompt_format"])
-    generation_config(model or getattr(lm, "name", "") or "", chat, lm=lm)
+    config = generation_config(model or getattr(lm, "name", "") or "", chat, lm=lm)
+    if lm is not None:
+        check_against_model(config, lm)
+
+
+def check_against_model(config: Any, lm: Any) -> None:
+    """Values in range for any model that this one cannot honour: a reply length that leaves no
+    room in its context window, a top-k beyond its vocabulary. Said when the settings are saved,
+    not when the next message fails; the hint names no command-line flag (the app shows it)."""
+    window = getattr(lm, "context_length", None)
+    if window and config.max_new_tokens >= window:
+        raise ConfigError(
+            f"max new tokens ({config.max_new_tokens}) must be below the model's context window ({window} tokens): "
+            "the prompt needs room too",
+            f"use at most {max(1, window // 2)} or so",
+        )
+    vocab = len(lm.tokenizer) if hasattr(lm.tokenizer, "__len__") else None
+    if vocab and config.top_k and config.top_k > vocab:
+        raise ConfigError(
+            f"top k ({config.top_k}) is more than the model's vocabulary ({vocab} tokens)",
+            f"use 0 (off) or at most {vocab}",
+        )
 
 
 def open_session(

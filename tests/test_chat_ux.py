@@ -397,3 +397,39 @@ def test_a_flag_typo_prints_the_subcommands_usage_with_did_you_mean(capsys, argv
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"usage: {usage}" in err and f"{usage}: error: unrecognized arguments" in err
     assert hint is None or hint in err
+
+
+async def test_chat_settings_are_checked_against_the_model_when_saved(tmp_path, service_lm, bloom_dir):
+    from app_helpers import wait_screen
+
+    from firefly_core.errors import ConfigError
+    from firefly_core.session import check_chat_settings
+    from firefly_tui.screens.chat import ChatScreen
+    from firefly_tui.screens.chat_settings import ChatSettingsDialog
+
+    vocab = len(service_lm.tokenizer)
+    with pytest.raises(ConfigError, match="context window"):
+        check_chat_settings(str(bloom_dir), {"max_new_tokens": service_lm.context_length}, service_lm)
+    with pytest.raises(ConfigError, match="vocabulary"):
+        check_chat_settings(str(bloom_dir), {"top_k": vocab + 1}, service_lm)
+    check_chat_settings(str(bloom_dir), {"top_k": vocab, "max_new_tokens": service_lm.context_length - 1}, service_lm)
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    conv = store.create_conversation("s", {})
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=APP_SIZE) as pilot:
+        await pilot.press("ctrl+o")
+        dialog = await wait_screen(pilot, ChatSettingsDialog)
+        for field, value, reason in (("max_new_tokens", "99999", "context window"), ("top_k", "99999", "vocabulary")):
+            dialog.query_one(f"#{field}").value = value
+            await pilot.pause(0.3)
+            await pilot.click("#save")
+            error = str(dialog.query_one("#error").render())
+            assert reason in error and "--" not in error, error  # the app names no command-line flag
+            assert isinstance(app.screen, ChatSettingsDialog)
+            dialog.query_one(f"#{field}").value = ""
+        await pilot.pause(0.3)
+        await pilot.click("#save")
+        await wait_screen(pilot, ChatScreen)
+        assert store.get_conversation(conv.id).settings.get("max_new_tokens") is None
+    store.close()
