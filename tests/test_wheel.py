@@ -64,11 +64,11 @@ def installed(tmp_path_factory):
            if not k.startswith(("FIREFLY_", "HF_", "XDG_", "TORCH_EXTENSIONS", "VIRTUAL_ENV", "PYTHON"))}
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
                PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1")
-    return venv / "bin", env, site, home
+    return venv / "bin", env, site, wheel
 
 
 def test_the_wheel_installed_by_itself_runs_the_first_steps(installed, bloom_dir, tmp_path):
-    bin_dir, env, site, home = installed
+    bin_dir, env, site, _wheel = installed
     firefly = str(bin_dir / "firefly")
 
     where = _run([str(bin_dir / "python"), "-c", "import firefly_core, firefly_tui; print(firefly_core.__file__); "
@@ -95,3 +95,18 @@ def test_the_wheel_installed_by_itself_runs_the_first_steps(installed, bloom_dir
                   "--max-new-tokens", "6"], env=env, cwd=tmp_path, stdin="你好\n")
     assert reply.stdout.strip() and "Traceback" not in reply.stderr
     assert not (ROOT / "build").exists()  # the build ran on a copy, not in this checkout
+
+
+def test_the_wheel_carries_the_samples_and_names_its_extras(installed):
+    """`pipx install 'firefly-tui[llamacpp]'` needs the extra declared in the wheel's metadata."""
+    import zipfile
+
+    wheel = installed[3]
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode("utf-8")
+    from firefly_core.samples import SAMPLE_FILES
+
+    assert {f"firefly_core/assets/{name}" for name in SAMPLE_FILES.values()} <= names
+    assert "Provides-Extra: llamacpp" in metadata and "Provides-Extra: deepspeed" in metadata
+    assert not any(n.startswith("tests/") for n in names)
