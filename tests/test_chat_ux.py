@@ -433,3 +433,16 @@ async def test_chat_settings_are_checked_against_the_model_when_saved(tmp_path, 
         await wait_screen(pilot, ChatScreen)
         assert store.get_conversation(conv.id).settings.get("max_new_tokens") is None
     store.close()
+
+
+def test_data_check_ends_with_a_verdict_and_fails_when_nothing_is_trainable(tmp_path, capsys):
+    from firefly_tui.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\nnot json\n', "utf-8")
+    assert main(["data", "check", str(bad)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "verdict: nothing to train on: no valid samples (2 bad line(s) above)"
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"input": "q", "target": "a"}\n', "utf-8")
+    assert main(["data", "check", str(good)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "verdict: ready: 1 samples to train on"

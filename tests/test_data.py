@@ -192,8 +192,9 @@ def test_data_check_command_output(tmp_path, bloom_dir, capsys):
                         f"  {f}:5: field 'input' must be a string, not number"]
     assert out[8] == "  ... and 7 more"
     assert any(line.startswith("length histogram:") for line in out)
-    example = out[-1]
+    example = out[-2]
     assert example == "<s>q</s></s>⟦a</s>⟧"
+    assert out[-1] == "verdict: ready: 3 samples to train on; 10 bad line(s) will be skipped"
     assert main(["data", "check", str(f), "--strict"]) == 1
 
 

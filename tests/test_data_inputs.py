@@ -108,6 +108,8 @@ def test_data_check_cuts_a_huge_sample(tmp_path, bloom_dir, capsys):
 
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"input": "问" * 200_000, "target": "答" * 200_000}, ensure_ascii=False) + "\n", "utf-8")
-    assert main(["data", "check", str(path), "--model", str(bloom_dir), "--max-length", "64"]) == 0
+    # its answer lies beyond 64 tokens: nothing is trainable, and the verdict says why (exit 1)
+    assert main(["data", "check", str(path), "--model", str(bloom_dir), "--max-length", "64"]) == 1
     out = capsys.readouterr().out
     assert len(out) < 6000 and "more characters not shown" in out
+    assert out.splitlines()[-1].startswith("verdict: nothing to train on: every one of the 1 samples")

@@ -203,10 +203,35 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         report = check_files(args.files, tokenizer=tokenizer, prompt_format=fmt, max_length=args.max_length)
         print(format_report(report, args.show))
+    trainable, unit = trainable_count(report)
+    print(verdict_line(trainable, unit, len(report.bad), getattr(report, "valid", trainable), getattr(report, "max_length", None)))
+    if trainable == 0:
+        return 1
     if args.strict and report.bad:
         print(f"error: {len(report.bad)} bad line(s) (--strict)", file=sys.stderr)
         return 1
     return 0
+
+
+def trainable_count(report) -> tuple[int, str]:
+    """How many samples (pairs, documents) training would use: valid ones, less those whose trained
+    part is cut away by --max-length (known when a --model gives the tokenizer)."""
+    if hasattr(report, "documents"):
+        return len(report.documents), "documents"
+    tokens = getattr(report, "tokens", None)
+    cut = getattr(tokens, "cut_away", 0) if tokens is not None else 0
+    unit = "pairs" if hasattr(report, "pairs") else "samples"
+    return max(0, report.valid - cut), unit
+
+
+def verdict_line(trainable: int, unit: str, bad: int, valid: int = 0, max_length: int | None = None) -> str:
+    """The last line of `firefly data check`: can this be trained on?"""
+    if trainable == 0 and valid:
+        return (f"verdict: nothing to train on: every one of the {valid} {unit} has its trained part cut away "
+                f"by the max length ({max_length} tokens)")
+    if trainable == 0:
+        return f"verdict: nothing to train on: no valid {unit}" + (f" ({bad} bad line(s) above)" if bad else "")
+    return f"verdict: ready: {trainable} {unit} to train on" + (f"; {bad} bad line(s) will be skipped" if bad else "")
 
 
 def run_sample(args: argparse.Namespace) -> int:
