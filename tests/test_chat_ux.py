@@ -446,3 +446,16 @@ def test_data_check_ends_with_a_verdict_and_fails_when_nothing_is_trainable(tmp_
     good.write_text('{"input": "q", "target": "a"}\n', "utf-8")
     assert main(["data", "check", str(good)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "verdict: ready: 1 samples to train on"
+
+
+def test_show_has_the_models_details_and_a_temperature_of_0(bloom_dir, base_lm, fresh_home, capsys):
+    from firefly_tui.cli import main
+
+    assert main(["use", str(bloom_dir), "--temperature", "0", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(bloom_dir)]) == 0
+    out = capsys.readouterr().out
+    params = sum(p.numel() for p in base_lm.model.parameters())
+    assert f"({params:,})" in out and "BloomForCausalLM" in out
+    assert "prompt:      firefly-v1" in out and "on disk" in out
+    assert "temperature=0.0" in out and "threads=1" in out.split("engine:")[1].splitlines()[0]

@@ -345,24 +345,51 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  note:        {entry.note}")
         if entry.license:
             print(f"  license:     {entry.license}")
+    ms = settings.models.get(name) or next((v for k, v in settings.models.items() if k.lower() == name.lower()), None)
     if found:
         state = "complete" if found.complete else f"INCOMPLETE (missing: {', '.join(found.missing)})"
-        print(f"  here:        {found.path} ({found.source}), {human_bytes(found.size_bytes)}, {state}")
+        print(f"  here:        {found.path} ({found.source}), {human_bytes(found.size_bytes)} on disk, {state}")
         if found.complete and found.path.is_dir():
+            _print_details(found.path, ms, entry)
             remote = folder.needs_remote_code(found.path)
             print(f"  remote code: {'needed (allow with: firefly use ' + name + ' --trust-remote-code)' if remote else 'no'}")
     else:
         print(f"  here:        not downloaded (firefly pull {name})")
         if entry and entry.needs_remote_code:
             print("  remote code: needed")
-    ms = settings.models.get(name) or next((v for k, v in settings.models.items() if k.lower() == name.lower()), None)
-    if ms:
-        from dataclasses import asdict
+    from firefly_core.models.engine_settings import ENGINE_KEYS
 
-        chosen = {k: v for k, v in asdict(ms).items() if v not in (None, False)}
-        if chosen:
-            print("  settings:    " + ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
+    chosen = _chosen_settings(ms)
+    engine = {k: v for k, v in chosen.items() if k in ENGINE_KEYS}
+    print("  engine:      " + (", ".join(f"{k}={v!r}" for k, v in engine.items()) if engine else
+                             "automatic (llama.cpp on a CPU when installed, else PyTorch)"))
+    rest = {k: v for k, v in chosen.items() if k not in ENGINE_KEYS}
+    if rest:
+        print("  settings:    " + ", ".join(f"{k}={v!r}" for k, v in rest.items()))
     return 0
+
+
+def _chosen_settings(ms) -> dict:
+    """The saved per-model settings that are set: 0 and 0.0 are values (temperature 0 = greedy);
+    only None (not chosen) and False (a switch left off) are left out."""
+    if ms is None:
+        return {}
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(ms).items() if v is not None and v is not False}
+
+
+def _print_details(path, ms, entry) -> None:
+    """Architecture, parameters, context window and prompt format, read from the folder's small files."""
+    from firefly_core.models.details import human_count, model_details
+
+    d = model_details(path, saved_format=getattr(ms, "prompt_format", None),
+                      catalog_format=getattr(entry, "prompt_format", None))
+    params = human_count(d.parameters) + f" ({d.parameters:,})" if d.parameters else "unknown (no safetensors files)"
+    print(f"  arch:        {d.architecture or 'unknown'}" + (f", weights {d.dtype}" if d.dtype else ""))
+    print(f"  parameters:  {params}")
+    print(f"  context:     " + (f"{d.context_length} tokens" if d.context_length else "not set in config.json (2048 used)"))
+    print(f"  prompt:      {d.prompt_format} (from the {d.prompt_format_from})")
 
 
 def run_use(args: argparse.Namespace) -> int:
