@@ -459,3 +459,22 @@ def test_show_has_the_models_details_and_a_temperature_of_0(bloom_dir, base_lm, 
     assert f"({params:,})" in out and "BloomForCausalLM" in out
     assert "prompt:      firefly-v1" in out and "on disk" in out
     assert "temperature=0.0" in out and "threads=1" in out.split("engine:")[1].splitlines()[0]
+
+
+def test_train_without_gpu_flag_on_a_cpu_only_machine_uses_the_cpu_and_says_so(bloom_dir, tmp_path, capsys):
+    import torch
+
+    from firefly_tui.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the default is GPU 0")
+    # the data file is missing: the run stops there, after the device was chosen (not at "CUDA is not available")
+    assert main(["train", "--model", str(bloom_dir), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "training on the CPU" in err and "no data file" in err and "CUDA is not available here" not in err
+    toml = tmp_path / "t.toml"
+    toml.write_text('gpu = "0"\n', "utf-8")  # asked for in the config file: still refused clearly
+    assert main(["train", "--config", str(toml), "--model", str(bloom_dir), "--data", str(tmp_path / "none.jsonl"),
+                 "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "training on the CPU" not in err

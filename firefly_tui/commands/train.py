@@ -60,7 +60,7 @@ def register(subparsers) -> None:
         "pretraining on raw text (--method pretrain). Progress goes to the console and RUN_DIR/events.jsonl; Ctrl-C "
         "saves a checkpoint (continue with --resume); the result is RUN_DIR/final.",
     )
-    p.add_argument("--gpu", help="devices: 0, 0,1 or cpu (default 0)")
+    p.add_argument("--gpu", help="devices: 0, 0,1 or cpu (default: 0 where CUDA is, else cpu)")
     p.add_argument("--model", help="model folder or hub id")
     p.add_argument("--data", nargs="+", metavar="FILE", help="training files: JSONL (pretrain: also .txt)")
     p.add_argument("--out", help="run folder")
@@ -105,6 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
     from firefly_core.training.run_dir import resolve_resume
 
     overrides = _overrides(args)
+    if not args.resume and not _gpu_chosen(args):
+        overrides["gpu"] = default_device()
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR")
@@ -122,6 +124,33 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 STOPPED_EXIT = 130
+
+
+def _gpu_chosen(args: argparse.Namespace) -> bool:
+    """Whether --gpu, or a `gpu` key in the --config file, says where to train."""
+    if args.gpu is not None:
+        return True
+    if not args.config:
+        return False
+    import tomllib
+    from pathlib import Path
+
+    try:
+        data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # load_config says what is wrong with the file
+    return "gpu" in data
+
+
+def default_device() -> str:
+    """Without --gpu: GPU 0 where CUDA is, else the CPU, said once (the user never asked for a GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "0"
+    print("no GPU here (CUDA is not available): training on the CPU (--gpu cpu); "
+          "on a GPU machine --gpu 0 picks the first GPU", file=sys.stderr, flush=True)
+    return "cpu"
 
 
 def _num(value, spec: str) -> str:
