@@ -96,3 +96,21 @@ def test_a_later_load_hashes_the_file_only_when_it_was_written_to(llamacpp, own_
     attach_llamacpp(model_info(bloom_dir), quantize="f16", threads=1, status=said.append)
     assert hashed == [path.name] and any("damaged" in s for s in said)
     assert file_sha256(path) == good
+
+
+def test_threads_chosen_after_llamacpp_read_the_file(llamacpp, own_cache, bloom_dir):
+    """The service's thread choice (a CPU sample) runs after llama.cpp loaded the file, so the two
+    overlap; llama.cpp's own context then reports the chosen count, and the decoder still decodes."""
+    import torch
+
+    from firefly_core.export.gguf import model_info
+    from firefly_core.export.gguf_cache import attach_llamacpp
+
+    asked: list[int] = []
+    info = model_info(bloom_dir)
+    attach_llamacpp(info, quantize="f16", threads=lambda: asked.append(1) or 2, status=None)
+    decoder = info.decoder
+    assert asked == [1] and decoder.threads == 2
+    assert decoder._lib.llama_n_threads(decoder._ctx) == 2 and decoder._lib.llama_n_threads_batch(decoder._ctx) == 2
+    assert decoder.forward(torch.tensor([[5, 6, 7]]), decoder.new_cache()).shape == (1, decoder.vocab_size)
+    decoder.close()

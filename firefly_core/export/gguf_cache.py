@@ -214,11 +214,14 @@ def attach_llamacpp(
     lm: Any,
     *,
     quantize: str | None,
-    threads: int | None,
+    threads: int | Callable[[], int] | None,
     status: Status | None,
     cancel: threading.Event | None = None,
 ) -> None:
     """Set `lm.decoder` to a llama.cpp decoder for `lm`'s model, making and caching its GGUF first.
+
+    `threads`: a count, None (llama.cpp's physical-core default), or a function giving the count,
+    called after llama.cpp has loaded the file (the service's CPU sample overlaps the load).
 
     `quantize`: "bf16" | "f16" | "f32" | "q8_0" | "q4_k_m" (None: q8_0; "int8" means q8_0).
     The GGUF is cached per model folder (and its weights' sizes/dates) and type, so the second
@@ -230,6 +233,8 @@ def attach_llamacpp(
 
     say = status or (lambda _msg: None)
     gguf_type = gguf_type_for(quantize)
+    choose_threads = threads if callable(threads) else None
+    threads = None if callable(threads) else threads
     path, made = ensure_gguf(lm, quantize=quantize, threads=threads, status=say, cancel=cancel)
     checking: _Checksum | None = None
     damage, expected = _cheap_damage(path)
@@ -242,7 +247,8 @@ def attach_llamacpp(
             checking.join()
         raise ExportCancelled("loading stopped", None)
     n_ctx = max(16, min(int(getattr(lm, "context_length", 0) or MAX_CONTEXT), MAX_CONTEXT))
-    say(f"loading {path.name} into llama.cpp ({gguf_type}, {threads or default_threads()} threads)")
+    shown = f", {threads or default_threads()} threads" if choose_threads is None else ""
+    say(f"loading {path.name} into llama.cpp ({gguf_type}{shown})")
     decoder = None
     try:
         decoder = LlamaCppDecoder(path, n_ctx=n_ctx, threads=threads)
@@ -263,6 +269,8 @@ def attach_llamacpp(
     old = getattr(lm, "decoder", None)
     if old is not None and hasattr(old, "close"):
         old.close()
+    if choose_threads is not None:
+        decoder.set_threads(choose_threads())
     decoder.gguf_type = gguf_type  # what the weights are now, for the status line
     lm.decoder = decoder
     lm.context_length = decoder.n_ctx

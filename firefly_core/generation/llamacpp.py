@@ -168,6 +168,13 @@ class LlamaCppDecoder(Decoder):
         """What the status line shows: the engine and the GGUF it runs."""
         return f"llama.cpp, {self.threads} threads ({self.path.name})"
 
+    def set_threads(self, threads: int) -> None:
+        """Decode with `threads` from the next forward on (the model service loads the file while it
+        samples the CPUs, then sets the count it chose)."""
+        with self._lock:
+            self._lib.llama_set_n_threads(self._ctx, int(threads), int(threads))
+            self.threads = int(threads)
+
     def close(self) -> None:
         """Free llama.cpp's context and model now (otherwise when the decoder is collected)."""
         lib = getattr(self, "_lib", None)

@@ -335,14 +335,17 @@ def prepare_for_chat(
     the CPU sample the thread choice uses (`cpu_use.SampleAhead.result`), else one taken here."""
     notes: list[str] = []
     engine, why_not = resolve_engine(request, lm.device.type)
-    threads = request.threads or default_threads(lm, sample=cpu_sample)
     if engine == "llamacpp":
         from ..export.gguf_cache import attach_llamacpp
 
-        attach_llamacpp(lm, quantize=request.quantize, threads=threads, status=lambda m: say("llamacpp", m), cancel=cancel)
+        # chosen once llama.cpp has read the file: the CPU sample overlaps the load
+        threads_for = request.threads or (lambda: default_threads(lm, sample=cpu_sample))
+        attach_llamacpp(lm, quantize=request.quantize, threads=threads_for, status=lambda m: say("llamacpp", m),
+                        cancel=cancel)
         lm.engine = "llamacpp"
         lm.notes = tuple(notes)
         return
+    threads = request.threads or default_threads(lm, sample=cpu_sample)
     if why_not and request.engine is None and lm.device.type == "cpu":
         notes.append(f"llama.cpp not used: {why_not}")
     from ..generation.loop import ModelDecoder
