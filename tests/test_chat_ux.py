@@ -478,3 +478,28 @@ def test_train_without_gpu_flag_on_a_cpu_only_machine_uses_the_cpu_and_says_so(b
                  "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "training on the CPU" not in err
+
+
+def test_one_name_per_model_the_apps_and_the_apis_name_works_in_every_command(bloom_dir, fresh_home, tmp_path, capsys):
+    from firefly_core.errors import ModelNotFoundError
+    from firefly_core.models.inventory import register_local, resolve_model_path
+    from firefly_core.models.user_settings import load_settings
+    from firefly_tui.cli import main
+    from firefly_tui.server import model_id_for
+    from firefly_tui.widgets.conversation import short_model_name
+
+    register_local(bloom_dir)
+    name = model_id_for(str(bloom_dir))
+    assert name == bloom_dir.name == short_model_name(str(bloom_dir))  # the API's id is the app's name
+    assert resolve_model_path(name) == bloom_dir
+    assert main(["use", name]) == 0 and load_settings().active_model == str(bloom_dir)
+    assert main(["show", name]) == 0 and str(bloom_dir) in capsys.readouterr().out
+    # two registered folders with the same name: the name alone is ambiguous, the path is needed
+    twin = tmp_path / "elsewhere" / bloom_dir.name
+    twin.parent.mkdir()
+    import shutil
+
+    shutil.copytree(bloom_dir, twin)
+    register_local(twin)
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_path(name)

@@ -243,7 +243,27 @@ def find_installed(name: str) -> InstalledModel | None:
         for folder in registered_local():
             if str(folder).lower() == key.lower():
                 return InstalledModel(str(folder), folder, 0, False, "local", ["folder is gone"])
+        folder = registered_by_name(key)
+        if folder is not None:
+            status = folder_status(folder)
+            return InstalledModel(str(folder), folder, _tree_bytes(folder), status.complete, "local", status.missing)
     return None
+
+
+def local_name(folder: Path) -> str:
+    """The one short name of a registered folder, as the app, `firefly serve`'s ids and every
+    command say it: its last part (`run/final` for a training run's model)."""
+    if folder.name == "final" or folder.name.startswith(("step-", "checkpoint")):
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name
+
+
+def registered_by_name(name: str) -> Path | None:
+    """The registered folder whose short name (`local_name`) is `name` (case-insensitive), when
+    exactly one has it: two folders of the same name need their paths."""
+    key = str(name).strip().lower()
+    hits = [f for f in registered_local() if local_name(f).lower() == key and f.is_dir()]
+    return hits[0] if len(hits) == 1 else None
 
 
 def local_summary() -> str:
@@ -294,6 +314,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    registered = registered_by_name(name) if not find_cache_folder(name) else None
+    if registered is not None:  # a local folder's short name (the app's and the API's)
+        return registered
     if looks_like_hub_id(name):
         # Our own scan of the cache knows which files a model needs; the
         # library's local_files_only lookup would call a snapshot that skipped duplicate .bin
