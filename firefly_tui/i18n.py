@@ -70,7 +70,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chat.busy": ("正在生成回复，按 Esc 停止。", "A reply is being generated; Esc stops it."),
     "chat.nothing_to_regen": ("没有可以重新生成的回复。", "There is no reply to regenerate."),
     "chat.nothing_to_edit": ("没有可以编辑的消息。", "There is no message to edit."),
-    "chat.copied": ("已复制到剪贴板", "Copied to the clipboard"),
+    "chat.copied": (
+        "已发送到终端剪贴板（OSC 52，有的终端会忽略）；也已保存到 {path}",
+        "Sent to the terminal's clipboard (OSC 52; some terminals ignore it); also saved to {path}",
+    ),
     "chat.exported": ("已导出到 {path}", "Exported to {path}"),
     "chat.rename": ("重命名对话", "Rename chat"),
     "chat.delete_q": ("删除对话“{title}”？此操作无法撤销。", "Delete the chat “{title}”? This cannot be undone."),

@@ -503,3 +503,23 @@ def test_one_name_per_model_the_apps_and_the_apis_name_works_in_every_command(bl
     register_local(twin)
     with pytest.raises(ModelNotFoundError):
         resolve_model_path(name)
+
+
+async def test_copy_never_claims_the_terminal_took_it_and_keeps_a_file(tmp_path, service_lm, bloom_dir, fresh_home):
+    from firefly_core import paths
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    cid = _chat_with_turns(store, 1, {})
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=APP_SIZE) as pilot:
+        chat = app.screen.query_one(ChatConversation)
+        await wait_until(pilot, lambda: chat.conversation_id == cid)
+        await pilot.press("ctrl+y")
+        saved = paths.data_dir() / "copied.txt"
+        await wait_until(pilot, lambda: saved.exists(), what="the copy's file")
+        assert saved.read_text("utf-8") == store.messages(cid)[-1].content == app.clipboard
+        said = [str(n.message) for n in app._notifications]
+        assert any("Sent to the terminal's clipboard" in m and str(saved) in m for m in said), said
+        assert not any(m.startswith("Copied") for m in said)
+    store.close()

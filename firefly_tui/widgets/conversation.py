@@ -458,7 +458,18 @@ class ChatConversation(Vertical):
         if view is None:
             return
         self.app.copy_to_clipboard(view.content)
-        self.app.notify(t("chat.copied"), timeout=2)
+        # A terminal may drop the OSC 52 write without a word: never claim it worked, and keep the
+        # text in a file too (the same file each time, replaced atomically).
+        from firefly_core import paths
+        from firefly_core.atomic import write_text
+
+        try:
+            target = paths.ensure(paths.data_dir()) / "copied.txt"
+            write_text(target, view.content)
+        except Exception as e:  # noqa: BLE001 - a read-only data folder: say so, the OSC 52 write went out
+            self._show_error(e)
+            return
+        self.app.notify(t("chat.copied", path=target), timeout=6)
 
     async def fork(self, message_id: int) -> int | None:
         """A new chat with this one's history up to `message_id` (the original untouched); its id."""
