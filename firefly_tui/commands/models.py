@@ -174,8 +174,8 @@ def _prepare_files(model: str) -> None:
     except KeyboardInterrupt:
         cancel.set()
         worker.join()
-    if tty and shown["width"]:
-        print(file=sys.stderr)
+    if tty and shown["width"]:  # the progress line goes; the outcome is printed below
+        print("\r" + " " * shown["width"] + "\r", end="", file=sys.stderr, flush=True)
     err = result.get("error")
     if isinstance(err, FireflyError):
         from firefly_core.export.gguf import ExportCancelled
@@ -188,7 +188,11 @@ def _prepare_files(model: str) -> None:
     elif err is not None:
         raise err
     elif result.get("path"):
-        print(f"llama.cpp model ready: {result['path']}")
+        from pathlib import Path
+
+        gguf = Path(result["path"])
+        kind = gguf.suffixes[-2].lstrip(".") if len(gguf.suffixes) >= 2 else "gguf"
+        print(f"llama.cpp model ready ({kind}, {human_bytes(gguf.stat().st_size)}): the first chat only loads it")
 
 
 def _columns() -> int:
