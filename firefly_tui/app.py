@@ -362,6 +362,8 @@ class FireflyApp(App):
             yield cmd("cmd.export_json", lambda: screen.action_export("json"))
             yield cmd("cmd.fork", screen.action_fork)
             yield cmd("cmd.attach", screen.action_attach)
+        if isinstance(screen, TrainScreen):
+            yield cmd("cmd.sample_data", screen.action_use_sample)
         for command in super().get_system_commands(screen):
             key = _SYSTEM_COMMANDS.get(command.title)
             if key is None:

@@ -493,3 +493,29 @@ async def test_the_data_check_reads_the_data_as_the_method_will(store, fresh_hom
             assert expected in dialog.text, (method, dialog.text)
             await pilot.press("escape")
             await wait_screen(pilot, TrainScreen)
+
+
+async def test_the_palette_fills_the_form_with_the_shipped_sample_data(store, fresh_home, bloom_dir):
+    """A first run needs no data of one's own: the command palette's "Use the sample training data"
+    puts the file shipped inside the package (the DPO pairs for DPO) in the Data field, and the
+    data check reads it as trainable."""
+    from textual.command import CommandPalette
+
+    from firefly_core.samples import sample_path
+
+    app = make_app(store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot, RecordingLauncher())
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: CommandPalette.is_open(app))
+        await pilot.press(*"sample training")
+        await pilot.pause()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.query_one("#f-data").value == str(sample_path("instructions")))
+        screen.query_one("#f-model").value = str(bloom_dir)
+        report = screen.form.request().check_data()
+        assert report.valid > 0
+        screen.query_one("#f-method").value = "dpo"
+        await pilot.pause()
+        screen.action_use_sample()
+        assert screen.query_one("#f-data").value == str(sample_path("preferences"))

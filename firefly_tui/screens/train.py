@@ -173,6 +173,11 @@ class TrainScreen(Screen):
         self.panel.scroll_visible(top=True, animate=False)
 
     # -- form -------------------------------------------------------------------------------------
+    def action_use_sample(self) -> None:
+        """Fill the form's Data field with the sample file shipped with firefly."""
+        path = self.form.use_sample_data()
+        self.notify(t("train.sample_used", path=path))
+
     def action_check(self) -> None:
         self.form.check()
 

@@ -224,6 +224,17 @@ class TrainForm(VerticalScroll):
                     w.value = value
         self.checked_key = None
 
+    def use_sample_data(self) -> str:
+        """Put the sample file shipped with firefly (for the chosen method) in the Data field, so a
+        first run needs no data of one's own; returns the path. Pretraining reads any text, so the
+        instruction sample serves it too."""
+        from firefly_core.samples import sample_path
+
+        method = str(self.query_one("#f-method", Select).value)
+        path = str(sample_path("preferences" if method == "dpo" else "instructions"))
+        self.query_one("#f-data", Input).value = path
+        return path
+
     def request(self) -> TrainRequest | None:
         """The form as a request, or None after telling the user what is missing or wrong."""
         v = self.values()
