@@ -523,3 +523,18 @@ async def test_copy_never_claims_the_terminal_took_it_and_keeps_a_file(tmp_path,
         assert any("Sent to the terminal's clipboard" in m and str(saved) in m for m in said), said
         assert not any(m.startswith("Copied") for m in said)
     store.close()
+
+
+async def test_status_line_says_which_engine_and_weights_answer(tmp_path, service_lm, bloom_dir):
+    from firefly_core.models.service import weights_label
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    cid = _chat_with_turns(store, 1, {})
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=(140, 45)) as pilot:
+        chat = app.screen.query_one(ChatConversation)
+        await wait_until(pilot, lambda: chat.conversation_id == cid)
+        label = f"{service_lm.engine} {weights_label(service_lm)}"
+        await wait_until(pilot, lambda: label in str(chat.query_one("#status").render()), what=label)
+    store.close()

@@ -726,6 +726,22 @@ class ChatConversation(Vertical):
             self._show_error(e)
             return False
 
+    def engine_label(self) -> str | None:
+        """What answers: the engine and its weight type ("llama.cpp q8_0", "torch bfloat16"), once
+        the model is loaded (the session's, else the app's when this chat uses it)."""
+        session = self.session
+        lm = getattr(session, "lm", None)
+        if lm is None and self.app.lm is not None and self.model_name() == self.app.model_name:
+            lm = self.app.lm
+        if lm is None or not hasattr(lm, "engine"):
+            return None
+        from firefly_core.models.service import weights_label  # loaded already: torch-free import
+
+        try:
+            return f"{lm.engine} {weights_label(lm)}"
+        except Exception:  # noqa: BLE001 - a test's stand-in model: no label
+            return None
+
     def update_status(self, extra: str | None = None) -> None:
         name = self.model_name()
         if name is None and self.app.lm is None and any(
@@ -734,6 +750,9 @@ class ChatConversation(Vertical):
             parts = [t("chat.loading_model", name=getattr(self.app.settings, "active_model", None) or "")]
         else:
             parts = [t("status.model", name=short_model_name(name)) if name else t("status.no_model")]
+            engine = self.engine_label()
+            if engine:
+                parts[0] += f" · {engine}"
         s = self.last_stats
         if s and not extra:
             if self.last_reply_empty:
