@@ -108,6 +108,16 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
+def iso_time(epoch: float) -> str:
+    """A stored time as ISO 8601 with its UTC offset (what an export says; readable, sortable)."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a damaged row: say what is there
+        return str(epoch)
+
+
 def _dump(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -503,10 +513,11 @@ class ChatStore:
             raise StoreError(f"no conversation {conversation_id}")
         return {
             "title": conv.title,
-            "created": conv.created,
+            "created": iso_time(conv.created),
             "settings": conv.settings,
             "messages": [
-                {"role": m.role, "content": m.content, "partial": m.partial, **({"meta": m.meta} if m.meta else {})}
+                {"role": m.role, "content": m.content, "partial": m.partial, "created": iso_time(m.created),
+                 **({"meta": m.meta} if m.meta else {})}
                 for m in self.messages(conversation_id)
             ],
         }

@@ -538,3 +538,14 @@ async def test_status_line_says_which_engine_and_weights_answer(tmp_path, servic
         label = f"{service_lm.engine} {weights_label(service_lm)}"
         await wait_until(pilot, lambda: label in str(chat.query_one("#status").render()), what=label)
     store.close()
+
+
+def test_exported_json_says_when_in_iso_8601(store):
+    from datetime import datetime
+
+    conv = Conversation.create(store, "t")
+    m = store.add_message(conv.id, "user", "你好")
+    data = store.export_json(conv.id)
+    assert datetime.fromisoformat(data["created"]).timestamp() == pytest.approx(store.get_conversation(conv.id).created, abs=1)
+    assert data["created"].endswith("+00:00")
+    assert datetime.fromisoformat(data["messages"][0]["created"]).timestamp() == pytest.approx(m.created, abs=1)
