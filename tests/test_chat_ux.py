@@ -549,3 +549,33 @@ def test_exported_json_says_when_in_iso_8601(store):
     assert datetime.fromisoformat(data["created"]).timestamp() == pytest.approx(store.get_conversation(conv.id).created, abs=1)
     assert data["created"].endswith("+00:00")
     assert datetime.fromisoformat(data["messages"][0]["created"]).timestamp() == pytest.approx(m.created, abs=1)
+
+
+async def test_search_opens_the_chat_at_the_match_highlighted(tmp_path, service_lm, bloom_dir):
+    from firefly_tui.widgets.chat_view import MessageView
+    from firefly_tui.widgets.conversation import ChatConversation
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    target = _chat_with_turns(store, 2, {})
+    store.add_message(target, "user", "萤火虫为什么会发光？")
+    store.add_message(target, "assistant", "因为荧光素酶。")
+    for i in range(12):
+        store.add_message(target, "user", f"later {i}")
+        store.add_message(target, "assistant", f"reply {i}")
+    newer = _chat_with_turns(store, 1, {})  # the newest chat opens first
+    app = make_app(store, service_lm, str(bloom_dir))
+    async with app.run_test(size=(80, 24)) as pilot:
+        chat = app.screen.query_one(ChatConversation)
+        await wait_until(pilot, lambda: chat.conversation_id == newer)
+        await pilot.press("ctrl+f")
+        await pilot.press(*"萤火虫")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: chat.conversation_id == target, what="the found chat")
+        log = chat.log_view
+        match = lambda: next((v for v in log.messages() if v.has_class("-match")), None)  # noqa: E731
+        await wait_until(pilot, lambda: match() is not None, what="the highlighted match")
+        assert match().content == "萤火虫为什么会发光？" and isinstance(match(), MessageView)
+        await wait_until(pilot, lambda: log.region.contains_region(match().region) or
+                         log.region.overlaps(match().region), what="the match on screen")
+    store.close()

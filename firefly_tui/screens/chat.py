@@ -21,7 +21,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Header, Input, TextArea
 
-from .. import backend
+from firefly_core.errors import format_error
+
 from ..i18n import t
 from ..model_loading import ModelLoaded, ModelStatus
 from ..widgets.chat_sidebar import ChatSidebar
@@ -156,6 +157,8 @@ class ChatScreen(Screen):
     async def _picked(self, event: ChatSidebar.Picked) -> None:
         if event.conversation_id != self.conversation_id:
             await self.open_conversation(event.conversation_id)
+        if self.sidebar.search_text and event.conversation_id == self.conversation_id:
+            self.chat.log_view.show_match(self.sidebar.search_text)  # show what the search found
         if not self.chat.generating:
             self.chat.composer.focus()
             if "-narrow" in self.classes:
@@ -179,7 +182,7 @@ class ChatScreen(Screen):
         try:
             conv = self.store.create_conversation(t("chat.untitled"), {})
         except Exception as e:  # noqa: BLE001 - a read-only store: say so
-            self.notify(backend.format_error(e), title=t("error"), severity="error", timeout=12)
+            self.notify(format_error(e), title=t("error"), severity="error", timeout=12)
             return
         await self.sidebar.clear_search()
         await self.open_conversation(conv.id)
@@ -204,7 +207,7 @@ class ChatScreen(Screen):
                 try:
                     self.store.rename_conversation(conv.id, title)
                 except Exception as e:  # noqa: BLE001
-                    self.notify(backend.format_error(e), title=t("error"), severity="error")
+                    self.notify(format_error(e), title=t("error"), severity="error")
                     return
                 self.sub_title = title
                 await self.refresh_conversations()
@@ -221,7 +224,7 @@ class ChatScreen(Screen):
                 try:
                     self.store.delete_conversation(conv.id)
                 except Exception as e:  # noqa: BLE001
-                    self.notify(backend.format_error(e), title=t("error"), severity="error")
+                    self.notify(format_error(e), title=t("error"), severity="error")
                     return
                 await self.open_conversation(None)
                 await self.refresh_conversations()
@@ -337,7 +340,7 @@ class ChatScreen(Screen):
                 try:
                     self.store.update_settings(self.conversation_id, new)
                 except Exception as e:  # noqa: BLE001
-                    self.notify(backend.format_error(e), title=t("error"), severity="error")
+                    self.notify(format_error(e), title=t("error"), severity="error")
                     return
                 chat.settings_changed()
 
@@ -360,7 +363,7 @@ class ChatScreen(Screen):
                 try:
                     self.export_to(Path(path).expanduser(), fmt)
                 except Exception as e:  # noqa: BLE001 - an unwritable folder: say so
-                    self.notify(backend.format_error(e), title=t("error"), severity="error")
+                    self.notify(format_error(e), title=t("error"), severity="error")
 
         self.app.push_screen(PromptDialog(t("export.path"), str(default)), done)
 

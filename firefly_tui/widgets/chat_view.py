@@ -166,6 +166,7 @@ class ChatLog(VerticalScroll, can_focus=True):
     DEFAULT_CSS = """
     ChatLog MessageView.selected { background: $primary 20%; }
     ChatLog MessageView.empty .role { color: $warning; }
+    ChatLog MessageView.-match { background: $warning 20%; }
     """
 
     BINDINGS = [
@@ -201,6 +202,20 @@ class ChatLog(VerticalScroll, can_focus=True):
         if view is not None:
             view.add_class("selected")
             self.scroll_to_widget(view, animate=False)
+
+    def show_match(self, text: str) -> MessageView | None:
+        """Scroll to the first message containing `text` (case-insensitive) and highlight it (a
+        search opened this chat); the highlight stays until the next search."""
+        for view in self.query(MessageView):
+            view.remove_class("-match")
+        needle = text.strip().lower()
+        if not needle:
+            return None
+        view = next((v for v in self.messages() if needle in v.content.lower()), None)
+        if view is not None:
+            view.add_class("-match")
+            self.call_after_refresh(self.scroll_to_widget, view, animate=False, top=True)
+        return view
 
     def action_select(self, step: int) -> None:
         views = self.messages()
