@@ -344,6 +344,8 @@ async def test_app_fork_from_the_message_menu_and_attach_with_ctrl_a(tmp_path, s
         assert question.content == message_with_attachments("总结", [read_attachment(notes)])
         assert question.meta["attachments"][0] == {"name": "notes.md", "tokens": tokens, "encoding": "utf-8"}
         assert chat.attachments == [] and chat.query_one("#attachments").has_class("-hidden")
+        sent = next(v for v in log.messages() if v.message_id == question.id)
+        assert "📎 notes.md" in str(sent.query_one(".role").render())  # the chip stays on the message
     store.close()
 
 

@@ -34,8 +34,10 @@ class MessageView(Vertical):
         error: str | None = None,
         stop_reason: str | None = None,
         streaming: bool = False,
+        attachments: list[str] | None = None,
     ) -> None:
         super().__init__(classes=f"message {role}")
+        self.attachments = list(attachments or [])  # names of the files sent with this message
         self.role = role
         self.content = content
         self.partial = partial
@@ -59,6 +61,8 @@ class MessageView(Vertical):
 
     def _header(self) -> str:
         name = {"user": t("chat.user"), "assistant": t("chat.assistant")}.get(self.role, t("chat.system"))
+        if self.attachments:
+            name += " · " + " ".join(f"📎 {a}" for a in self.attachments)
         if self.error:
             return f"{name} · ⚠ {t('chat.error')}: {self.error}"
         if self.partial:

@@ -31,7 +31,8 @@ from textual.message import Message
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
-from .. import backend
+from firefly_core.errors import format_error
+
 from ..i18n import STRINGS, t
 from .chat_view import ChatLog, DropMarker, MessageView, SystemPromptView
 from .composer import Composer
@@ -60,6 +61,12 @@ class ReplyJob:
     conversation_id: int
     reply: Any  # firefly_core.conversation.Reply
     cancel: threading.Event
+
+
+def attachment_names(meta: dict | None) -> list[str]:
+    """The names of the files a stored message was sent with (its meta["attachments"])."""
+    files = (meta or {}).get("attachments")
+    return [str(f.get("name", "?")) for f in files if isinstance(f, dict)] if isinstance(files, list) else []
 
 
 def stats_dict(stats: Any) -> dict[str, Any]:
@@ -208,6 +215,7 @@ class ChatConversation(Vertical):
         return MessageView(
             m.role, m.content, partial=m.partial, message_id=m.id,
             error=(m.meta or {}).get("error"), stop_reason=(m.meta or {}).get("stop_reason"),
+            attachments=attachment_names(m.meta),
         )
 
     def system_prompt(self) -> str | None:
@@ -360,7 +368,8 @@ class ChatConversation(Vertical):
             title = " ".join(text.split())[:24]
             self._try(self.store.rename_conversation, cid, title)
             self.post_message(self.TitleChanged(cid))
-        await self.log_view.mount(MessageView("user", reply.question.content, message_id=reply.question.id))
+        await self.log_view.mount(MessageView("user", reply.question.content, message_id=reply.question.id,
+                                              attachments=attachment_names(reply.question.meta)))
         await self._start(reply, cancel)
 
     async def retry_from(self, message_id: int) -> None:
@@ -538,7 +547,7 @@ class ChatConversation(Vertical):
                                         total=m.context_length, reply=m.max_new_tokens))
             self.post_message(self.Attached(conversation.id, att, conversation.session.count_tokens(att.text)))
         except FireflyError as e:
-            self.post_message(self.AttachRefused(backend.format_error(e)))
+            self.post_message(self.AttachRefused(format_error(e)))
 
     def on_chat_conversation_attached(self, message: Attached) -> None:
         if message.conversation_id != self.conversation_id:
@@ -664,7 +673,7 @@ class ChatConversation(Vertical):
             self.call_later(self._end_reply, None)
         elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
             error = event.worker.error
-            self.call_later(self._end_reply, backend.format_error(error) if error else t("chat.stopped"))
+            self.call_later(self._end_reply, format_error(error) if error else t("chat.stopped"))
 
     # -- worker messages (UI thread) ----------------------------------------------------------
     async def on_chat_conversation_reply_delta(self, message: ReplyDelta) -> None:
@@ -716,7 +725,7 @@ class ChatConversation(Vertical):
 
     # -- errors and status --------------------------------------------------------------------
     def _show_error(self, e: BaseException) -> None:
-        self.app.notify(backend.format_error(e), title=t("error"), severity="error", timeout=12)
+        self.app.notify(format_error(e), title=t("error"), severity="error", timeout=12)
 
     def _try(self, fn, *args) -> bool:
         try:
