@@ -114,3 +114,15 @@ def test_threads_chosen_after_llamacpp_read_the_file(llamacpp, own_cache, bloom_
     assert decoder._lib.llama_n_threads(decoder._ctx) == 2 and decoder._lib.llama_n_threads_batch(decoder._ctx) == 2
     assert decoder.forward(torch.tensor([[5, 6, 7]]), decoder.new_cache()).shape == (1, decoder.vocab_size)
     decoder.close()
+
+
+def test_pull_makes_the_gguf_the_automatic_engine_will_run(llamacpp, online, capsys):
+    """On a CPU with llama.cpp usable, the automatic engine is llama.cpp: `pull` makes its GGUF
+    (the default q8_0) right after the download."""
+    from firefly_core.models import hub
+
+    code = main(["pull", "test-org/tiny-bloom"])
+    out, _err = capsys.readouterr()
+    path = gguf_cache_path(hub.pull("test-org/tiny-bloom"), "q8_0")
+    assert code == 0 and "ready: test-org/tiny-bloom" in out and "llama.cpp model ready (q8_0, " in out
+    assert path.is_file()
