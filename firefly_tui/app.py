@@ -26,9 +26,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from firefly_core.errors import format_error
 from firefly_core.models import user_settings  # torch-free: the saved settings file
 
-from . import backend, i18n
+from . import i18n
 from .i18n import t
 from .model_loading import ModelLoaded, ModelStatus
 from .screens.chat import ChatScreen
@@ -152,7 +153,7 @@ class FireflyApp(App):
         """One dialog per problem; a store that cannot open leaves only Quit (nothing to show)."""
         kind, error = self.startup_errors[0]
         fatal = kind == "store"
-        text = t("app.store_error" if fatal else "app.settings_error", error=backend.format_error(error))
+        text = t("app.store_error" if fatal else "app.settings_error", error=format_error(error))
 
         def done(go_on: bool | None) -> None:
             if fatal or not go_on:
@@ -249,7 +250,7 @@ class FireflyApp(App):
             self.set_model(lm, name, persist=persist)
             self._tell(lambda: ModelLoaded(name, lm))
         else:
-            name, error = self.loading_model or "", backend.format_error(event.worker.error)
+            name, error = self.loading_model or "", format_error(event.worker.error)
             self.loading_model = None
             self.notify(t("models.load_failed", error=error), severity="error", timeout=10)
             self._tell(lambda: ModelLoaded(name, error=error))

@@ -331,6 +331,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "models.export_path": ("GGUF 文件保存到", "Save the GGUF file to"),
     "models.exporting": ("正在导出 {name}：{step}", "Exporting {name}: {step}"),
     "models.exported": ("已导出 {path}（{size}），可用于 llama.cpp 和 ollama", "Exported {path} ({size}) for llama.cpp and ollama"),
+    "models.export_exists_hint": ("换一个文件名，或先删除那个文件", "choose another file name, or remove that file first"),
     "models.export_failed": ("导出失败：{error}", "Export failed: {error}"),
     "train.evaluate": ("评估", "Evaluate"),
     "train.eval_title": ("评估：基础模型 vs 训练结果", "Evaluation: base vs what the run made"),

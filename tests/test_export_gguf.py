@@ -525,3 +525,24 @@ def test_export_to_an_impossible_place_is_a_clear_error(bloom_dir, tmp_path, cap
     assert "Traceback" not in err and str(out.parent.parent if where == "under_a_file" else "/proc") in err, err
     if where == "under_a_file":
         assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_one_rule_for_where_an_export_goes(tmp_path):
+    """`firefly export` and the app's export check their target with the same function before any
+    work: a *.gguf name, not a folder, not an existing file unless replacing (the hint is the front
+    end's own words)."""
+    from firefly_core.errors import ConfigError, OutputExistsError
+    from firefly_core.export.gguf import check_export_target
+
+    with pytest.raises(ConfigError, match="does not end in .gguf"):
+        check_export_target(tmp_path / "model.bin", replace=True)
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        check_export_target(tmp_path / "dir.gguf", replace=True)
+    existing = tmp_path / "m.gguf"
+    existing.write_bytes(b"mine")
+    with pytest.raises(OutputExistsError) as refused:
+        check_export_target(existing, replace=False, replace_hint="choose another file name")
+    assert refused.value.hint == "choose another file name" and existing.read_bytes() == b"mine"
+    assert check_export_target(existing, replace=True) == existing.resolve()
+    assert check_export_target(tmp_path / "new" / "m.gguf", replace=False) == (tmp_path / "new" / "m.gguf").resolve()

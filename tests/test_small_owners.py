@@ -28,12 +28,12 @@ def test_file_slug(name, kwargs, expected):
 def test_every_file_name_made_from_a_model_name_uses_the_slug(tmp_path, monkeypatch):
     monkeypatch.setenv("FIREFLY_HOME", str(tmp_path / "home"))
     from firefly_core.export.gguf_cache import gguf_cache_path
-    from firefly_tui.backend import default_gguf_path
+    from firefly_core.export.gguf import default_export_path
     from firefly_tui.commands.export import _ollama_name
 
     folder = tmp_path / "My Model (v2)"
     folder.mkdir()
-    assert default_gguf_path(str(folder), "q8_0").name == "My-Model-v2-q8_0.gguf"
+    assert default_export_path(str(folder), "q8_0").name == "My-Model-v2-q8_0.gguf"
     assert _ollama_name(str(folder)) == "my-model-v2"
     assert gguf_cache_path(folder, "f16").name.startswith("My-Model-v2-")
 

@@ -136,6 +136,29 @@ def check_gguf_output(out: str | os.PathLike) -> Path:
     return folder / path.name
 
 
+def check_export_target(out: str | os.PathLike, *, replace: bool, replace_hint: str = "pass --force to replace it") -> Path:
+    """The one rule for the file `firefly export` and the app's export write, checked before any
+    work: a name ending in .gguf, a folder that can be made and written (`check_gguf_output`), and
+    no existing file unless the user asked to replace it (`replace_hint` says how, in the words of
+    the front end asking)."""
+    path = Path(out).expanduser()
+    if path.suffix.lower() != ".gguf":
+        raise ConfigError(f"{path} does not end in .gguf", "name the output like model.gguf")
+    path = check_gguf_output(path)
+    if path.exists() and not replace:
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError(f"{path} already exists", replace_hint)
+    return path
+
+
+def default_export_path(model: str, gguf_type: str) -> Path:
+    """Where an export goes unless the user says otherwise: the data folder's exports/NAME-TYPE.gguf."""
+    from ..paths import data_dir, file_slug
+
+    return data_dir() / "exports" / f"{file_slug(model)}-{gguf_type}.gguf"
+
+
 @contextmanager
 def _replacing(out: Path) -> Iterator[Path]:
     """A temporary file beside `out` (named with our pid: a killed export's file is removed by the

@@ -25,7 +25,7 @@ from .lora import ADAPTER_DIR
 LOCK_FILE = ".firefly-train.lock"
 FINAL_DIR = "final"
 # What a front end may put into a run folder before `firefly train` starts in it (the app's
-# launch record and log: firefly_tui/backend.py), and what a start that failed leaves.
+# launch record and log: training/run.py start_process), and what a start that failed leaves.
 LAUNCH_FILE = "app-launch.json"  # what a front end writes next to a run it started (pid, command)
 LOG_FILE = "train.log"  # stdout + stderr of a run a front end started
 EVAL_FILE = "evaluation.json"  # what Evaluate found (firefly_core.evaluation.run_eval)

@@ -30,13 +30,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from firefly_core.errors import FireflyError, OutputExistsError
+    from firefly_core.errors import FireflyError
     from firefly_core.extras import require_extra
 
     require_extra("llamacpp")  # before loading anything: one message naming the extra and the install
-    from firefly_core.export.gguf import export_gguf, model_info
+    from firefly_core.export.gguf import check_export_target, export_gguf, model_info
     from firefly_core.export.ollama import write_modelfile
 
     model = args.model
@@ -46,13 +44,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_settings().active_model
         if not model:
             raise FireflyError("no model given and no active model", "name one: firefly export MODEL --gguf out.gguf")
-    out = Path(args.gguf).expanduser()
-    if out.suffix.lower() != ".gguf":
-        raise FireflyError(f"{out} does not end in .gguf", "name the output like model.gguf")
-    if out.is_dir():
-        raise FireflyError(f"{out} is a folder", "give a file name ending in .gguf")
-    if out.exists() and not args.force:
-        raise OutputExistsError(f"{out} already exists", "pass --force to replace it")
+    out = check_export_target(args.gguf, replace=args.force)
     info = model_info(model, args.prompt_format, trust_remote_code=args.trust_remote_code)
     tty = sys.stderr.isatty()
 

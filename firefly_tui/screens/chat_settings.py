@@ -19,12 +19,11 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from firefly_core.errors import format_error
+from firefly_core.formats import FORMAT_NAMES
 from firefly_core.generation.config import GenerationConfig  # torch-free
 from firefly_core.setting_spec import setting_fields
 
-from firefly_core.formats import FORMAT_NAMES
-
-from .. import backend
 from ..model_choices import model_choices
 from ..i18n import t
 from ..widgets.conversation import short_model_name
@@ -155,7 +154,7 @@ class ChatSettingsDialog(ModalScreen[dict[str, Any] | None]):
                 self.check(out)
             except Exception as e:  # noqa: BLE001 - core's ConfigError: its reason is the message
                 field = next((n for n in NUMBER_FIELDS if n in str(getattr(e, "message", e))), None)
-                return self._refuse(backend.format_error(e), field)
+                return self._refuse(format_error(e), field)
         return out
 
     def _refuse(self, why: str, field: str | None) -> None:

@@ -22,11 +22,12 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Label, ProgressBar, Static
 
-from .. import backend
+from firefly_core.errors import format_error
+from firefly_core.units import human_bytes
+
 from ..i18n import t
 from ..model_loading import ModelLoaded, ModelStatus
 from ..widgets.footer import QuickFooter as Footer
-from firefly_core.units import human_bytes
 
 from ..widgets.localized import localize_bindings
 from .dialogs import ButtonRow, ChoiceDialog, ConfirmDialog, ModelSettingsDialog, PromptDialog
@@ -143,12 +144,12 @@ class ModelsScreen(Screen):
         try:
             cat = list(catalog())
         except Exception as e:  # noqa: BLE001 - the screen still shows what it can
-            cat, errors = [], [backend.format_error(e)]
+            cat, errors = [], [format_error(e)]
         try:
             inst = list(list_installed())
         except Exception as e:  # noqa: BLE001
             inst = []
-            errors.append(backend.format_error(e))
+            errors.append(format_error(e))
         self.post_message(self.Listed(cat, inst, "; ".join(errors) or None))
 
     def on_models_screen_listed(self, message: Listed) -> None:
@@ -314,7 +315,7 @@ class ModelsScreen(Screen):
             if cancel.is_set() or type(e).__name__ == "DownloadCancelled":
                 self.post_message(self.DownloadEnded(repo_id, "cancelled"))
             else:
-                self.post_message(self.DownloadEnded(repo_id, "failed", backend.format_error(e)))
+                self.post_message(self.DownloadEnded(repo_id, "failed", format_error(e)))
             return
         self.post_message(self.DownloadEnded(repo_id, "done"))
 
@@ -384,7 +385,7 @@ class ModelsScreen(Screen):
         try:
             freed = remove(model)
         except BaseException as e:
-            self.app.call_from_thread(self.set_status, backend.format_error(e))
+            self.app.call_from_thread(self.set_status, format_error(e))
             return
         text = t("models.forgotten", name=model) if local else t("models.deleted", name=model, size=human_bytes(freed))
         self.app.call_from_thread(self.set_status, text)
@@ -409,7 +410,7 @@ class ModelsScreen(Screen):
         try:
             current = asdict(load_settings().for_model(model))
         except Exception as e:  # noqa: BLE001 - a broken settings file: say so, change nothing
-            self.set_status(backend.format_error(e))
+            self.set_status(format_error(e))
             return
 
         def done(values: dict | None) -> None:
@@ -418,7 +419,7 @@ class ModelsScreen(Screen):
             try:
                 saved = update_model_settings(model, **values)  # the dialog's fields: None = automatic
             except Exception as e:  # noqa: BLE001
-                self.set_status(backend.format_error(e))
+                self.set_status(format_error(e))
                 return
             if self.app.settings is not None:
                 self.app.settings.models[model] = saved
@@ -438,7 +439,7 @@ class ModelsScreen(Screen):
         missing = missing_extra("llamacpp")
         if missing is not None:  # say so before asking for a type and a file
             self.query_one("#model-status").set_class(True, "failed")
-            self.set_status(t("models.export_failed", error=backend.format_error(missing)))
+            self.set_status(t("models.export_failed", error=format_error(missing)))
             return
 
         def typed(gguf_type: str | None) -> None:
@@ -451,7 +452,9 @@ class ModelsScreen(Screen):
                     self.query_one("#model-status").add_class("busy")
                     self._export_worker(model, path, gguf_type)
 
-            default = str(backend.default_gguf_path(model, gguf_type))
+            from firefly_core.export.gguf import default_export_path
+
+            default = str(default_export_path(model, gguf_type))
             self.app.push_screen(PromptDialog(t("models.export_path"), value=default), placed)
 
         self.app.push_screen(
@@ -465,9 +468,12 @@ class ModelsScreen(Screen):
             self.app.call_from_thread(self.set_status, t("models.exporting", name=model, step=step))
 
         try:
-            out = backend.export_gguf(model, path, gguf_type, status=status)
+            from firefly_core.export.gguf import check_export_target, export_gguf, model_info
+
+            target = check_export_target(path, replace=False, replace_hint=t("models.export_exists_hint"))
+            out = export_gguf(model_info(model), target, gguf_type=gguf_type, status=status)
         except BaseException as e:  # noqa: BLE001 - shown, with the hint
-            self.app.call_from_thread(self._export_ended, t("models.export_failed", error=backend.format_error(e)), True)
+            self.app.call_from_thread(self._export_ended, t("models.export_failed", error=format_error(e)), True)
             return
         size = human_bytes(out.stat().st_size)
         self.app.call_from_thread(self._export_ended, t("models.exported", path=str(out), size=size), False)

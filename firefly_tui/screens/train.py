@@ -21,8 +21,8 @@ from textual.screen import Screen
 from textual.widgets import Header, Label, ListItem, ListView
 
 from firefly_core.training.run import Run, command_line, list_runs
+from firefly_core.errors import format_error
 
-from .. import backend
 from ..i18n import STRINGS, t
 from ..widgets.footer import QuickFooter as Footer
 from ..widgets.localized import localize_bindings
@@ -135,7 +135,7 @@ class TrainScreen(Screen):
         try:
             runs, error = list_runs(), None
         except Exception as e:  # noqa: BLE001 - shown on the panel
-            runs, error = [], backend.format_error(e)
+            runs, error = [], format_error(e)
         self.post_message(self.RunsListed(runs, error))
 
     async def on_train_screen_runs_listed(self, message: RunsListed) -> None:
@@ -190,7 +190,7 @@ class TrainScreen(Screen):
         try:
             self.launcher.start(req, config_of(req))
         except Exception as e:  # noqa: BLE001 - shown, not raised
-            self.notify(t("train.launch_failed", error=backend.format_error(e)), severity="error")
+            self.notify(t("train.launch_failed", error=format_error(e)), severity="error")
             return
         self.notify(t("train.started", path=str(req.out)))
         self.form.started(req)

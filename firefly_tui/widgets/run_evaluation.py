@@ -17,7 +17,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Label, ProgressBar, Static
 
-from .. import backend
+from firefly_core.errors import format_error
+
 from ..i18n import t
 
 
@@ -92,7 +93,7 @@ class RunEvaluation(Vertical):
         try:
             evaluate_run(run_dir, exam=exam, benchmark=benchmark, progress=progress, cancel=self._cancel)
         except Exception as e:  # noqa: BLE001 - shown, not raised
-            self.post_message(self.Finished(run_dir, backend.format_error(e)))
+            self.post_message(self.Finished(run_dir, format_error(e)))
             return
         self.post_message(self.Finished(run_dir, None))
 

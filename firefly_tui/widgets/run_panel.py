@@ -23,8 +23,8 @@ from textual.widgets import Button, Label, Static
 
 from firefly_core.training.config import TrainConfig
 from firefly_core.training.run import Run, TrainRequest, start_run
+from firefly_core.errors import format_error
 
-from .. import backend
 from ..i18n import t
 from ..screens.dialogs import ButtonRow, ChoiceDialog, ConfirmDialog
 from ..screens.models import human_seconds
@@ -244,7 +244,7 @@ class RunPanel(Vertical):
             try:
                 self.launcher.resume(run)
             except Exception as e:  # noqa: BLE001 - shown, not raised
-                self.notify(t("train.launch_failed", error=backend.format_error(e)), severity="error")
+                self.notify(t("train.launch_failed", error=format_error(e)), severity="error")
                 return
             self.notify(t("train.resumed", path=run.name))
             self.attach(run.path)
@@ -260,7 +260,7 @@ class RunPanel(Vertical):
         try:
             request = run.clone()
         except Exception as e:  # noqa: BLE001
-            self.notify(backend.format_error(e), severity="error")
+            self.notify(format_error(e), severity="error")
             return
         self.post_message(self.CloneRequested(run, request))
 
@@ -301,6 +301,6 @@ class RunPanel(Vertical):
         try:
             folder = self.launcher.checkpoint_model(run, checkpoint)
         except Exception as e:  # noqa: BLE001 - shown, not raised
-            self.app.call_from_thread(self.notify, backend.format_error(e), severity="error", timeout=10)
+            self.app.call_from_thread(self.notify, format_error(e), severity="error", timeout=10)
             return
         self.app.call_from_thread(self.app.chat_with_model, str(folder), f"{run.name} · {label}")

@@ -22,11 +22,10 @@ from textual.containers import Grid, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
-from firefly_core.errors import ConfigError
+from firefly_core.errors import ConfigError, format_error
 from firefly_core.training.config import METHODS, TrainConfig
 from firefly_core.training.run import TrainRequest
 
-from .. import backend
 from ..i18n import t
 from ..screens.dialogs import ButtonRow, DataCheckDialog
 
@@ -294,7 +293,7 @@ class TrainForm(VerticalScroll):
         try:
             report = req.check_data()
         except Exception as e:  # noqa: BLE001 - shown on the form
-            self.post_message(self.Checked(key, t("train.check_failed", error=backend.format_error(e)), False))
+            self.post_message(self.Checked(key, t("train.check_failed", error=format_error(e)), False))
             return
         self.post_message(self.Checked(key, data_summary(report), report.valid > 0))
 
