@@ -37,7 +37,7 @@ def model_id_for(name: str) -> str:
     as the app shows it (its last part; `run/final` for a training run's model) — never a local
     path, which would tell any client the user's name and folder layout."""
     from firefly_core.errors import FireflyError
-    from firefly_core.models.inventory import find_installed
+    from firefly_core.models.inventory import find_installed, local_name
 
     try:
         found = find_installed(name)
@@ -48,10 +48,7 @@ def model_id_for(name: str) -> str:
     path = Path(name).expanduser()
     if not path.is_dir():
         return name  # a hub id
-    path = path.resolve()
-    if path.name == "final" or path.name.startswith(("step-", "checkpoint")):
-        return f"{path.parent.name}/{path.name}"  # a run's model: the run names it
-    return path.name or "model"
+    return local_name(path.resolve()) or "model"
 
 
 def served_models(

@@ -47,10 +47,9 @@ METER_DELAY_S = 0.3  # the token meter counts once typing pauses this long (debo
 def short_model_name(name: str) -> str:
     """A folder's last part (a hub id stays whole): the status line has one row at 80 columns."""
     if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
-        path = Path(name.rstrip("/\\"))
-        if path.name == "final" or path.name.startswith(("step-", "checkpoint")):
-            return f"{path.parent.name}/{path.name}"  # a run's model: the run names it
-        return path.name or name
+        from firefly_core.models.inventory import local_name  # torch-free: the one naming rule
+
+        return local_name(Path(name.rstrip("/\\"))) or name
     return name
 
 
