@@ -262,6 +262,10 @@ def test_cli_export_with_ollama_modelfile(bloom_dir, tmp_path, capsys):
     assert main(["export", str(bloom_dir), "--gguf", str(out)]) == 1
     assert out.stat().st_mtime_ns == before
     assert "already exists" in capsys.readouterr().err
+    # a folder that does not exist yet is made, and the user is told where
+    nested = tmp_path / "new" / "place" / "m.gguf"
+    assert main(["export", str(bloom_dir), "--gguf", str(nested), "--type", "f16"]) == 0
+    assert nested.is_file() and f"made the folder {nested.parent}" in capsys.readouterr().err
 
 
 def test_modelfile_for_a_chatml_model_with_a_default_system_prompt(qwen_dir, tmp_path):
@@ -275,6 +279,21 @@ def test_modelfile_for_a_chatml_model_with_a_default_system_prompt(qwen_dir, tmp
     assert 'SYSTEM """You are a helpful assistant."""' in text
     assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>" in text
     assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_modelfile_carries_the_system_prompt_saved_for_the_model(bloom_dir, fresh_home):
+    """`firefly use M --system …` is what every chat with M uses; the ollama Modelfile says it too
+    (SYSTEM), and a prompt a Modelfile cannot hold is a clear error, not a ValueError."""
+    from firefly_core.errors import ConfigError
+    from firefly_core.export.ollama import modelfile_text
+    from firefly_core.models.user_settings import update_model_settings
+
+    assert "SYSTEM" not in modelfile_text(model_info(bloom_dir), "m.gguf")
+    update_model_settings(str(bloom_dir), system="你是一个诗人")
+    assert 'SYSTEM """你是一个诗人"""' in modelfile_text(model_info(bloom_dir), "m.gguf")
+    update_model_settings(str(bloom_dir), system='say """hi"""')
+    with pytest.raises(ConfigError, match="triple quotes"):
+        modelfile_text(model_info(bloom_dir), "m.gguf")
 
 
 # ----------------------------------------------------------------------------- real vocabularies

@@ -33,7 +33,10 @@ def _generation_settings(info: Any) -> Any:
 
 def _quote(text: str) -> str:
     if '"""' in text:
-        raise ValueError("text with triple quotes cannot be written into a Modelfile")
+        from ..errors import ConfigError
+
+        raise ConfigError("text with triple quotes (\"\"\") cannot be written into a Modelfile",
+                          "remove the triple quotes from the system prompt, or export without --ollama")
     return f'"""{text}"""'
 
 
@@ -41,6 +44,11 @@ def modelfile_text(info: Any, gguf_file: str, context_length: int | None = None)
     """The Modelfile for `info`'s model whose GGUF is `gguf_file` (a path relative to the Modelfile)."""
     config = _generation_settings(info)
     template, system = ollama_template(info.prompt_format, info.tokenizer)
+    from ..models.user_settings import load_settings
+
+    saved_system = load_settings().for_model(str(info.name)).system
+    if saved_system:  # `firefly use M --system …`: what firefly chat/serve and the app use, ollama too
+        system = saved_system
     lines = [
         f"# Firefly (流萤) model {info.name}, exported by firefly-tui ({info.prompt_format.name} prompt format).",
         "# Use it with: ollama create <name> -f Modelfile",

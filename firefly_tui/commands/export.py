@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         model = load_settings().active_model
         if not model:
             raise FireflyError("no model given and no active model", "name one: firefly export MODEL --gguf out.gguf")
+    from pathlib import Path
+
+    folder = Path(args.gguf).expanduser().resolve().parent
+    new_folder = not folder.exists()
     out = check_export_target(args.gguf, replace=args.force)
+    if new_folder:  # never made silently: the user sees where a folder appeared
+        print(f"made the folder {folder}", file=sys.stderr)
     info = model_info(model, args.prompt_format, trust_remote_code=args.trust_remote_code)
     tty = sys.stderr.isatty()
 
