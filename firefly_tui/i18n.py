@@ -187,6 +187,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "models.incomplete": ("未完成（可继续下载）", "incomplete (resume)"),
     "models.complete": ("完整", "complete"),
     "models.active": ("使用中", "in use"),
+    "models.download_confirm": ("下载 {name}（约 {size}）？", "Download {name} (about {size})?"),
     "models.select_first": ("请先在表格中选择一个模型", "Select a model in a table first"),
     # training
     "train.form": ("新的训练", "New run"),

@@ -76,6 +76,23 @@ async def test_failed_load_shows_the_reason(store, tmp_path):
         assert app.lm is None
 
 
+async def test_d_on_a_catalog_row_asks_before_a_multi_gb_download(store, online):
+    """`d` on a catalog row names the model and its size and waits for a yes; No starts nothing."""
+    app = FireflyApp(store=store, welcome=False, language="en", settings=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        table = screen.query_one("#catalog")
+        table.focus()
+        table.move_cursor(row=0)
+        repo_id = screen.selected()[1]
+        await pilot.press("d")
+        dialog = await wait_screen(pilot, ConfirmDialog)
+        assert repo_id in dialog.question and "GB" in dialog.question
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmDialog))
+        assert screen.downloading is None and not online.requests
+
+
 async def test_download_progress_cancel_resume_delete(store, online, bloom_dir):
     online.slow_bps = 60_000
     app = FireflyApp(store=store, welcome=False, language="en", settings=None)

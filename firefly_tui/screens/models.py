@@ -266,7 +266,20 @@ class ModelsScreen(Screen):
             return
         if self.downloading:
             return
-        self.start_download(sel[1])
+        table, repo_id = sel
+        if table != "catalog":  # an installed row: continuing a download the user already started
+            self.start_download(repo_id)
+            return
+        from firefly_core.models.catalog import find_entry
+
+        entry = find_entry(repo_id)
+        size = f"{entry.download_size_gb:g} GB" if entry is not None else "?"
+
+        def answered(yes: bool | None) -> None:  # a multi-GB download never starts on one key
+            if yes and not self.downloading:
+                self.start_download(repo_id)
+
+        self.app.push_screen(ConfirmDialog(t("models.download_confirm", name=repo_id, size=size)), answered)
 
     def action_pull_id(self) -> None:
         def done(repo_id: str | None) -> None:
