@@ -262,7 +262,7 @@ def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLin
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise DataError(f"no data file at {path}", "give a .jsonl file (see: firefly data check --help)")
+            raise DataError(f"no data file at {path}", "give an existing .jsonl file (the data check shows what one holds)")
         for rec in read_records(path):
             lines += 1
             if isinstance(rec, BadRecord):

@@ -311,7 +311,7 @@ def fit_history(
     if len(rendered) > max_tokens:
         raise PromptTooLongError(
             f"the message is {len(rendered)} tokens with the system prompt; the limit is {max_tokens}",
-            "shorten the message or the system prompt, or lower --max-new-tokens",
+            "shorten the message or the system prompt, or lower the max new tokens setting",
         )
     return system + turns, rendered
 

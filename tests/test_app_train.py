@@ -262,7 +262,7 @@ async def test_resume_clone_show_command_and_the_form_remembers(store, fresh_hom
     run = runs_dir() / "run-stopped"
     w = write_run(run, 4, total=10)
     w.emit("checkpoint", step=4, path=str(run / "checkpoints" / "step-00000004"))
-    w.emit("done", status="stopped", step=4, total=10, message="stopped by SIGINT at step 4; continue with --resume")
+    w.emit("done", status="stopped", step=4, total=10, message="stopped by SIGINT at step 4; resume it to continue from this checkpoint")
     ckpt = run / "checkpoints" / "step-00000004"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"step": 4}')

@@ -100,7 +100,8 @@ def test_ctrl_c_on_the_cli_checkpoints_and_resume_finishes(bloom_dir, tmp_path):
     # Only our own output: no library deprecations, progress bars or DeepSpeed/accelerate chatter.
     for noise in ("FutureWarning", "Removed shared tensor", "Setting accelerator", "Loading weights", "Writing model"):
         assert noise not in err, (noise, err)
-    assert f"stopped by SIGINT at step {stopped_at}; continue with --resume" in err
+    assert f"stopped by SIGINT at step {stopped_at}; resume it to continue from this checkpoint" in err
+    assert f"continue with: firefly train --resume --out {run}" in err  # the command line's own words
     assert (run / "checkpoints" / f"step-{stopped_at:08d}" / "trainer_state.json").is_file()
 
     out = subprocess.run(cmd[:4] + ["--out", str(run), "--resume", "--max-steps", str(stopped_at + 2)],

@@ -354,7 +354,7 @@ def _train(config, accelerator, run_dir: Path, resume: bool, emit, stop: _StopFl
         if stopping:
             name = signal.Signals(stop.signal).name if stop.signal else "signal"
             emit(DoneEvent(status="stopped", step=step, total=total_steps, signal=name, checkpoint=str(checkpoint),
-                           message=f"stopped by {name} at step {step}; continue with --resume"))
+                           message=f"stopped by {name} at step {step}; resume it to continue from this checkpoint"))
             return RunResult("stopped", step, total_steps, None, checkpoint, losses)
 
     # ---- the final model folder

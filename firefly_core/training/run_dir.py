@@ -66,13 +66,13 @@ def check_new_run(config: TrainConfig) -> Path:
     inputs = [*config.data, *([config.eval_file] if config.eval_file else [])]
     for path in inputs:  # a typo in --data is an error before the run folder exists
         if not Path(path).is_file():
-            raise DataError(f"no data file at {path}", "give a .jsonl or .json file (see: firefly data check --help)")
+            raise DataError(f"no data file at {path}", "give an existing .jsonl, .json or .txt file (the data check shows what one holds)")
     run_dir = check_output(config.out, force=True, reads=_model_folder(config.model), inputs=inputs)
     if run_dir.is_dir():
         if is_protected_run(run_dir):
             raise ConfigError(
                 f"{run_dir} already holds a training run",
-                "continue it with --resume, or choose another --out folder",
+                "resume it, or choose another output folder",
             )
         foreign = _foreign_entries(run_dir)
         if foreign:

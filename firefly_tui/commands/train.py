@@ -119,6 +119,10 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     status = result if isinstance(result, str) else result.status
+    if status == "stopped":  # the command line's own words for what the app calls Resume
+        from firefly_core.training.run import command_line
+
+        print(f"continue with: {command_line(['train', '--resume', '--out', str(config.out)])}", file=sys.stderr)
     # A stopped run is not a finished one: scripts can tell (130, as for Ctrl-C) and --resume it.
     return {"completed": 0, "stopped": STOPPED_EXIT}.get(status, 1)
 
