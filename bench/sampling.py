@@ -173,7 +173,7 @@ def child_sampler(args) -> None:
         "ollama-like": GenerationConfig(top_k=40, seed=0),
     }
     samplers = {k: TokenSampler(cfg, vocab, prompt) for k, cfg in ours.items()}
-    chains = {k: _llama_chain(vocab, "greedy" if k == "greedy" else k, prompt) for k in ours}
+    chains = {k: _llama_chain(vocab, k, prompt) for k in ours}  # the GGUF was made by the llamacpp child
     times: dict[str, list[float]] = {f"{side}:{k}": [] for k in ours for side in ("ours", "llama")}
     fallbacks = {k: 0 for k in ours}
     llm.eval(prompt)
