@@ -116,3 +116,33 @@ def test_use_saves_the_engine_settings_the_model_service_reads(fresh_home, capsy
         run(capsys, "use", str(bloom_dir), "--threads", "0")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "argument --threads: threads = 0 is below 1" in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_pull_stops_cleanly_and_a_second_pull_resumes(online, fresh_home, bloom_dir):
+    """A real `firefly pull` process gets SIGINT mid-download: the download worker is cancelled
+    (exit 130, a message, no traceback), the partial blob stays, and the next pull continues it."""
+    import hashlib
+    import signal
+    import time
+
+    weights = hashlib.sha256((bloom_dir / "model.safetensors").read_bytes()).hexdigest()
+    online.slow_bps = 40_000
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "firefly_tui.cli", "pull", REPO], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cache = fresh_home / "hf-hub"
+    deadline = time.monotonic() + 120  # a bound on waiting for the state, not a timing assert
+    while not any(p.stat().st_size > 0 for p in cache.rglob(f"{weights}.incomplete")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped:" in err and f"firefly pull {REPO}" in err and "Traceback" not in err
+    assert any(p.stat().st_size > 0 for p in cache.rglob(f"{weights}.incomplete"))  # the partial is kept
+    online.slow_bps = None
+    online.requests.clear()
+    done = subprocess.run([sys.executable, "-m", "firefly_tui.cli", "pull", REPO], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"ready: {REPO}" in done.stdout, done.stderr
+    assert any(r.range for r in online.requests if r.path.startswith("/cdn/")), "the second pull resumed"

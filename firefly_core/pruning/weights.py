@@ -326,13 +326,23 @@ class PrunedCheckpointWriter:
 
     def start(self) -> None:
         """Copy the unchanged tensors in a background thread."""
-        self._thread = threading.Thread(target=self.copy_unchanged, name="prune-copy", daemon=True)
+        self._copied_all = threading.Event()
+
+        def run() -> None:
+            try:
+                self.copy_unchanged()
+            finally:
+                self._copied_all.set()
+
+        self._thread = threading.Thread(target=run, name="prune-copy", daemon=True)
         self._thread.start()
 
+    # The waits are on an Event the copier sets when it ends, not on Thread.join: a Ctrl-C that
+    # lands inside join() can leave the thread looking finished while it still writes (CPython
+    # 3.11), and the output would then be cleaned up under it.
     def wait(self, on_wait: Callable[[], None] | None = None) -> None:
         if self._thread is not None:
-            while self._thread.is_alive():
-                self._thread.join(0.25)
+            while not self._copied_all.wait(0.25):
                 if on_wait:
                     on_wait()
         if self._error is not None:
@@ -341,7 +351,7 @@ class PrunedCheckpointWriter:
     def abort(self) -> None:
         self.cancel.set()
         if self._thread is not None:
-            self._thread.join()
+            self._copied_all.wait()
 
     def finish(self, token_map: list[int], on_tensor: Callable[[str], None] | None = None) -> None:
         """Write the vocabulary tensors cut to `token_map`'s rows, the headers and the index."""

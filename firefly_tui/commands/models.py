@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from firefly_core.models.user_settings import ModelSettings  # torch-free
 from firefly_core.units import human_bytes
@@ -140,6 +140,35 @@ def _remote_code_allowed(model: str) -> bool:
     return load_settings().for_model(model).trust_remote_code
 
 
+def _cancellable(work: Callable[[], Any], cancel: threading.Event, name: str) -> dict[str, Any]:
+    """Run `work` in a worker thread so that Ctrl-C in the terminal sets `cancel` (which the work
+    polls) and waits for it to stop cleanly, instead of interrupting it mid-write. Returns
+    {"path": what work returned} or {"error": what it raised} for the caller to report.
+
+    The wait is on an Event the worker sets when it ends, not on `Thread.join`: a KeyboardInterrupt
+    that lands inside `join()` can leave the thread looking finished while it still runs (CPython
+    3.11), and the caller would then read a result that is not there yet."""
+    result: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            result["path"] = work()
+        except BaseException as e:  # handed to the main thread
+            result["error"] = e
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        cancel.set()
+        finished.wait()
+    return result
+
+
 def _prepare_files(model: str) -> None:
     """Make the files the first chat with `model` needs (the llama.cpp engine's GGUF, when that is
     the engine it will run on) now, with a progress line, so that chat starts at load speed.
@@ -149,7 +178,6 @@ def _prepare_files(model: str) -> None:
 
     tty = sys.stderr.isatty()
     cancel = threading.Event()
-    result: dict[str, Any] = {}
     shown = {"width": 0}
 
     def say(message: str) -> None:
@@ -160,20 +188,7 @@ def _prepare_files(model: str) -> None:
         else:
             print(f"  {message}", file=sys.stderr, flush=True)
 
-    def work() -> None:
-        try:
-            result["path"] = prepare_model_files(model, status=say, cancel=cancel)
-        except BaseException as e:  # handed to the main thread
-            result["error"] = e
-
-    worker = threading.Thread(target=work, name="firefly-prepare", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        cancel.set()
-        worker.join()
+    result = _cancellable(lambda: prepare_model_files(model, status=say, cancel=cancel), cancel, "firefly-prepare")
     if tty and shown["width"]:  # the progress line goes; the outcome is printed below
         print("\r" + " " * shown["width"] + "\r", end="", file=sys.stderr, flush=True)
     err = result.get("error")
@@ -216,7 +231,6 @@ def run_pull(args: argparse.Namespace) -> int:
         raise ConfigError("--trust-remote-code and --use are for models, not --dataset")
     allow = not getattr(args, "dataset", False) and (args.trust_remote_code or _remote_code_allowed(model))
     cancel = threading.Event()
-    result: dict[str, Any] = {}
 
     with _ConsoleProgress() as bar:
         def on_plan(plan) -> None:
@@ -227,26 +241,14 @@ def run_pull(args: argparse.Namespace) -> int:
                 shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
                 bar.say(f"  not needed, skipped: {shown}")
 
-        def work() -> None:
-            try:
-                if getattr(args, "dataset", False):
-                    result["path"] = hub.pull_dataset(model, revision=args.revision, progress=bar, cancel=cancel,
-                                                      on_plan=on_plan)
-                else:
-                    result["path"] = hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
-                                              allow_remote_code=allow, on_plan=on_plan)
-            except BaseException as e:  # handed to the main thread
-                result["error"] = e
+        def work() -> Any:
+            if getattr(args, "dataset", False):
+                return hub.pull_dataset(model, revision=args.revision, progress=bar, cancel=cancel, on_plan=on_plan)
+            return hub.pull(model, revision=args.revision, progress=bar, cancel=cancel,
+                            allow_remote_code=allow, on_plan=on_plan)
 
-        # The download runs in a worker so Ctrl-C here becomes a clean cancel (partial file kept).
-        worker = threading.Thread(target=work, name="firefly-pull", daemon=True)
-        worker.start()
-        try:
-            while worker.is_alive():
-                worker.join(0.2)
-        except KeyboardInterrupt:
-            cancel.set()
-            worker.join()
+        # A Ctrl-C here becomes a clean cancel (the partial file is kept, a pull again resumes).
+        result = _cancellable(work, cancel, "firefly-pull")
     if "error" in result:
         err = result["error"]
         if isinstance(err, DownloadCancelled):
