@@ -10,6 +10,14 @@ OPEN, CLOSE = "⟦", "⟧"  # marks trained tokens in the rendered example
 SAMPLE_CHARS = 2000  # the rendered example is cut here: a 10 MB sample must not flood the terminal
 
 
+def _bad_lines(bad: list[str], show: int) -> list[str]:
+    """The report's "bad lines" block (every kind of data check): the first `show`, then a count."""
+    if not bad:
+        return []
+    more = [f"  ... and {len(bad) - show} more"] if len(bad) > show else []
+    return ["bad lines:", *(f"  {b}" for b in bad[:show]), *more]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="inspect training data", description="Inspect training data.")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -82,11 +90,7 @@ def format_report(report, show: int = 20) -> str:
         kinds = list(report.by_kind.items())
         shown = ", ".join(f"{k} {v}" for k, v in kinds[:15])
         lines.append("kinds: " + shown + (f", ... ({len(kinds) - 15} more)" if len(kinds) > 15 else ""))
-    if report.bad:
-        lines.append("bad lines:")
-        lines.extend(f"  {b}" for b in report.bad[:show])
-        if len(report.bad) > show:
-            lines.append(f"  ... and {len(report.bad) - show} more")
+    lines.extend(_bad_lines(report.bad, show))
     t = report.tokens
     if t is not None:
         lines.append(
@@ -143,11 +147,7 @@ def format_pair_report(report, show: int = 20) -> str:
                  f"prompts differ between chosen and rejected: {report.prompts_differ}")
     if report.by_format:
         lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_format.items())))
-    if report.bad:
-        lines.append("bad lines:")
-        lines.extend(f"  {b}" for b in report.bad[:show])
-        if len(report.bad) > show:
-            lines.append(f"  ... and {len(report.bad) - show} more")
+    lines.extend(_bad_lines(report.bad, show))
     t = report.tokens
     if t is not None:
         lines.append(f"tokens (max length {report.max_length}): pairs {len(t.lengths)}, answer tokens "
@@ -167,11 +167,7 @@ def format_document_report(report, show: int = 20) -> str:
     """The plain-text report of `firefly data check` on raw text for --method pretrain."""
     lines = [f"files: {', '.join(report.files)}",
              f"raw text (--method pretrain): documents {len(report.documents)}   bad lines: {len(report.bad)}"]
-    if report.bad:
-        lines.append("bad lines:")
-        lines.extend(f"  {b}" for b in report.bad[:show])
-        if len(report.bad) > show:
-            lines.append(f"  ... and {len(report.bad) - show} more")
+    lines.extend(_bad_lines(report.bad, show))
     t = report.tokens
     if t is not None:
         longer = sum(1 for n in t.lengths if n > report.max_length)
