@@ -372,6 +372,17 @@ def _inside(storage: Path, path: Path, *, follow: bool = True) -> Path:
 # ---------------------------------------------------------------- downloading
 
 
+def _library_error(e: Exception, repo_id: str) -> FireflyError | None:
+    """A huggingface_hub / HTTP / file-system error of a pull as one of ours (`_hub_error`), or
+    None for anything else (a bug, which the caller re-raises as it is)."""
+    import httpx2
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+    if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
+        return None
+    return _hub_error(e, repo_id)
+
+
 def _hub_error(e: BaseException, repo_id: str) -> FireflyError:
     """Our error for a huggingface_hub / HTTP failure, with what to do about it."""
     import httpx2
@@ -891,12 +902,9 @@ def pull(
     except FireflyError:
         raise
     except Exception as e:  # noqa: BLE001 - every library/network error becomes one of ours
-        import httpx2
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
-
-        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
+        err = _library_error(e, repo_id)
+        if err is None:
             raise
-        err = _hub_error(e, repo_id)
         if isinstance(err, OfflineError) and existing and existing.complete:
             return existing.path
         raise err from None
@@ -1073,12 +1081,9 @@ def pull_dataset(
     except FireflyError:
         raise
     except Exception as e:  # noqa: BLE001 - every library/network error becomes one of ours
-        import httpx2
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
-
-        if not isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, httpx2.HTTPError, OSError)):
+        err = _library_error(e, repo_id)
+        if err is None:
             raise
-        err = _hub_error(e, repo_id)
         if isinstance(err, OfflineError) and existing is not None:
             return existing
         raise err from None
