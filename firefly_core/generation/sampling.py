@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from .config import GenerationConfig
@@ -64,6 +65,32 @@ def top_p_filter(logits: torch.Tensor, top_p: float, filter_value: float = -floa
 # another order can differ by far less) or splits tied logits; otherwise the full sort runs.
 CANDIDATES = 256
 MARGIN = 1e-4
+# On the CPU the candidates are first taken as every score within WINDOW of the best (numpy: one
+# compare and a gather read the vocabulary once, ~5x cheaper than `torch.topk` + `logsumexp` at
+# 151,936 tokens); a flat distribution with more than WINDOW_LIMIT of them goes to `torch.topk`.
+WINDOW = 20.0
+WINDOW_LIMIT = 2048
+
+
+def _window_candidates(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(values, ids, log of the whole vocabulary's sum of exp) of the scores within WINDOW of the best,
+    most likely first (ties by id), or None where this shortcut does not apply. Every score left out
+    is below every one kept, so the order agrees with a full sort of the vocabulary."""
+    if scores.device.type != "cpu" or scores.dtype != torch.float32 or scores.size(0) != 1:
+        return None
+    a = scores.detach().numpy()[0]
+    best = a.max()
+    if not np.isfinite(best):
+        return None
+    ids = np.flatnonzero(a >= best - WINDOW)
+    if ids.size > WINDOW_LIMIT:
+        return None
+    vals = a[ids]
+    order = np.lexsort((ids, -vals))  # descending value, then ascending id
+    total = best + np.log(np.exp(a - best).sum(dtype=np.float64))
+    return (torch.from_numpy(np.ascontiguousarray(vals[order]))[None],
+            torch.from_numpy(ids[order].astype(np.int64))[None],
+            torch.tensor([[total]], dtype=torch.float64))
 
 
 def top_p_candidates(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -71,6 +98,12 @@ def top_p_candidates(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[to
     temperature), most likely first, found without a full sort; None when the prefilter cannot
     decide exactly (then the full filters must run)."""
     vocab = scores.size(-1)
+    if top_k <= 0 and top_p < 1.0 and vocab > CANDIDATES:
+        window = _window_candidates(scores)
+        if window is not None:
+            found = _kept_by_top_p(*window, top_k=0, top_p=top_p)
+            if found is not None:
+                return found
     if top_k > 0:
         if top_k >= vocab or top_k > CANDIDATES:
             return None
@@ -86,7 +119,14 @@ def top_p_candidates(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[to
         total = torch.logsumexp(scores, dim=-1, keepdim=True)
     if top_p >= 1.0:
         return vals, ids
-    probs = (vals - total).exp()  # [1, n] descending
+    return _kept_by_top_p(vals, ids, total, top_k=top_k, top_p=top_p)
+
+
+def _kept_by_top_p(vals: torch.Tensor, ids: torch.Tensor, total: torch.Tensor, *, top_k: int,
+                   top_p: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The head of the descending candidates (`vals`, `ids`; `total`: log of the sum of exp over
+    everything top-p sees) that top-p keeps, or None when that cannot be decided exactly from them."""
+    probs = (vals.double() - total).exp()  # [1, n] descending
     before = probs.cumsum(dim=-1) - probs  # the mass of the more likely tokens
     kept = int((before < top_p).sum())  # a token stays while what precedes it is under top_p
     margin_ok = bool(((before - top_p).abs() > MARGIN).all())
@@ -161,7 +201,10 @@ class TokenSampler:
         cfg = self.config
         scores = self._scores(logits.float())
         if not cfg.do_sample:
-            token = int(torch.argmax(scores, dim=-1)[0])
+            if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.size(0) == 1:
+                token = int(np.argmax(scores.detach().numpy()[0]))  # the first best, as torch.argmax; ~10x faster
+            else:
+                token = int(torch.argmax(scores, dim=-1)[0])
         else:
             found = top_p_candidates(scores, cfg.top_k, cfg.top_p)
             if found is not None:  # draw among the kept candidates only
