@@ -280,6 +280,16 @@ def read_samples(paths: Iterable[str | Path]) -> tuple[list[Sample], list[BadLin
 def load_samples(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[Sample], list[BadLine]]:
     """Read and validate; with `strict`, any bad line refuses the files (all listed)."""
     samples, bad, _ = read_samples(paths)
+    check_bad_lines(bad, strict)
+    if not samples:
+        raise DataError("no valid samples in the data files", "run: firefly data check FILE")
+    return samples, bad
+
+
+def check_bad_lines(bad: Sequence[BadLine], strict: bool) -> None:
+    """The one rule for bad lines when training, for every method's data: lines of another
+    method's data are an error (`refuse_wrong_kind`); other bad lines are skipped and counted, or,
+    with `strict`, refuse the files (all listed, the first 20 shown)."""
     refuse_wrong_kind(bad)
     if strict and bad:
         shown = "\n".join(str(b) for b in bad[:20])
@@ -288,9 +298,6 @@ def load_samples(paths: Iterable[str | Path], strict: bool = False) -> tuple[lis
             f"{len(bad)} bad line(s) and --strict is on:\n{shown}{more}",
             "fix the lines, or drop --strict to skip them",
         )
-    if not samples:
-        raise DataError("no valid samples in the data files", "run: firefly data check FILE")
-    return samples, bad
 
 
 def refuse_wrong_kind(bad: Sequence[BadLine]) -> None:

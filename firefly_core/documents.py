@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .data import BadLine, TokenizedSample, WrongKind, record_method, refuse_wrong_kind, wrong_kind
+from .data import BadLine, TokenizedSample, WrongKind, check_bad_lines, record_method, wrong_kind
 from .errors import DataError
 from .records import BadRecord, is_json_file, iter_lines, read_records
 
@@ -82,10 +82,7 @@ def read_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[Ba
 
 def load_documents(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[Document], list[BadLine]]:
     docs, bad = read_documents(paths)
-    refuse_wrong_kind(bad)
-    if strict and bad:
-        shown = "\n".join(str(b) for b in bad[:20])
-        raise DataError(f"{len(bad)} bad line(s) and --strict is on:\n{shown}", "fix the lines, or drop --strict")
+    check_bad_lines(bad, strict)
     if not docs:
         raise DataError("no text in the data files", "give .txt files, or .jsonl files with a 'text' field")
     return docs, bad

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .data import IGNORE_INDEX, BadLine, TokenizedSample, WrongKind, record_method, refuse_wrong_kind, wrong_kind
+from .data import IGNORE_INDEX, BadLine, TokenizedSample, WrongKind, check_bad_lines, record_method, wrong_kind
 from .errors import ConfigError, DataError
 from .formats import Message, PromptFormat
 from .records import BadRecord, read_records
@@ -233,10 +233,7 @@ def load_pairs(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[
     """Read and validate for training: lines of another method's data are an error (file:line);
     other bad lines are skipped and counted, or refuse the files with `strict`."""
     pairs, bad, _, _ = read_pairs(paths)
-    refuse_wrong_kind(bad)
-    if strict and bad:
-        shown = "\n".join(str(b) for b in bad[:20])
-        raise DataError(f"{len(bad)} bad line(s) and --strict is on:\n{shown}", "fix the lines, or drop --strict")
+    check_bad_lines(bad, strict)
     if not pairs:
         raise DataError("no valid preference pairs in the data files", "run: firefly data check FILE")
     return pairs, bad
