@@ -510,6 +510,7 @@ async def test_a_chat_with_its_own_model_loads_it_through_the_service_and_shows_
     from firefly_core.models.service import model_service
     from firefly_tui.widgets.conversation import ChatConversation
 
+    model_service().unload(str(qwen_dir))  # not left loaded by an earlier test: this chat loads it
     conv = store.create_conversation("q", {"model": str(qwen_dir), "max_new_tokens": 3, "temperature": 0})
     app = make_app(store, bloom_lm, str(bloom_dir))
     shown: list[str] = []
